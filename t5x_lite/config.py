@@ -1,0 +1,484 @@
+"""Typed, frozen configuration of a t5x_lite run.
+
+The entry point (``run_train.py``) turns ml_collections or gin input into a plain
+nested dict once and calls :func:`from_dict`; every module below receives only the
+frozen section it needs (``ModelConfig`` for models, ``DataConfig`` for the input
+pipeline, ...). Variants are made with :func:`dataclasses.replace`.
+
+Validation happens here, before any array is built: each problem is reported as a
+one-line :class:`ConfigError` naming the offending field, e.g.::
+
+    >>> from_dict({"model": {"family": "decoder", "d_model": 10, "num_heads": 3}})
+    Traceback (most recent call last):
+    ...
+    t5x_lite.config.ConfigError: model.d_model=10 is not divisible by model.num_heads=3
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+FAMILIES = ("encoder", "decoder", "encoder_decoder")
+ARCHS = {
+    "encoder": ("bert", "roberta", "albert"),
+    "decoder": ("gpt2", "llama"),
+    "encoder_decoder": ("t5", "t5_v1_1"),
+}
+
+
+class ConfigError(ValueError):
+    """A one-line error naming the config field (or file) at fault."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one Transformer.
+
+    ``family`` picks the stack (encoder | decoder | encoder_decoder); ``arch`` picks
+    the published variant whose layout and Hugging Face names we follow:
+
+    =========  ===============  =================================================
+    family     arch             what it means
+    =========  ===============  =================================================
+    encoder    bert, roberta    post-LN, GELU, learned positions, tied MLM head
+    encoder    albert           bert + factorised ``embed_dim`` + shared layers
+    decoder    gpt2             pre-LN, learned positions, tied LM head
+    decoder    llama            RMSNorm, RoPE, SwiGLU, GQA, untied head
+    enc_dec    t5               ReLU, relative bias, tied head * d_model**-0.5
+    enc_dec    t5_v1_1          gated-GELU, relative bias, untied head
+    =========  ===============  =================================================
+    """
+
+    family: str = "decoder"
+    arch: str = "gpt2"
+    vocab_size: int = 32128
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    d_ff: int = 512
+    max_seq_len: int = 512
+    # Per-head width; None means d_model // num_heads (T5 allows heads*head_dim != d_model).
+    head_dim: int | None = None
+    # Grouped-query attention (llama); None means num_heads (multi-head attention).
+    num_kv_heads: int | None = None
+    # T5 decoder depth; None means num_layers.
+    num_decoder_layers: int | None = None
+    # ALBERT factorised embedding width; None means d_model.
+    embed_dim: int | None = None
+    # ALBERT cross-layer parameter sharing (one layer applied num_layers times).
+    share_layers: bool = False
+    # BERT segment (token type) vocabulary; 0 disables segment embeddings.
+    type_vocab_size: int = 0
+    # RoBERTa: learned positions start at pad_token_id + 1 (HF's padding_idx offset).
+    position_offset: int = 0
+    pad_token_id: int = 0
+    norm_eps: float = 1e-5
+    activation: str = "gelu_new"  # gelu | gelu_new (tanh) | relu | silu
+    rope_theta: float = 10000.0
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 128
+    # Encoders: pooler + 2-way head for NSP / SOP.
+    sentence_head: bool = False
+    dropout_rate: float = 0.0
+    initializer_range: float = 0.02
+    # Compute dtype of activations and matmuls; params stay in param_dtype.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Implementation passed to jax.nn.dot_product_attention: xla | cudnn.
+    attention_impl: str = "xla"
+    # Rematerialisation of each layer: none | full | dots (save matmul outputs).
+    remat_policy: str = "none"
+    # Run the layer stack with nn.scan (one compiled layer) instead of a Python loop.
+    scan_layers: bool = False
+
+    # ---- derived quantities (never stored separately) ----
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embed_dim or self.d_model
+
+    def validate(self) -> ModelConfig:
+        _check(self.family in FAMILIES, f"model.family={self.family!r} is not one of {FAMILIES}")
+        _check(
+            self.arch in ARCHS[self.family],
+            f"model.arch={self.arch!r} is not one of {ARCHS[self.family]} for family "
+            f"{self.family!r}",
+        )
+        for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_seq_len"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"model.{name}={v!r} must be a positive integer")
+        if self.head_dim is None:
+            _check(
+                self.d_model % self.num_heads == 0,
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}",
+            )
+        else:
+            _check(self.head_dim > 0, f"model.head_dim={self.head_dim} must be positive")
+        _check(
+            self.num_heads % self.kv_heads == 0,
+            f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads="
+            f"{self.kv_heads}",
+        )
+        _check(
+            self.kv_heads == self.num_heads or self.arch == "llama",
+            f"model.num_kv_heads={self.num_kv_heads} needs arch 'llama' (grouped-query)",
+        )
+        _check(
+            self.embedding_dim <= self.d_model or self.arch == "albert",
+            f"model.embed_dim={self.embed_dim} differs from d_model; only arch 'albert' "
+            "factorises embeddings",
+        )
+        _check(
+            not self.share_layers or self.arch == "albert",
+            "model.share_layers=True needs arch 'albert'",
+        )
+        _check(
+            self.activation in ("gelu", "gelu_new", "relu", "silu"),
+            f"model.activation={self.activation!r} is not one of gelu, gelu_new, relu, silu",
+        )
+        for name in ("dtype", "param_dtype"):
+            v = getattr(self, name)
+            _check(
+                v in ("float32", "bfloat16", "float16"),
+                f"model.{name}={v!r} is not one of float32, bfloat16, float16",
+            )
+        _check(
+            self.attention_impl in ("xla", "cudnn"),
+            f"model.attention_impl={self.attention_impl!r} is not one of xla, cudnn",
+        )
+        _check(
+            self.remat_policy in ("none", "full", "dots"),
+            f"model.remat_policy={self.remat_policy!r} is not one of none, full, dots",
+        )
+        _check(
+            0.0 <= self.dropout_rate < 1.0,
+            f"model.dropout_rate={self.dropout_rate} must be in [0, 1)",
+        )
+        return self
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline: corpus, tokenizer, objective, packing."""
+
+    # kjv | a directory of .txt/.jsonl files | tfds:NAME
+    corpus: str = "kjv"
+    # Where TFDS datasets are prepared/read (None: ~/.cache/t5x_lite/tfds).
+    data_dir: str | None = None
+    # Text feature of a tfds:NAME dataset or of .jsonl records.
+    text_key: str = "text"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    # Existing SentencePiece .model; None trains one on the corpus (cached).
+    tokenizer: str | None = None
+    tokenizer_type: str = "bpe"  # bpe | unigram
+    # causal_lm | prefix_lm | mlm | span_corruption | ul2
+    objective: str = "causal_lm"
+    # Encoders: none | nsp | sop
+    sentence_objective: str = "none"
+    seq_len: int = 128
+    # Encoder-decoder target length; None derives it from seq_len and the noise settings.
+    target_len: int | None = None
+    mlm_probability: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    whole_word_masking: bool = False
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    # UL2 mixture, e.g. "R:0.5,S:0.25,X:0.25" (see t5x_lite.data.objectives).
+    ul2_mixture: str = "R:0.4,S:0.2,X:0.4"
+    # prefix LM: fraction of each row used as prefix when random (0 => uniform).
+    prefix_fraction: float = 0.0
+    # Non-UTF-8 input files: skip (counted warning) | error.
+    on_bad_utf8: str = "skip"
+    shuffle_buffer: int = 10_000
+    seed: int = 0
+    num_workers: int = 0
+
+    def validate(self) -> DataConfig:
+        _check(self.seq_len > 0, f"data.seq_len={self.seq_len} must be positive")
+        _check(
+            self.objective in ("causal_lm", "prefix_lm", "mlm", "span_corruption", "ul2"),
+            f"data.objective={self.objective!r} is not one of causal_lm, prefix_lm, mlm, "
+            "span_corruption, ul2",
+        )
+        _check(
+            self.sentence_objective in ("none", "nsp", "sop"),
+            f"data.sentence_objective={self.sentence_objective!r} is not one of none, nsp, sop",
+        )
+        _check(
+            self.tokenizer_type in ("bpe", "unigram"),
+            f"data.tokenizer_type={self.tokenizer_type!r} is not one of bpe, unigram",
+        )
+        _check(
+            self.on_bad_utf8 in ("skip", "error"),
+            f"data.on_bad_utf8={self.on_bad_utf8!r} is not one of skip, error",
+        )
+        _check(
+            0.0 < self.mlm_probability < 1.0,
+            f"data.mlm_probability={self.mlm_probability} must be in (0, 1)",
+        )
+        _check(
+            0.0 < self.noise_density < 1.0,
+            f"data.noise_density={self.noise_density} must be in (0, 1)",
+        )
+        _check(
+            self.mean_noise_span_length >= 1.0,
+            f"data.mean_noise_span_length={self.mean_noise_span_length} must be >= 1",
+        )
+        return self
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adafactor
+    learning_rate: float = 3e-4
+    schedule: str = "cosine"  # cosine | inverse_sqrt | constant | linear
+    warmup_steps: int = 100
+    # Cosine decays to learning_rate * min_lr_ratio at train.num_steps.
+    min_lr_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # Parameters whose path matches none of these are decayed (biases, norms, embeddings by default excluded).
+    no_decay: tuple[str, ...] = ("bias", "scale", "embedding")
+    grad_clip_norm: float = 1.0  # 0 disables
+    z_loss: float = 0.0
+    label_smoothing: float = 0.0
+
+    def validate(self) -> OptimizerConfig:
+        _check(
+            self.name in ("adamw", "adafactor"),
+            f"optimizer.name={self.name!r} is not one of adamw, adafactor",
+        )
+        _check(
+            self.schedule in ("cosine", "inverse_sqrt", "constant", "linear"),
+            f"optimizer.schedule={self.schedule!r} is not one of cosine, inverse_sqrt, "
+            "constant, linear",
+        )
+        _check(self.learning_rate > 0, f"optimizer.learning_rate={self.learning_rate} must be > 0")
+        _check(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"optimizer.label_smoothing={self.label_smoothing} must be in [0, 1)",
+        )
+        return self
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # global, in rows
+    num_steps: int = 1000
+    # Gradient accumulation: batch_size rows are split into this many microbatches.
+    microbatches: int = 1
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    seed: int = 0
+    # Peak FLOP/s per device for MFU: a name from t5x_lite.flops.PEAK_FLOPS, a number, or auto.
+    peak_flops: str = "auto"
+    # Prompt sampled at the end of a decoder run.
+    sample_prompt: str = "In the beginning"
+    sample_tokens: int = 40
+    progress_bar: bool = True
+    plot_every: int = 100
+
+    def validate(self) -> TrainConfig:
+        for name in ("batch_size", "num_steps", "microbatches", "log_every", "eval_every"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"train.{name}={v!r} must be a positive integer")
+        _check(
+            self.batch_size % self.microbatches == 0,
+            f"train.batch_size={self.batch_size} is not divisible by train.microbatches="
+            f"{self.microbatches}",
+        )
+        return self
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def resolve(self, num_devices: int) -> tuple[int, int, int]:
+        """Concrete mesh shape for ``num_devices``, or a one-line ConfigError."""
+        dims = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        free = [k for k, v in dims.items() if v == -1]
+        _check(len(free) <= 1, f"mesh: only one of data/fsdp/tensor may be -1, got {free}")
+        for k, v in dims.items():
+            _check(v == -1 or v > 0, f"mesh.{k}={v} must be positive or -1")
+        fixed = math.prod(v for v in dims.values() if v != -1)
+        if free:
+            _check(
+                num_devices % fixed == 0,
+                f"mesh: {dims} cannot fill {num_devices} devices ({num_devices} % {fixed} != 0)",
+            )
+            dims[free[0]] = num_devices // fixed
+        total = math.prod(dims.values())
+        _check(
+            total == num_devices,
+            f"mesh: data*fsdp*tensor = {dims['data']}*{dims['fsdp']}*{dims['tensor']} = {total} "
+            f"differs from the {num_devices} available devices",
+        )
+        return dims["data"], dims["fsdp"], dims["tensor"]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    keep: int = 3
+    async_save: bool = True
+    # Save a checkpoint at the current step on SIGTERM / SIGINT, then exit.
+    save_on_preemption: bool = True
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    # When > 0, the planner picks the model shape and train.num_steps from this budget.
+    flops_budget: float = 0.0
+    # A built-in fit name (hoffmann2022 | besiroglu2024) or a path to a fit JSON file.
+    fit: str = "hoffmann2022"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.data.validate()
+        self.optimizer.validate()
+        self.train.validate()
+        if self.model.family == "decoder":
+            _check(
+                self.data.seq_len <= self.model.max_seq_len,
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}",
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- dict <-> config
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce a plain value (from ml_collections/gin/JSON) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        _check(
+            isinstance(value, list | tuple), f"{where}={value!r} must be a list of {args[0]}"
+        )
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if annotation is bool:
+        _check(isinstance(value, bool), f"{where}={value!r} must be true or false")
+        return value
+    if annotation is int:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool)
+            or (isinstance(value, float) and value.is_integer()),
+            f"{where}={value!r} must be an integer",
+        )
+        return int(value)
+    if annotation is float:
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{where}={value!r} must be a number",
+        )
+        return float(value)
+    if annotation is str:
+        _check(isinstance(value, str), f"{where}={value!r} must be a string")
+        return value
+    return value
+
+
+def section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build one frozen section from a dict, rejecting unknown fields by name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        _check(key in names, f"unknown config field {prefix}.{key}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """A validated :class:`Config` from a nested dict; unknown fields are errors."""
+    hints = typing.get_type_hints(Config)
+    for key in values:
+        _check(key in hints, f"unknown config section {key!r}")
+    sections = {
+        name: section_from_dict(hints[name], dict(values.get(name) or {}), name) for name in hints
+    }
+    return Config(**sections).validate()
+
+
+def model_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """A validated :class:`ModelConfig` from a flat dict (e.g. a preset's model section)."""
+    return section_from_dict(ModelConfig, values, "model").validate()
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists), e.g. for config.json."""
+    out = dataclasses.asdict(cfg)
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, tuple | list):
+            return [fix(v) for v in x]
+        return x
+
+    return fix(out)

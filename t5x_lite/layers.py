@@ -1,0 +1,413 @@
+"""Building blocks shared by the three families.
+
+Every parameter is created through :func:`param_with_axes`, so it carries logical
+axis names (see :mod:`t5x_lite.partitioning`); activations are constrained with
+:func:`constrain`. Shapes use ``B`` batch, ``T`` query length, ``S`` key length,
+``H`` heads, ``K`` key/value heads, ``D`` head size, ``E`` model width,
+``F`` MLP width, ``V`` vocabulary.
+
+This module imports only jax, flax, numpy and the config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str) -> jnp.dtype:
+    return DTYPES[name]
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+    """Sharding constraint by logical names (a no-op outside a mesh + rules context)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+def param_with_axes(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: Sequence[int],
+    axes: Sequence[str | None],
+    dtype: Any = jnp.float32,
+) -> Array:
+    """``module.param`` whose value is boxed with logical axis names."""
+    assert len(axes) == len(shape), (name, shape, axes)
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+def normal(std: float) -> Initializer:
+    return nn.initializers.normal(stddev=std)
+
+
+# --------------------------------------------------------------------------- dense
+
+
+class DenseGeneral(nn.Module):
+    """``y = x · W (+ b)`` contracting the last ``len(in_axes)`` dims of ``x``.
+
+    ``kernel`` has shape ``x.shape[-n_in:] + features`` and logical names
+    ``in_axes + out_axes``; e.g. a Q projection is
+    ``DenseGeneral((H, D), in_axes=("embed",), out_axes=("heads", "kv"))``:
+    ``[B, T, E] -> [B, T, H, D]``.
+    """
+
+    features: tuple[int, ...]
+    in_axes: tuple[str | None, ...]
+    out_axes: tuple[str | None, ...]
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Initializer = normal(0.02)
+    kernel_name: str = "kernel"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        n_in = len(self.in_axes)
+        in_shape = x.shape[-n_in:]
+        kernel = param_with_axes(
+            self,
+            self.kernel_name,
+            self.kernel_init,
+            (*in_shape, *self.features),
+            (*self.in_axes, *self.out_axes),
+            self.param_dtype,
+        )
+        x = x.astype(self.dtype)
+        kernel = jnp.asarray(kernel, self.dtype)
+        lhs = tuple(range(x.ndim - n_in, x.ndim))
+        y = jax.lax.dot_general(x, kernel, ((lhs, tuple(range(n_in))), ((), ())))
+        if self.use_bias:
+            bias = param_with_axes(
+                self, "bias", nn.initializers.zeros, self.features, self.out_axes, self.param_dtype
+            )
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+class Embed(nn.Module):
+    """Token (or position / segment) table ``[V, E]`` with a tied-logits ``attend``."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str] = ("vocab", "embed")
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+
+    def setup(self) -> None:
+        self.embedding = param_with_axes(
+            self,
+            "embedding",
+            normal(self.init_std),
+            (self.num_embeddings, self.features),
+            self.axes,
+            self.param_dtype,
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        # ids [B, T] int -> [B, T, E]
+        return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+    def attend(self, x: Array) -> Array:
+        # x [B, T, E] -> logits [B, T, V] = x · Wᵀ
+        return jnp.einsum("bte,ve->btv", x, jnp.asarray(self.embedding, self.dtype))
+
+
+# --------------------------------------------------------------------------- norms
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with ``scale`` and ``bias`` over the last dim, computed in float32."""
+
+    eps: float = 1e-5
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",))
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, (d,), ("embed",))
+            y = y + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * scale`` (T5 LayerNorm, Llama RMSNorm), in float32."""
+
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",))
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """gelu (exact erf, BERT), gelu_new (tanh approx., GPT-2/T5 v1.1), relu, silu."""
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+    }[name]
+
+
+class Mlp(nn.Module):
+    """Feed-forward block ``[B, T, E] -> [B, T, E]``.
+
+    Plain: ``wo(act(wi(x)))``. Gated (SwiGLU / gated-GELU): ``wo(act(wi_0(x)) * wi_1(x))``.
+    Submodule names: ``wi`` / ``wi_0``, ``wi_1`` and ``wo``.
+    """
+
+    d_ff: int
+    act: str = "gelu_new"
+    gated: bool = False
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool = True) -> Array:
+        e = x.shape[-1]
+        dense = dict(
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=normal(self.init_std),
+        )
+        f = activation(self.act)
+        if self.gated:
+            h = f(DenseGeneral((self.d_ff,), ("embed",), ("mlp",), name="wi_0", **dense)(x))
+            h = h * DenseGeneral((self.d_ff,), ("embed",), ("mlp",), name="wi_1", **dense)(x)
+        else:
+            h = f(DenseGeneral((self.d_ff,), ("embed",), ("mlp",), name="wi", **dense)(x))
+        h = constrain(h, ("batch", "act_length", "act_mlp"))
+        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return DenseGeneral((e,), ("mlp",), ("embed",), name="wo", **dense)(h)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def padding_mask(q_valid: Array, kv_valid: Array) -> Array:
+    """``[B, T]``, ``[B, S]`` bool -> ``[B, 1, T, S]``: both positions real tokens."""
+    return q_valid[:, None, :, None] & kv_valid[:, None, None, :]
+
+
+def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
+    """Packed rows: attend only within the same segment; segment 0 is padding.
+
+    ``[B, T]``, ``[B, S]`` int -> ``[B, 1, T, S]`` bool.
+    """
+    same = q_segments[:, None, :, None] == kv_segments[:, None, None, :]
+    return same & (q_segments[:, None, :, None] > 0) & (kv_segments[:, None, None, :] > 0)
+
+
+def causal_mask(length: int) -> Array:
+    """``[1, 1, T, T]`` bool, ``True`` where key index <= query index."""
+    i = jnp.arange(length)
+    return (i[None, :] <= i[:, None])[None, None]
+
+
+def prefix_lm_mask(prefix: Array) -> Array:
+    """Causal, except fully visible inside the prefix.
+
+    ``prefix`` ``[B, T]`` bool marks prefix tokens; ``[B, 1, T, T]`` bool result:
+    query i sees key j iff ``j <= i`` or (i and j both in the prefix).
+    """
+    t = prefix.shape[1]
+    both = prefix[:, None, :, None] & prefix[:, None, None, :]
+    return causal_mask(t) | both
+
+
+def self_attention_mask(
+    batch: dict[str, Array], length: int, causal: bool, prefix_key: str = "prefix_mask"
+) -> Array:
+    """Mask ``[B, 1, T, T]`` for self-attention over ``input_ids``-like rows.
+
+    Uses ``segment_ids`` when present (packed rows), else ``attention_mask``
+    (1 = token, 0 = padding), else all-ones; adds the causal or prefix-LM mask.
+    """
+    if "segment_ids" in batch:
+        seg = batch["segment_ids"]
+        mask = segment_mask(seg, seg)
+    elif "attention_mask" in batch:
+        valid = batch["attention_mask"].astype(bool)
+        mask = padding_mask(valid, valid)
+    else:
+        mask = jnp.ones((1, 1, length, length), bool)
+    if causal:
+        if prefix_key in batch:
+            mask = mask & prefix_lm_mask(batch[prefix_key].astype(bool))
+        else:
+            mask = mask & causal_mask(length)
+    return mask
+
+
+def default_positions(batch: dict[str, Array], length: int) -> Array:
+    """``positions`` from the batch (packed rows restart at 0 per segment), else arange."""
+    if "positions" in batch:
+        return batch["positions"]
+    return jnp.broadcast_to(jnp.arange(length)[None], (batch["input_ids"].shape[0], length))
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def dot_product_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    scale: float | None = None,
+    implementation: str = "xla",
+) -> Array:
+    """``q [B, T, H, D]``, ``k, v [B, S, K, D]`` (``H % K == 0``) -> ``[B, T, H, D]``.
+
+    ``mask`` ``[B|1, 1|H, T, S]`` bool (True = attend), ``bias`` ``[B|1, H, T, S]``
+    added to the logits (T5 relative positions). Softmax runs in float32.
+    ``implementation`` is passed to ``jax.nn.dot_product_attention`` (xla | cudnn).
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if bias is not None:
+        bias = bias.astype(q.dtype) if implementation == "cudnn" else bias
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(
+            q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+        )
+    # XLA path written out so that logits and softmax are float32 whatever the
+    # compute dtype (jax's xla implementation keeps the input dtype).
+    b, t, h, d = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    logits = logits.reshape(b, h, t, k.shape[1]) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    probs = probs.reshape(b, kh, h // kh, t, k.shape[1])
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention block ``[B, T, E] (x) [B, S, E] -> [B, T, E]`` with q/k/v/o projections.
+
+    Projections are named ``query``, ``key``, ``value``, ``out``; kernels are
+    ``[E, H, D]`` (``embed, heads, kv``) and ``[H, D, E]``. ``num_kv_heads < num_heads``
+    gives grouped-query attention (``kv_heads`` axis). ``rope`` is an optional
+    callable ``(q_or_k [B, T, H, D], positions [B, T]) -> same`` applied to q and k.
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    use_bias: bool = True
+    scale: float | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    init_std: float = 0.02
+    out_init_std: float | None = None
+    implementation: str = "xla"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        kv: Array | None = None,
+        mask: Array | None = None,
+        bias: Array | None = None,
+        q_positions: Array | None = None,
+        kv_positions: Array | None = None,
+        rope: Callable[[Array, Array], Array] | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        kv = x if kv is None else kv
+        e = x.shape[-1]
+        kh = self.num_kv_heads or self.num_heads
+        kv_axis = "kv_heads" if kh != self.num_heads else "heads"
+        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        init = normal(self.init_std)
+        q = DenseGeneral(
+            (self.num_heads, self.head_dim), ("embed",), ("heads", "kv"),
+            kernel_init=init, name="query", **common,
+        )(x)
+        k = DenseGeneral(
+            (kh, self.head_dim), ("embed",), (kv_axis, "kv"), kernel_init=init, name="key",
+            **common,
+        )(kv)
+        v = DenseGeneral(
+            (kh, self.head_dim), ("embed",), (kv_axis, "kv"), kernel_init=init, name="value",
+            **common,
+        )(kv)
+        if rope is not None:
+            q = rope(q, q_positions)
+            k = rope(k, kv_positions if kv_positions is not None else q_positions)
+        q = constrain(q, ("batch", "act_length", "act_heads", "act_kv"))
+        k = constrain(k, ("batch", "act_length", "act_kv_heads", "act_kv"))
+        v = constrain(v, ("batch", "act_length", "act_kv_heads", "act_kv"))
+        out = dot_product_attention(
+            q, k, v, mask=mask, bias=bias, scale=self.scale, implementation=self.implementation
+        )
+        out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+        return DenseGeneral(
+            (e,), ("heads", "kv"), ("embed",),
+            kernel_init=normal(self.out_init_std or self.init_std), name="out", **common,
+        )(out)
+
+
+# --------------------------------------------------------------------------- rotary
+
+
+def apply_rope(x: Array, positions: Array, theta: float = 10000.0) -> Array:
+    """Rotary embedding, Llama / HF "rotate_half" layout.
+
+    ``x [B, T, H, D]``, ``positions [B, T]`` -> ``[B, T, H, D]``; dims ``i`` and
+    ``i + D/2`` form a rotated pair with frequency ``theta ** (-2i / D)``.
+    """
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [D/2]
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)

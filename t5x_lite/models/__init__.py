@@ -1,0 +1,82 @@
+"""The three Transformer families as pure-function Flax modules.
+
+``build(cfg)`` returns a Linen module; ``module.apply({"params": p}, batch)`` takes a
+dict with Hugging Face key names and returns ``{"logits": [B, T, V], ...}``::
+
+    >>> from t5x_lite.config import ModelConfig
+    >>> cfg = ModelConfig(family="decoder", arch="gpt2", vocab_size=100, d_model=16,
+    ...                   num_heads=2, num_layers=1, d_ff=32, max_seq_len=8)
+    >>> module = build(cfg)
+    >>> params = init_params(cfg, jax.random.key(0))       # unboxed float32 tree
+    >>> module.apply({"params": params}, example_batch(cfg, 2, 8))["logits"].shape
+    (2, 8, 100)
+
+Batch keys by family (``[B, T]`` int32 unless noted):
+
+* encoder: ``input_ids``, ``attention_mask``, ``token_type_ids``; packed rows use
+  ``segment_ids`` and ``positions``. Outputs ``logits`` (MLM) and, with
+  ``sentence_head``, ``sentence_logits`` ``[B, 2]`` (NSP / SOP) and ``pooled``.
+* decoder: ``input_ids``, ``attention_mask`` or ``segment_ids`` + ``positions``,
+  optional ``prefix_mask`` (bool, prefix LM).
+* encoder_decoder: ``input_ids``, ``attention_mask``, ``decoder_input_ids``,
+  ``decoder_attention_mask``; packed rows use ``segment_ids``, ``positions``,
+  ``decoder_segment_ids``, ``decoder_positions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from t5x_lite.config import ModelConfig
+from t5x_lite.models import decoder, encoder, encoder_decoder
+
+_FAMILIES = {
+    "encoder": encoder,
+    "decoder": decoder,
+    "encoder_decoder": encoder_decoder,
+}
+
+
+def build(cfg: ModelConfig) -> nn.Module:
+    """The Linen module of ``cfg.family`` (config validated first)."""
+    cfg.validate()
+    return _FAMILIES[cfg.family].Model(cfg)
+
+
+def example_batch(cfg: ModelConfig, batch_size: int = 1, length: int = 8) -> dict[str, Any]:
+    """All-ones batch with every key the family reads (for ``init`` and shape checks)."""
+    ids = jnp.ones((batch_size, length), jnp.int32)
+    batch = {"input_ids": ids, "attention_mask": ids}
+    if cfg.family == "encoder" and cfg.type_vocab_size:
+        batch["token_type_ids"] = jnp.zeros_like(ids)
+    if cfg.family == "encoder_decoder":
+        batch["decoder_input_ids"] = ids
+        batch["decoder_attention_mask"] = ids
+    return batch
+
+
+def init_boxed(cfg: ModelConfig, rng: jax.Array, batch: dict[str, Any] | None = None) -> Any:
+    """Params tree boxed with logical axis names (``nn.LogicallyPartitioned`` leaves)."""
+    batch = example_batch(cfg) if batch is None else batch
+    return build(cfg).init(rng, batch)["params"]
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, batch: dict[str, Any] | None = None) -> Any:
+    """Plain params tree (arrays, no logical-axis boxes)."""
+    return nn.meta.unbox(init_boxed(cfg, rng, batch))
+
+
+def count_params(cfg: ModelConfig) -> dict[str, int]:
+    """Analytic parameter count: ``{"total": ..., "non_embedding": ...}``.
+
+    ``non_embedding`` excludes token, position and segment embedding tables (and
+    an untied output projection, following Kaplan et al. 2020), the quantity
+    scaling laws are usually written in.
+    """
+    cfg.validate()
+    total, non_embedding = _FAMILIES[cfg.family].count_params(cfg)
+    return {"total": int(total), "non_embedding": int(non_embedding)}

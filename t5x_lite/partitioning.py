@@ -1,0 +1,104 @@
+"""Device mesh and the one logical-axis rules table.
+
+Parameters and activations are annotated with *logical* axis names (what a dimension
+is); :data:`LOGICAL_AXIS_RULES` says where each name lives on the mesh
+``(data, fsdp, tensor)``:
+
+* ``data``   pure data parallelism: batch split, parameters replicated;
+* ``fsdp``   batch split *and* parameters / optimizer state split along ``embed``
+  (ZeRO-3 style: each device holds 1/fsdp of every large matrix);
+* ``tensor`` Megatron-style model parallelism: heads, MLP hidden units and the
+  vocabulary are split.
+
+Parameter names: ``vocab, embed, heads, kv_heads, kv, mlp, layers, relpos_buckets,
+type_vocab, position, classes``. Activation names carry an ``act_`` prefix so a
+parameter's ``embed`` (sharded on fsdp) and an activation's embedding dimension
+(replicated, since the batch already uses fsdp) can live in different places.
+
+This module imports only jax, flax and the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from t5x_lite.config import MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes, or None for replicated)
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("relpos_buckets", None),
+    ("type_vocab", None),
+    ("position", None),
+    ("classes", None),
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ``Mesh`` with axes ``(data, fsdp, tensor)`` over ``devices`` (default: all).
+
+    ``-1`` in the config fills the remaining devices; a product that differs from
+    the device count is a one-line ConfigError raised before anything is compiled.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    shape = cfg.resolve(len(devices))
+    dev_array = np.asarray(devices).reshape(shape)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return Mesh(dev_array, MESH_AXES, axis_types=axis_types)
+
+
+def logical_to_mesh_spec(logical: Sequence[str | None]) -> PartitionSpec:
+    """PartitionSpec for a tuple of logical names under the rules table."""
+    return nn.logical_to_mesh_axes(tuple(logical), LOGICAL_AXIS_RULES)
+
+
+def logical_sharding(mesh: Mesh, logical: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_mesh_spec(logical))
+
+
+def param_shardings(mesh: Mesh, abstract_boxed_params: Any) -> Any:
+    """NamedShardings for a (possibly abstract) tree of ``nn.LogicallyPartitioned`` params.
+
+    Unboxed leaves (no logical names) are replicated.
+    """
+    specs = nn.get_partition_spec(abstract_boxed_params)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def logical_axes(boxed_params: Any) -> Any:
+    """Tree of logical-name tuples (``PartitionSpec`` of names) of boxed params."""
+    return nn.get_partition_spec(boxed_params)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Rows split over ``data`` x ``fsdp``; the remaining dims replicated."""
+    return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1))
+
+
+def axis_rules():
+    """Context manager that activates the rules for ``nn.with_logical_constraint``."""
+    return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
