@@ -102,8 +102,6 @@ class ModelConfig:
     attention_impl: str = "xla"
     # Rematerialisation of each layer: none | full | dots (save matmul outputs).
     remat_policy: str = "none"
-    # Run the layer stack with nn.scan (one compiled layer) instead of a Python loop.
-    scan_layers: bool = False
 
     # ---- derived quantities (never stored separately) ----
     @property

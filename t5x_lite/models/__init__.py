@@ -3,7 +3,8 @@
 ``build(cfg)`` returns a Linen module; ``module.apply({"params": p}, batch)`` takes a
 dict with Hugging Face key names and returns ``{"logits": [B, T, V], ...}``::
 
-    >>> from t5x_lite.config import ModelConfig
+    >>> from t5x_lite import partitioning
+from t5x_lite.config import ModelConfig
     >>> cfg = ModelConfig(family="decoder", arch="gpt2", vocab_size=100, d_model=16,
     ...                   num_heads=2, num_layers=1, d_ff=32, max_seq_len=8)
     >>> module = build(cfg)
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from t5x_lite import partitioning
 from t5x_lite.config import ModelConfig
 from t5x_lite.models import decoder, encoder, encoder_decoder
 
@@ -68,6 +70,18 @@ def init_boxed(cfg: ModelConfig, rng: jax.Array, batch: dict[str, Any] | None = 
 def init_params(cfg: ModelConfig, rng: jax.Array, batch: dict[str, Any] | None = None) -> Any:
     """Plain params tree (arrays, no logical-axis boxes)."""
     return nn.meta.unbox(init_boxed(cfg, rng, batch))
+
+
+def param_shardings(cfg: ModelConfig, mesh: jax.sharding.Mesh) -> Any:
+    """NamedShardings of the (unboxed) params tree under the logical-axis rules."""
+    abstract = jax.eval_shape(lambda: init_boxed(cfg, jax.random.key(0)))
+    return partitioning.param_shardings(mesh, abstract)
+
+
+def init_sharded(cfg: ModelConfig, rng: jax.Array, mesh: jax.sharding.Mesh) -> Any:
+    """Params initialised directly into their shardings on ``mesh`` (no host copy)."""
+    shardings = param_shardings(cfg, mesh)
+    return jax.jit(lambda r: init_params(cfg, r), out_shardings=shardings)(rng)
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
