@@ -271,7 +271,7 @@ class OptimizerConfig:
     b2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    # Parameters whose path matches none of these are decayed (biases, norms, embeddings by default excluded).
+    # Parameters whose path contains one of these names are not decayed.
     no_decay: tuple[str, ...] = ("bias", "scale", "embedding")
     grad_clip_norm: float = 1.0  # 0 disables
     z_loss: float = 0.0
@@ -425,7 +425,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if annotation is int:
         _check(
-            isinstance(value, int) and not isinstance(value, bool)
+            (isinstance(value, int) and not isinstance(value, bool))
             or (isinstance(value, float) and value.is_integer()),
             f"{where}={value!r} must be an integer",
         )
