@@ -197,6 +197,8 @@ class Mlp(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
+    # Init std of ``wo``; None means init_std.
+    out_init_std: float | None = None
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -215,6 +217,7 @@ class Mlp(nn.Module):
             h = f(DenseGeneral((self.d_ff,), ("embed",), ("mlp",), name="wi", **dense)(x))
         h = constrain(h, ("batch", "act_length", "act_mlp"))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        dense["kernel_init"] = normal(self.out_init_std or self.init_std)
         return DenseGeneral((e,), ("mlp",), ("embed",), name="wo", **dense)(h)
 
 
@@ -344,6 +347,8 @@ class MultiHeadAttention(nn.Module):
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
     out_init_std: float | None = None
+    # Init std of ``query``; None means init_std (T5 folds 1/sqrt(D) into it).
+    query_init_std: float | None = None
     implementation: str = "xla"
     dropout_rate: float = 0.0
 
@@ -367,7 +372,7 @@ class MultiHeadAttention(nn.Module):
         init = normal(self.init_std)
         q = DenseGeneral(
             (self.num_heads, self.head_dim), ("embed",), ("heads", "kv"),
-            kernel_init=init, name="query", **common,
+            kernel_init=normal(self.query_init_std or self.init_std), name="query", **common,
         )(x)
         k = DenseGeneral(
             (kh, self.head_dim), ("embed",), (kv_axis, "kv"), kernel_init=init, name="key",
