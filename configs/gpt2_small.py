@@ -1,0 +1,30 @@
+"""GPT-2 small (124M: 12 layers, d_model 768, 12 heads), causal LM with 1024-token rows.
+
+The architecture is exactly OpenAI's GPT-2 124M (vocab 50257, 1024 learned
+positions, tied LM head); ``count_params`` gives 124,439,808. Optimizer settings
+follow the usual GPT-2 reproductions (nanoGPT / llm.c): AdamW, peak 6e-4, warmup,
+cosine decay, betas (0.9, 0.95), weight decay 0.1, no dropout.
+"""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="decoder",
+            arch="gpt2",
+            vocab_size=50257,
+            d_model=768,
+            num_heads=12,
+            num_layers=12,
+            d_ff=3072,
+            max_seq_len=1024,
+            norm_eps=1e-5,
+            activation="gelu_new",
+            dtype="bfloat16",
+        ),
+        data=dict(corpus="kjv", objective="causal_lm", seq_len=1024),
+        optimizer=dict(learning_rate=6e-4, warmup_steps=700, weight_decay=0.1),
+        train=dict(batch_size=32, num_steps=20000, log_every=50, eval_every=1000),
+    )

@@ -1,0 +1,210 @@
+"""Decoder-only Transformers: GPT-2 and Llama.
+
+``Model(cfg).apply({"params": p}, batch)`` maps a batch with Hugging Face key
+names to ``{"logits": [B, T, V] float32}``::
+
+    >>> cfg = ModelConfig(family="decoder", arch="gpt2", vocab_size=100, d_model=16,
+    ...                   num_heads=2, num_layers=1, d_ff=32, max_seq_len=8)
+    >>> batch = {"input_ids": jnp.ones((2, 8), jnp.int32)}
+    >>> params = Model(cfg).init(jax.random.key(0), batch)["params"]
+    >>> Model(cfg).apply({"params": params}, batch)["logits"].shape
+    (2, 8, 100)
+
+Batch keys (``[B, T]``): ``input_ids`` int32; ``attention_mask`` (1 token / 0 pad)
+or, for packed rows, ``segment_ids`` (1, 2, ... per document, 0 = pad) with
+``positions`` restarting at 0 per document; optional ``prefix_mask`` (bool) for a
+prefix LM, whose prefix tokens see each other bidirectionally.
+
+=========  ============================================================================
+arch       layout (parameter names in parentheses)
+=========  ============================================================================
+gpt2       token (``wte``) + learned positions (``wpe``); pre-LN blocks ``layers_i`` with
+           LayerNorm ``ln_1`` / ``ln_2`` (biases), attention ``attn`` (query, key, value,
+           out; biases), GELU MLP ``mlp`` (wi, wo); final ``ln_f``; logits = H · wteᵀ.
+llama      token (``wte``); blocks with RMSNorm ``ln_1`` / ``ln_2``, RoPE grouped-query
+           attention ``attn`` (no biases), SwiGLU ``mlp`` (wi_0 gate, wi_1 up, wo down);
+           final RMSNorm ``ln_f``; untied ``lm_head`` kernel ``[E, V]``.
+=========  ============================================================================
+
+A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
+[B, T, E]``; the key/value cache of incremental decoding can be added inside
+``attn`` without changing this interface.
+
+This module imports only jax, flax and the config.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from t5x_lite import layers
+from t5x_lite.config import ModelConfig
+
+Array = jax.Array
+
+
+def _is_llama(cfg: ModelConfig) -> bool:
+    return cfg.arch == "llama"
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    dtype = layers.dtype_of(cfg.dtype)
+    if _is_llama(cfg):
+        return layers.RMSNorm(eps=cfg.norm_eps, dtype=dtype, name=name)
+    return layers.LayerNorm(eps=cfg.norm_eps, dtype=dtype, name=name)
+
+
+class Block(nn.Module):
+    """One pre-norm layer: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    ``x [B, T, E]``, ``mask [B|1, 1, T, T]`` bool, ``positions [B, T]`` (RoPE only)
+    -> ``[B, T, E]``.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask: Array, positions: Array, deterministic: bool = True
+    ) -> Array:
+        cfg = self.config
+        llama = _is_llama(cfg)
+        dtype = layers.dtype_of(cfg.dtype)
+        param_dtype = layers.dtype_of(cfg.param_dtype)
+        std = cfg.initializer_range
+        # GPT-2 scales residual output projections by 1/sqrt(2 * layers).
+        out_std = std if llama else std / (2 * cfg.num_layers) ** 0.5
+        rope = functools.partial(layers.apply_rope, theta=cfg.rope_theta) if llama else None
+
+        h = _norm(cfg, "ln_1")(x)
+        h = layers.MultiHeadAttention(
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_size,
+            num_kv_heads=cfg.kv_heads,
+            use_bias=not llama,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            init_std=std,
+            out_init_std=out_std,
+            implementation=cfg.attention_impl,
+            name="attn",
+        )(h, mask=mask, q_positions=positions, rope=rope, deterministic=deterministic)
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        x = layers.constrain(x + h, ("batch", "act_length", "act_embed"))
+
+        h = _norm(cfg, "ln_2")(x)
+        h = layers.Mlp(
+            d_ff=cfg.d_ff,
+            act="silu" if llama else cfg.activation,
+            gated=llama,
+            use_bias=not llama,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            init_std=std,
+            out_init_std=out_std,
+            name="mlp",
+        )(h, deterministic=deterministic)
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+        return layers.constrain(x + h, ("batch", "act_length", "act_embed"))
+
+
+def _block_class(cfg: ModelConfig) -> type[nn.Module]:
+    """``Block``, rematerialised per ``cfg.remat_policy`` (none | full | dots)."""
+    if cfg.remat_policy == "none":
+        return Block
+    policy = None
+    if cfg.remat_policy == "dots":
+        # Keep weight matmul outputs; recompute attention and elementwise ops.
+        policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    # Argument 4 (self = 0) is the Python bool ``deterministic``.
+    return nn.remat(Block, policy=policy, static_argnums=(4,))
+
+
+class Model(nn.Module):
+    """GPT-2 / Llama language model: ``batch -> {"logits": [B, T, V] float32}``."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, batch: dict[str, Array], deterministic: bool = True) -> dict[str, Array]:
+        cfg = self.config
+        llama = _is_llama(cfg)
+        dtype = layers.dtype_of(cfg.dtype)
+        param_dtype = layers.dtype_of(cfg.param_dtype)
+        ids = batch["input_ids"]  # [B, T]
+        t = ids.shape[1]
+        positions = layers.default_positions(batch, t)  # [B, T]
+        mask = layers.self_attention_mask(batch, t, causal=True)  # [B|1, 1, T, T]
+
+        wte = layers.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            init_std=cfg.initializer_range,
+            name="wte",
+        )
+        x = wte(ids)  # [B, T, E]
+        if not llama:
+            wpe = layers.Embed(
+                cfg.max_seq_len,
+                cfg.d_model,
+                axes=("position", "embed"),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                init_std=cfg.initializer_range,
+                name="wpe",
+            )
+            x = x + wpe(positions)
+        x = layers.constrain(x, ("batch", "act_length", "act_embed"))
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+        block = _block_class(cfg)
+        for i in range(cfg.num_layers):
+            x = block(cfg, name=f"layers_{i}")(x, mask, positions, deterministic)
+        x = _norm(cfg, "ln_f")(x)  # [B, T, E]
+
+        if llama:
+            logits = layers.DenseGeneral(
+                (cfg.vocab_size,),
+                ("embed",),
+                ("vocab",),
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=layers.normal(cfg.initializer_range),
+                name="lm_head",
+            )(x)
+        else:
+            logits = wte.attend(x)  # tied: [B, T, V] = x · wteᵀ
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
+        return {"logits": logits.astype(jnp.float32)}
+
+
+def count_params(cfg: ModelConfig) -> tuple[int, int]:
+    """``(total, non_embedding)`` parameter counts, computed from the shapes.
+
+    ``non_embedding`` leaves out the token and position tables and an untied
+    ``lm_head``. GPT-2 small (12 x 768, vocab 50257, 1024 positions) gives
+    ``total = 124_439_808``.
+    """
+    e, f, hd = cfg.d_model, cfg.d_ff, cfg.head_size
+    q, kv = cfg.num_heads * hd, cfg.kv_heads * hd
+    if _is_llama(cfg):
+        attn = e * q + 2 * e * kv + q * e
+        mlp = 3 * e * f
+        norms = 2 * e
+        embeddings = 2 * cfg.vocab_size * e  # wte + untied lm_head
+        final = e
+    else:
+        attn = e * q + 2 * e * kv + q * e + (q + 2 * kv + e)
+        mlp = 2 * e * f + f + e
+        norms = 4 * e
+        embeddings = (cfg.vocab_size + cfg.max_seq_len) * e
+        final = 2 * e
+    non_embedding = cfg.num_layers * (attn + mlp + norms) + final
+    return non_embedding + embeddings, non_embedding
