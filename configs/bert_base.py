@@ -1,0 +1,42 @@
+"""BERT-base (Devlin et al. 2019): 12 layers, d_model 768, 12 heads, 110M parameters.
+
+Exactly the shape of ``bert-base-uncased`` / HF ``BertForPreTraining`` (30522-token
+WordPiece vocabulary, 512 positions, 2 segment types, MLM + NSP heads), so its
+checkpoints import with ``t5x_lite.convert.import_hf``. The optimizer follows the
+paper (AdamW, lr 1e-4, beta2 0.999, weight decay 0.01, 10k warmup steps, linear
+decay) and phase 1 of its schedule (sequence length 128, batch 256).
+"""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="encoder",
+            arch="bert",
+            vocab_size=30522,
+            d_model=768,
+            num_heads=12,
+            num_layers=12,
+            d_ff=3072,
+            max_seq_len=512,
+            type_vocab_size=2,
+            sentence_head=True,
+            activation="gelu",
+            norm_eps=1e-12,
+            dropout_rate=0.1,
+        ),
+        data=dict(corpus="kjv", objective="mlm", sentence_objective="nsp", seq_len=128),
+        optimizer=dict(
+            name="adamw",
+            learning_rate=1e-4,
+            schedule="linear",
+            warmup_steps=10_000,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            weight_decay=0.01,
+        ),
+        train=dict(batch_size=256, num_steps=1_000_000, log_every=100, eval_every=10_000),
+    )

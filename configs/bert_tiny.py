@@ -1,0 +1,24 @@
+"""BERT architecture at test size: 2 layers, d_model 64, MLM + next-sentence prediction on kjv."""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="encoder",
+            arch="bert",
+            vocab_size=2048,
+            d_model=64,
+            num_heads=4,
+            num_layers=2,
+            d_ff=256,
+            max_seq_len=128,
+            type_vocab_size=2,
+            sentence_head=True,
+            activation="gelu",
+            norm_eps=1e-12,
+        ),
+        data=dict(corpus="kjv", objective="mlm", sentence_objective="nsp", seq_len=128),
+        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+    )
