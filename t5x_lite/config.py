@@ -293,6 +293,16 @@ class OptimizerConfig:
             0.0 <= self.label_smoothing < 1.0,
             f"optimizer.label_smoothing={self.label_smoothing} must be in [0, 1)",
         )
+        for name in ("weight_decay", "grad_clip_norm", "z_loss", "eps"):
+            v = getattr(self, name)
+            _check(v >= 0, f"optimizer.{name}={v} must be >= 0")
+        _check(
+            0.0 <= self.min_lr_ratio <= 1.0,
+            f"optimizer.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]",
+        )
+        for name in ("b1", "b2"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"optimizer.{name}={v} must be in [0, 1)")
         return self
 
 
@@ -318,13 +328,18 @@ class TrainConfig:
     plot_every: int = 100
 
     def validate(self) -> TrainConfig:
-        for name in ("batch_size", "num_steps", "microbatches", "log_every", "eval_every"):
+        positive = ("batch_size", "num_steps", "microbatches", "log_every", "eval_every")
+        for name in (*positive, "plot_every"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"train.{name}={v!r} must be a positive integer")
         _check(
             self.batch_size % self.microbatches == 0,
             f"train.batch_size={self.batch_size} is not divisible by train.microbatches="
             f"{self.microbatches}",
+        )
+        _check(
+            isinstance(self.eval_batches, int) and self.eval_batches >= 0,
+            f"train.eval_batches={self.eval_batches!r} must be a non-negative integer",
         )
         return self
 
@@ -368,6 +383,14 @@ class CheckpointConfig:
     # Save a checkpoint at the current step on SIGTERM / SIGINT, then exit.
     save_on_preemption: bool = True
 
+    def validate(self) -> CheckpointConfig:
+        for name in ("every_steps", "keep"):
+            v = getattr(self, name)
+            _check(
+                isinstance(v, int) and v > 0, f"checkpoint.{name}={v!r} must be a positive integer"
+            )
+        return self
+
 
 @dataclass(frozen=True)
 class ScalingConfig:
@@ -392,10 +415,21 @@ class Config:
         self.data.validate()
         self.optimizer.validate()
         self.train.validate()
-        if self.model.family == "decoder":
+        self.checkpoint.validate()
+        for name in ("data", "fsdp", "tensor"):
+            v = getattr(self.mesh, name)
+            _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
+        # Learned position tables (GPT-2, BERT, RoBERTa after its offset) hold
+        # max_seq_len positions; T5 (relative) and Llama (RoPE) keep the same bound as
+        # their documented context length.
+        _check(
+            self.data.seq_len <= self.model.max_seq_len,
+            f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
+        if self.data.target_len is not None:
             _check(
-                self.data.seq_len <= self.model.max_seq_len,
-                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                self.data.target_len <= self.model.max_seq_len,
+                f"data.target_len={self.data.target_len} exceeds model.max_seq_len="
                 f"{self.model.max_seq_len}",
             )
         return self
