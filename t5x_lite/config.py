@@ -186,17 +186,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Input pipeline: corpus, tokenizer, objective, packing."""
+    """Input pipeline: corpus, tokenizer, objective, packing (see :mod:`t5x_lite.data`).
 
-    # kjv | a directory of .txt/.jsonl files | tfds:NAME
+    Objectives and the model family that consumes them: ``causal_lm`` and ``prefix_lm``
+    (decoder), ``mlm`` with ``sentence_objective`` none | nsp | sop (encoder),
+    ``span_corruption`` and ``ul2`` (encoder-decoder).
+    """
+
+    # kjv | a directory of .txt/.jsonl files | tfds:NAME (a prepared array_record dataset)
     corpus: str = "kjv"
-    # Where TFDS datasets are prepared/read (None: ~/.cache/t5x_lite/tfds).
+    # Where TFDS datasets, trained tokenizers and token caches live
+    # (None: ~/.cache/t5x_lite/tfds).
     data_dir: str | None = None
     # Text feature of a tfds:NAME dataset or of .jsonl records.
     text_key: str = "text"
     train_split: str = "train"
     eval_split: str = "validation"
-    # Existing SentencePiece .model; None trains one on the corpus (cached).
+    # Existing SentencePiece .model; None trains one on the corpus (cached in data_dir).
     tokenizer: str | None = None
     tokenizer_type: str = "bpe"  # bpe | unigram
     # causal_lm | prefix_lm | mlm | span_corruption | ul2
@@ -204,7 +210,8 @@ class DataConfig:
     # Encoders: none | nsp | sop
     sentence_objective: str = "none"
     seq_len: int = 128
-    # Encoder-decoder target length; None derives it from seq_len and the noise settings.
+    # Encoder-decoder target length; None derives it (span_corruption: T5's
+    # random_spans_helper arithmetic, so that rows are full; ul2: seq_len).
     target_len: int | None = None
     mlm_probability: float = 0.15
     mask_token_rate: float = 0.8
@@ -212,18 +219,31 @@ class DataConfig:
     whole_word_masking: bool = False
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
-    # UL2 mixture, e.g. "R:0.5,S:0.25,X:0.25" (see t5x_lite.data.objectives).
+    # UL2 mixture of denoiser kinds R | S | X with weights, e.g. "R:0.5,S:0.25,X:0.25"
+    # (see t5x_lite.data.ul2).
     ul2_mixture: str = "R:0.4,S:0.2,X:0.4"
-    # prefix LM: fraction of each row used as prefix when random (0 => uniform).
+    # prefix LM: prefix length as a fraction of the row (0 => uniform random per row).
     prefix_fraction: float = 0.0
-    # Non-UTF-8 input files: skip (counted warning) | error.
+    # Non-UTF-8 input: skip (counted warning) | error.
     on_bad_utf8: str = "skip"
-    shuffle_buffer: int = 10_000
     seed: int = 0
+    # Batches prepared ahead by a background thread (0: computed on demand).
+    prefetch_batches: int = 2
+    # grain worker processes (0: in the training process).
     num_workers: int = 0
 
+    # Smallest seq_len each objective can fill with at least one real token of content.
+    MIN_SEQ_LEN: typing.ClassVar[dict[str, int]] = {
+        "causal_lm": 2,
+        "prefix_lm": 3,
+        "mlm": 4,
+        "nsp": 8,
+        "sop": 8,
+        "span_corruption": 8,
+        "ul2": 16,
+    }
+
     def validate(self) -> DataConfig:
-        _check(self.seq_len > 0, f"data.seq_len={self.seq_len} must be positive")
         _check(
             self.objective in ("causal_lm", "prefix_lm", "mlm", "span_corruption", "ul2"),
             f"data.objective={self.objective!r} is not one of causal_lm, prefix_lm, mlm, "
@@ -233,6 +253,23 @@ class DataConfig:
             self.sentence_objective in ("none", "nsp", "sop"),
             f"data.sentence_objective={self.sentence_objective!r} is not one of none, nsp, sop",
         )
+        _check(
+            self.sentence_objective == "none" or self.objective == "mlm",
+            f"data.sentence_objective={self.sentence_objective!r} needs data.objective='mlm' "
+            f"(got {self.objective!r})",
+        )
+        key = self.objective if self.sentence_objective == "none" else self.sentence_objective
+        minimum = self.MIN_SEQ_LEN[key]
+        _check(
+            isinstance(self.seq_len, int) and self.seq_len >= minimum,
+            f"data.seq_len={self.seq_len} is below the minimum {minimum} of objective {key!r}",
+        )
+        _check(
+            self.target_len is None or self.target_len >= 2,
+            f"data.target_len={self.target_len} must be >= 2 (or None to derive it)",
+        )
+        _check(bool(self.corpus), "data.corpus is empty (kjv, a directory, or tfds:NAME)")
+        _check(bool(self.text_key), "data.text_key is empty")
         _check(
             self.tokenizer_type in ("bpe", "unigram"),
             f"data.tokenizer_type={self.tokenizer_type!r} is not one of bpe, unigram",
@@ -246,6 +283,13 @@ class DataConfig:
             f"data.mlm_probability={self.mlm_probability} must be in (0, 1)",
         )
         _check(
+            self.mask_token_rate >= 0
+            and self.random_token_rate >= 0
+            and self.mask_token_rate + self.random_token_rate <= 1.0,
+            f"data.mask_token_rate={self.mask_token_rate} and data.random_token_rate="
+            f"{self.random_token_rate} must be >= 0 with a sum <= 1",
+        )
+        _check(
             0.0 < self.noise_density < 1.0,
             f"data.noise_density={self.noise_density} must be in (0, 1)",
         )
@@ -253,7 +297,40 @@ class DataConfig:
             self.mean_noise_span_length >= 1.0,
             f"data.mean_noise_span_length={self.mean_noise_span_length} must be >= 1",
         )
+        _check(
+            0.0 <= self.prefix_fraction < 1.0,
+            f"data.prefix_fraction={self.prefix_fraction} must be in [0, 1)",
+        )
+        parse_ul2_mixture(self.ul2_mixture)
+        for name in ("prefetch_batches", "num_workers"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, f"data.{name}={v!r} must be >= 0")
         return self
+
+
+def parse_ul2_mixture(spec: str) -> dict[str, float]:
+    """``"R:0.4,S:0.2,X:0.4"`` -> ``{"R": 0.4, "S": 0.2, "X": 0.4}`` (weights normalised).
+
+    Kinds: R (regular span corruption), X (extreme: long spans or high density),
+    S (sequential: prefix LM). A malformed spec is a one-line ConfigError.
+    """
+    out: dict[str, float] = {}
+    for part in spec.split(","):
+        name, sep, weight = part.strip().partition(":")
+        name = name.strip().upper()
+        try:
+            w = float(weight)
+        except ValueError:
+            w = -1.0
+        _check(
+            bool(sep) and name in ("R", "S", "X") and name not in out and w >= 0,
+            f"data.ul2_mixture={spec!r}: expected comma-separated KIND:WEIGHT with KIND in "
+            "R, S, X (each once) and WEIGHT >= 0",
+        )
+        out[name] = w
+    total = sum(out.values())
+    _check(total > 0, f"data.ul2_mixture={spec!r}: weights sum to 0")
+    return {k: v / total for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- optimizer
