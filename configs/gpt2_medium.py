@@ -1,0 +1,37 @@
+"""GPT-2 medium (355M: 24 layers, d_model 1024, 16 heads), causal LM with 1024-token rows.
+
+Exactly OpenAI's GPT-2 345M / HF ``gpt2-medium`` (vocab 50257, 1024 learned
+positions, tied LM head); ``count_params`` gives 354,823,168. Optimizer settings
+follow GPT-3's table for this size (Brown et al. 2020, "GPT-3 Medium"): AdamW, peak
+3e-4, betas (0.9, 0.95), weight decay 0.1, clipping at 1.0, 0.5M-token batches
+(512 rows x 1024), cosine decay to 10%. ``num_steps`` = 14,000 is ~7B tokens, about
+20 tokens per parameter (Hoffmann et al. 2022). 16 microbatches of 32 rows keep a
+step within one 80 GB accelerator; raise ``mesh`` and lower ``train.microbatches``
+on more devices.
+"""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="decoder",
+            arch="gpt2",
+            vocab_size=50257,
+            d_model=1024,
+            num_heads=16,
+            num_layers=24,
+            d_ff=4096,
+            max_seq_len=1024,
+            norm_eps=1e-5,
+            activation="gelu_new",
+            dtype="bfloat16",
+        ),
+        data=dict(corpus="kjv", objective="causal_lm", seq_len=1024),
+        optimizer=dict(learning_rate=3e-4, warmup_steps=715, weight_decay=0.1),
+        train=dict(
+            batch_size=512, microbatches=16, num_steps=14_000, log_every=50, eval_every=1000
+        ),
+        checkpoint=dict(every_steps=1000),
+    )

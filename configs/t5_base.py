@@ -1,0 +1,50 @@
+"""Original T5-base (223M): 12+12 layers, d_model 768, 12 heads x 64, ReLU MLP 3072.
+
+Exactly ``google-t5/t5-base`` (Raffel et al. 2020): vocab 32128, bucketed relative
+position bias (32 buckets up to distance 128), RMS LayerNorm eps 1e-6, head tied to
+the input embedding and scaled by d_model**-0.5; ``count_params`` gives 222,903,552
+like Hugging Face. Pretraining as in the paper: span corruption (15% noise, mean
+span 3) on 512-token inputs, batches of 128, 2^19 steps, Adafactor with an
+inverse-square-root schedule (peak 0.01 after 10k warmup steps), dropout 0.1.
+"""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="encoder_decoder",
+            arch="t5",
+            vocab_size=32128,
+            d_model=768,
+            num_heads=12,
+            head_dim=64,
+            num_layers=12,
+            num_decoder_layers=12,
+            d_ff=3072,
+            max_seq_len=512,
+            norm_eps=1e-6,
+            activation="relu",
+            relative_num_buckets=32,
+            relative_max_distance=128,
+            dropout_rate=0.1,
+            dtype="bfloat16",
+        ),
+        data=dict(
+            corpus="kjv",
+            objective="span_corruption",
+            seq_len=512,
+            noise_density=0.15,
+            mean_noise_span_length=3.0,
+        ),
+        optimizer=dict(
+            name="adafactor",
+            learning_rate=0.01,
+            schedule="inverse_sqrt",
+            warmup_steps=10_000,
+            weight_decay=0.0,
+        ),
+        train=dict(batch_size=128, num_steps=524_288, log_every=50, eval_every=2000),
+        checkpoint=dict(every_steps=5000),
+    )

@@ -1,0 +1,173 @@
+"""Run records in the workdir: ``metrics.jsonl``, TensorBoard events, loss-curve PNGs.
+
+``metrics.jsonl`` has one JSON object per line, two kinds::
+
+    {"step": 10, "loss": 6.91, "learning_rate": 3e-4, "tokens_per_second": 5120.0,
+     "mfu": null, "flops_per_second": 2.1e9, "grad_norm": 1.3, "accuracy": 0.04, ...}
+    {"step": 100, "eval_loss": 5.2, "eval_perplexity": 181.3, "eval_accuracy": 0.12}
+
+(``mfu`` is null where the device's peak is unknown, e.g. on the CPU; the achieved
+``flops_per_second`` is always there). TensorBoard scalars go under
+``<workdir>/tensorboard`` as ``train/<name>`` and ``eval/<name>`` (tensorboardX, no
+TensorFlow). ``<workdir>/plots/loss.png`` (train loss, its moving average and the
+eval loss against the step) and ``<workdir>/plots/throughput.png`` (learning rate
+and tokens/s) are redrawn by :meth:`MetricsWriter.plot`.
+
+Only process 0 writes (``enabled=False`` elsewhere). A resumed run first drops
+records past the restored step, so a curve never has two values for one step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+PLOTS_DIR = "plots"
+TB_DIR = "tensorboard"
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_records(workdir: str) -> list[dict[str, Any]]:
+    """All records of ``<workdir>/metrics.jsonl`` (empty if there is none)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing).
+
+    ``[4, 2]`` with weight 0.5 -> ``[4.0, 2.667]``.
+    """
+    out, acc, norm = [], 0.0, 0.0
+    for v in values:
+        acc = weight * acc + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out.append(acc / norm)
+    return out
+
+
+class MetricsWriter:
+    """Appends records to ``metrics.jsonl`` and TensorBoard; draws the PNG plots."""
+
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        self.workdir = workdir
+        self.enabled = enabled
+        self.records: list[dict[str, Any]] = []
+        self._tb = None
+        if not enabled:
+            return
+        path = os.path.join(workdir, METRICS_FILE)
+        old = read_records(workdir)
+        if resume_step is not None:
+            kept = [r for r in old if r.get("step", 0) <= resume_step]
+            if len(kept) != len(old):
+                tmp = path + ".tmp"
+                with open(tmp, "w") as f:
+                    for r in kept:
+                        f.write(json.dumps(r) + "\n")
+                os.replace(tmp, path)
+            old = kept
+        self.records = old
+        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
+        from tensorboardX import SummaryWriter
+
+        purge = resume_step + 1 if resume_step is not None else None
+        self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=purge)
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        """One record: train scalars, or eval scalars (keys starting with ``eval_``)."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _clean(v) for k, v in scalars.items()}}
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in scalars.items():
+            if isinstance(value, int | float) and value is not None and math.isfinite(value):
+                tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self._tb.add_scalar(tag, value, step)
+        self._tb.flush()
+
+    def plot(self) -> list[str]:
+        """Redraw ``plots/loss.png`` and ``plots/throughput.png``; returns their paths."""
+        if not self.enabled:
+            return []
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [r for r in self.records if r.get("loss") is not None]
+        evals = [r for r in self.records if r.get("eval_loss") is not None]
+        if not train and not evals:
+            return []
+        out_dir = os.path.join(self.workdir, PLOTS_DIR)
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        if train:
+            steps = [r["step"] for r in train]
+            loss = [r["loss"] for r in train]
+            ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="train loss")
+            ax.plot(steps, smooth(loss), color="tab:blue", lw=2, label="train loss (EMA 0.9)")
+        if evals:
+            ax.plot(
+                [r["step"] for r in evals],
+                [r["eval_loss"] for r in evals],
+                "o-",
+                color="tab:orange",
+                lw=2,
+                label="eval loss (token CE)",
+            )
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats / token)")
+        ax.set_title(os.path.basename(os.path.abspath(self.workdir)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, "loss.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+
+        if train:
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+            steps = [r["step"] for r in train]
+            a1.plot(steps, [r.get("learning_rate") or 0.0 for r in train], color="tab:green")
+            a1.set_xlabel("step")
+            a1.set_ylabel("learning rate")
+            a1.grid(alpha=0.3)
+            a2.plot(steps, [r.get("tokens_per_second") or 0.0 for r in train], color="tab:red")
+            a2.set_xlabel("step")
+            a2.set_ylabel("tokens / s")
+            a2.grid(alpha=0.3)
+            fig.tight_layout()
+            path = os.path.join(out_dir, "throughput.png")
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
+        return paths
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
