@@ -1,0 +1,113 @@
+"""Packing: documents laid end to end and cut into rows, with segment ids and positions.
+
+Every packed objective reads its rows from one *stream*: the documents of a split in
+a per-epoch order, each wrapped as ``prefix + document + suffix`` (causal LM: ``doc
+[EOS]``; MLM: ``[CLS] doc [SEP]``; span corruption: the bare document, as T5's
+``reduce_concat_tokens``). Row ``r`` of width ``n`` is ``stream[r*n : r*n + n]``:
+nothing is padded, a document that does not fit continues in the next row, and its
+tokens get one segment id per row (1, 2, ... in order) with positions restarting at 0.
+The number of rows per epoch, ``(stream length - extra) // n``, does not depend on the
+order, so a global row index maps to ``(epoch, row)`` by one division.
+
+All functions are vectorised over rows; nothing loops over tokens in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def stream_lengths(doc_starts: np.ndarray, prefix: Sequence[int], suffix: Sequence[int]):
+    """``[D]`` int64 length of each wrapped document in the stream."""
+    return np.diff(doc_starts).astype(np.int64) + len(prefix) + len(suffix)
+
+
+def stream_window(
+    tokens: np.ndarray,
+    doc_starts: np.ndarray,
+    order: np.ndarray,
+    cum_end: np.ndarray,
+    starts: np.ndarray,
+    width: int,
+    prefix: Sequence[int] = (),
+    suffix: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens ``stream[s : s + width]`` for each ``s`` in ``starts``, and their slot.
+
+    Args:
+      tokens: ``[N]`` token ids of all documents (document d is
+        ``tokens[doc_starts[d]:doc_starts[d+1]]``).
+      doc_starts: ``[D+1]`` offsets.
+      order: ``[D]`` the epoch's document order (stream slot j holds ``order[j]``).
+      cum_end: ``[D]`` cumulative wrapped lengths of ``order``: slot j ends there.
+      starts: ``[B]`` stream offsets of the rows.
+    Returns:
+      ids ``[B, width]`` int32 and slot ``[B, width]`` int64 (which stream slot, i.e.
+      which document of the epoch, each token belongs to).
+
+    Example: documents ``[11, 12]`` and ``[13]``, order ``[1, 0]``, suffix ``[1]``
+    (EOS): the stream is ``13 1 11 12 1``, ``cum_end = [2, 5]``; ``starts=[1]``,
+    ``width=3`` gives ids ``[[1, 11, 12]]`` and slot ``[[0, 1, 1]]``.
+    """
+    pos = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    slot = np.searchsorted(cum_end, pos, side="right")  # [B, width]
+    doc = order[slot]
+    length = doc_starts[doc + 1] - doc_starts[doc]
+    off = pos - (cum_end[slot] - (length + len(prefix) + len(suffix)))  # offset in wrapped doc
+    body = off - len(prefix)
+    inside = (body >= 0) & (body < length)
+    idx = np.where(inside, doc_starts[doc] + body, 0)
+    ids = np.asarray(tokens[idx.ravel()], dtype=np.int32).reshape(idx.shape)
+    if prefix:
+        pre = np.asarray(prefix, dtype=np.int32)
+        ids = np.where(off < len(prefix), pre[np.minimum(off, len(prefix) - 1)], ids)
+    if suffix:
+        suf = np.asarray(suffix, dtype=np.int32)
+        after = body - length
+        ids = np.where(after >= 0, suf[np.clip(after, 0, len(suffix) - 1)], ids)
+    return ids.astype(np.int32), slot
+
+
+def segments_and_positions(slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ids (1, 2, ... per run of equal slots) and positions restarting per run.
+
+    >>> seg, pos = segments_and_positions(np.array([[7, 7, 8, 8, 8, 9]]))
+    >>> seg.tolist(), pos.tolist()
+    ([[1, 1, 2, 2, 2, 3]], [[0, 1, 0, 1, 2, 0]])
+    """
+    b, t = slot.shape
+    new = np.ones((b, t), dtype=bool)
+    new[:, 1:] = slot[:, 1:] != slot[:, :-1]
+    segment_ids = np.cumsum(new, axis=1, dtype=np.int32)
+    idx = np.arange(t, dtype=np.int32)
+    run_start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    return segment_ids, (idx - run_start).astype(np.int32)
+
+
+def pad_to(x: np.ndarray, width: int, value: int = 0) -> np.ndarray:
+    """Right-pad (or keep) ``[B, n]`` to ``[B, width]``.
+
+    >>> pad_to(np.array([[1, 2]]), 4).tolist()
+    [[1, 2, 0, 0]]
+    """
+    if x.shape[1] > width:
+        raise ValueError(f"row of {x.shape[1]} tokens does not fit width {width}")
+    out = np.full((x.shape[0], width), value, dtype=x.dtype)
+    out[:, : x.shape[1]] = x
+    return out
+
+
+def shift_right(labels: np.ndarray, segment_ids: np.ndarray, start_id: int = 0) -> np.ndarray:
+    """Decoder inputs: labels shifted right within each segment, ``start_id`` first.
+
+    >>> shift_right(np.array([[5, 6, 1, 7, 1, 0]]), np.array([[1, 1, 1, 2, 2, 0]])).tolist()
+    [[0, 5, 6, 0, 7, 0]]
+    """
+    out = np.zeros_like(labels)
+    out[:, 1:] = labels[:, :-1]
+    first = np.ones_like(segment_ids, dtype=bool)
+    first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    out = np.where(first, start_id, out)
+    return np.where(segment_ids > 0, out, 0).astype(labels.dtype)

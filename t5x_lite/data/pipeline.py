@@ -1,0 +1,489 @@
+"""The input pipeline the trainer calls: tokenizer, training iterator, eval batches.
+
+API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
+
+``get_tokenizer(cfg, workdir=None) -> Tokenizer``
+    ``cfg.data.tokenizer`` when set (an existing ``.model``), else a SentencePiece
+    model of ``cfg.model.vocab_size`` ids trained on the corpus's train split and
+    cached in the data dir (keyed by corpus, split, type and size). With ``workdir``
+    the model is copied to ``workdir/tokenizer.model``; an existing different file
+    there is a ConfigError when ``data.tokenizer`` names another file, and is the
+    run's tokenizer otherwise (resuming never retrains). Never overwritten.
+``train_iterator(cfg, tokenizer, process_index=0, process_count=1) -> DataIterator``
+    Infinite iterator of this process's numpy batches (``cfg.train.batch_size //
+    process_count`` rows), with ``get_state() -> dict`` (JSON-serialisable) and
+    ``set_state(state)``: a restored iterator yields exactly the batches the
+    uninterrupted one would have.
+``eval_batches(cfg, tokenizer, num_batches, process_index=0, process_count=1)``
+    ``list`` of batches from ``cfg.data.eval_split``; the same on every call.
+``lengths(cfg) -> Lengths(input_len, target_len)``
+    Row lengths; ``target_len`` is the decoder length of encoder-decoder objectives
+    (``data.target_len`` or derived, see below) and ``seq_len`` otherwise.
+
+How a batch is made (grain ``MapDataset``, everything keyed by index):
+
+1. Rows. Packed objectives cut one *stream* per epoch (documents in a seeded
+   per-epoch order, see :mod:`t5x_lite.data.packing`) into ``R`` rows; NSP/SOP make
+   one row per sentence chunk (:mod:`t5x_lite.data.sentence_pairs`). ``R`` is the same
+   every epoch.
+2. ``MapDataset.range(R).shuffle(seed).repeat()``: grain reshuffles the rows each
+   epoch; global row ``g`` is row ``shuffle_e(g mod R)`` of epoch ``e = g // R``.
+3. ``.batch(rows_per_process)[process_index::process_count]``: global batch ``k`` is
+   the global rows ``[k*B, (k+1)*B)``, and process ``p`` holds the slice
+   ``[p*B/P, (p+1)*B/P)`` of it. The processes' batches are disjoint and concatenate
+   to the single-process batch, whatever the process count.
+4. ``.map(...)``: the objective turns the rows into arrays, vectorised over the
+   batch. Its random draws are counter-based (:mod:`t5x_lite.data.rng`), keyed by
+   ``(seed, split, epoch)`` and counted by row: a fresh mask every epoch, identical
+   after a restore and on any process layout.
+
+The iterator state is grain's (the number of batches consumed) plus a fingerprint of
+the settings that shape the stream; restoring under different settings is a
+ConfigError naming the field.
+
+Batch keys per objective (all ``[B, T]`` unless noted; see the project's batch
+contract): causal_lm ``input_ids labels loss_weights segment_ids positions`` (prefix_lm
+adds ``prefix_mask``); mlm ``input_ids labels loss_weights segment_ids positions
+token_type_ids``, or with nsp/sop ``input_ids labels loss_weights attention_mask
+token_type_ids next_sentence_label [B]``; span_corruption / ul2 ``input_ids segment_ids
+positions decoder_input_ids decoder_segment_ids decoder_positions labels loss_weights``
+(decoder arrays ``[B, target_len]``).
+
+Span corruption derives ``target_len`` with T5's ``random_spans_helper`` so that rows
+are full (seq_len 512 -> 568 raw tokens, 114 targets); UL2 uses ``target_len =
+seq_len`` unless set.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from t5x_lite.config import Config, ConfigError, DataConfig
+from t5x_lite.data import lm, mlm, packing, rng, sentence_pairs, span_corruption, ul2
+from t5x_lite.data.corpora import data_dir_of, open_corpus, split_sentences
+from t5x_lite.data.token_store import TokenizedSplit, load_or_build
+from t5x_lite.data.tokenizer import Tokenizer, train_sentencepiece
+
+STATE_FORMAT = 1
+_FAMILY = {
+    "causal_lm": "decoder",
+    "prefix_lm": "decoder",
+    "mlm": "encoder",
+    "span_corruption": "encoder_decoder",
+    "ul2": "encoder_decoder",
+}
+
+
+class Lengths(NamedTuple):
+    input_len: int
+    target_len: int
+
+
+def lengths(cfg: Config) -> Lengths:
+    """``(input_len, target_len)`` of the rows ``cfg`` produces."""
+    data = cfg.data
+    if data.objective == "span_corruption":
+        _, derived = span_corruption.random_spans_helper(
+            data.seq_len, data.noise_density, data.mean_noise_span_length
+        )
+        if data.target_len is not None and data.target_len < derived:
+            raise ConfigError(
+                f"data.target_len={data.target_len} is below the {derived} targets that "
+                f"span corruption makes from data.seq_len={data.seq_len}"
+            )
+        return Lengths(data.seq_len, data.target_len or derived)
+    if data.objective == "ul2":
+        return Lengths(data.seq_len, data.target_len or data.seq_len)
+    return Lengths(data.seq_len, data.seq_len)
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _training_sentences(corpus: Any, split: str):
+    for text in corpus.texts(split):
+        yield from split_sentences(text)
+
+
+def get_tokenizer(cfg: Config, workdir: str | None = None) -> Tokenizer:
+    """The run's tokenizer (see the module docstring)."""
+    data = cfg.data
+    vocab = cfg.model.vocab_size
+    run_copy = Path(workdir) / "tokenizer.model" if workdir else None
+    if data.tokenizer:
+        path = Path(os.path.expanduser(data.tokenizer))
+        if not path.is_file():
+            raise ConfigError(f"data.tokenizer={data.tokenizer!r} does not exist")
+        tok = Tokenizer(path)
+    elif run_copy is not None and run_copy.is_file():
+        tok = Tokenizer(run_copy)  # resuming: the run keeps the tokenizer it started with
+        if tok.vocab_size != vocab:
+            raise ConfigError(
+                f"{run_copy} has {tok.vocab_size} ids but model.vocab_size={vocab}; "
+                "use another workdir or set data.tokenizer"
+            )
+        return tok
+    else:
+        corpus = open_corpus(data)
+        slug = data.train_split.replace("/", "_")
+        name = f"{corpus.key}-{slug}-{data.tokenizer_type}-{vocab}.model"
+        path = data_dir_of(data) / "t5x_lite_tokenizers" / name
+        if not path.is_file():
+            train_sentencepiece(
+                _training_sentences(corpus, data.train_split),
+                vocab,
+                data.tokenizer_type,
+                path,
+                data.corpus,
+            )
+        tok = Tokenizer(path)
+    if tok.vocab_size > vocab:
+        raise ConfigError(
+            f"model.vocab_size={vocab} is smaller than the vocabulary of {tok.path} "
+            f"({tok.vocab_size})"
+        )
+    if run_copy is None:
+        return tok
+    if run_copy.exists():
+        if run_copy.read_bytes() != Path(tok.path).read_bytes():
+            raise ConfigError(
+                f"{run_copy} exists and differs from data.tokenizer={tok.path!r}; "
+                "refusing to overwrite it"
+            )
+    else:
+        run_copy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = run_copy.with_name(f".tokenizer.model.{os.getpid()}.tmp")
+        shutil.copyfile(tok.path, tmp)
+        os.replace(tmp, run_copy)
+    return Tokenizer(run_copy)
+
+
+# --------------------------------------------------------------------------- rows -> batch
+
+
+class BatchSource:
+    """Rows of one split for one objective, materialised a batch at a time.
+
+    ``rows_per_epoch`` rows per epoch; calling it with ``(epochs [B], rows [B])``
+    returns the numpy batch of those rows.
+    """
+
+    def __init__(self, data: DataConfig, tok: Tokenizer, store: TokenizedSplit, split: str):
+        self.data, self.tok, self.store, self.split = data, tok, store, split
+        self.objective = data.objective
+        self.sentence = data.sentence_objective
+        self.input_len, self.target_len = lengths_of(data)
+        self.prefix: tuple[int, ...] = ()
+        self.suffix: tuple[int, ...] = ()
+        self.extra = 0
+        seq = data.seq_len
+        if self.objective in ("causal_lm", "prefix_lm"):
+            self.suffix, self.width, self.extra = (tok.eos_id,), seq, 1
+        elif self.objective == "mlm" and self.sentence == "none":
+            self.prefix, self.suffix, self.width = (tok.cls_id,), (tok.sep_id,), seq
+        elif self.objective == "mlm":
+            self.chunks = sentence_pairs.make_chunks(
+                np.asarray(store.sentence_starts), np.asarray(store.doc_sentences), seq - 3
+            )
+            self.width = 0
+        elif self.objective == "span_corruption":
+            self.width, _ = span_corruption.random_spans_helper(
+                seq, data.noise_density, data.mean_noise_span_length, tok.num_sentinels
+            )
+        else:  # ul2
+            self.width = ul2.chunk_length(seq, self.target_len, data.ul2_mixture, tok.num_sentinels)
+        if self.width:
+            self.doc_starts = np.asarray(store.doc_starts)
+            self.lengths = packing.stream_lengths(self.doc_starts, self.prefix, self.suffix)
+            total = int(self.lengths.sum())
+            self.rows_per_epoch = max((total - self.extra) // self.width, 0)
+            self.tokens_per_epoch = total
+        else:
+            self.rows_per_epoch = len(self.chunks)
+            self.tokens_per_epoch = store.num_tokens
+        if self.rows_per_epoch == 0:
+            raise ConfigError(
+                f"split {split!r} of data.corpus={data.corpus!r} ({store.num_tokens} tokens) "
+                f"is too small for one row of data.seq_len={seq}"
+            )
+        self.shuffle_seed = rng.derive_key(data.seed, split, "rows") % (2**32)
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, epoch: int, purpose: str) -> int:
+        return rng.derive_key(self.data.seed, self.split, int(epoch), purpose)
+
+    def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(order [D], cum_end [D])`` of the epoch's document stream (cached)."""
+        with self._lock:
+            if epoch not in self._layouts:
+                order = rng.numpy_rng(self.data.seed, self.split, epoch, "order").permutation(
+                    len(self.lengths)
+                )
+                self._layouts[epoch] = (order, np.cumsum(self.lengths[order]))
+                for old in sorted(self._layouts)[:-4]:
+                    del self._layouts[old]
+            return self._layouts[epoch]
+
+    def __call__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+        epochs, rows = (np.asarray(x, dtype=np.int64) for x in batch)
+        parts = []
+        for e in np.unique(epochs):
+            idx = np.flatnonzero(epochs == e)
+            parts.append((idx, self.rows(int(e), rows[idx])))
+        if len(parts) == 1:
+            return parts[0][1]
+        out = {}
+        for k, v in parts[0][1].items():
+            out[k] = np.empty((len(rows), *v.shape[1:]), dtype=v.dtype)
+        for idx, part in parts:
+            for k, v in part.items():
+                out[k][idx] = v
+        return out
+
+    def rows(self, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The batch of ``rows`` of ``epoch``."""
+        tok, data = self.tok, self.data
+        if not self.width:
+            pairs = sentence_pairs.pair_rows(
+                self.store.tokens,
+                np.asarray(self.store.sentence_starts),
+                np.asarray(self.store.doc_sentences),
+                self.chunks,
+                self.key(epoch, "pairs"),
+                rows,
+                kind=self.sentence,
+                seq_len=data.seq_len,
+                cls_id=tok.cls_id,
+                sep_id=tok.sep_id,
+            )
+            out = self._mask(pairs.pop("input_ids"), epoch, rows)
+            return {**out, **pairs}
+        order, cum_end = self.layout(epoch)
+        ids, slot = packing.stream_window(
+            self.store.tokens,
+            self.doc_starts,
+            order,
+            cum_end,
+            rows * self.width,
+            self.width + self.extra,
+            self.prefix,
+            self.suffix,
+        )
+        if self.objective == "causal_lm":
+            return lm.causal_lm(ids, slot)
+        if self.objective == "prefix_lm":
+            key = self.key(epoch, "prefix")
+            plen = lm.prefix_lengths(key, rows, data.seq_len, data.prefix_fraction)
+            return lm.prefix_lm(ids, slot, plen)
+        if self.objective == "mlm":
+            segment_ids, positions = packing.segments_and_positions(slot)
+            out = self._mask(ids, epoch, rows)
+            return {
+                **out,
+                "segment_ids": segment_ids,
+                "positions": positions,
+                "token_type_ids": np.zeros_like(ids),
+            }
+        if self.objective == "span_corruption":
+            inputs, targets, _ = span_corruption.span_corruption(
+                ids,
+                self.key(epoch, "spans"),
+                rows,
+                noise_density=data.noise_density,
+                mean_noise_span_length=data.mean_noise_span_length,
+                sentinel_ids=tok.sentinel_ids,
+                eos_id=tok.eos_id,
+            )
+            inputs = packing.pad_to(inputs, self.input_len)
+            targets = packing.pad_to(targets, self.target_len)
+        else:
+            inputs, targets, _ = ul2.ul2_rows(
+                ids,
+                self.key(epoch, "ul2"),
+                rows,
+                mixture=data.ul2_mixture,
+                seq_len=self.input_len,
+                target_len=self.target_len,
+                sentinel_ids=tok.sentinel_ids,
+                mode_ids=tok.mode_ids,
+                eos_id=tok.eos_id,
+            )
+        return encoder_decoder_batch(inputs, targets)
+
+    def _mask(self, ids: np.ndarray, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        data, tok = self.data, self.tok
+        return mlm.mask_tokens(
+            ids,
+            self.key(epoch, "mlm"),
+            rows,
+            special_mask=tok.special_mask,
+            normal_ids=tok.normal_ids,
+            mask_id=tok.mask_id,
+            probability=data.mlm_probability,
+            mask_rate=data.mask_token_rate,
+            random_rate=data.random_token_rate,
+            word_start_mask=tok.word_start_mask if data.whole_word_masking else None,
+        )
+
+
+def encoder_decoder_batch(inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Encoder/decoder arrays of one-example rows (padding = id 0).
+
+    >>> b = encoder_decoder_batch(np.array([[7, 99, 1, 0]]), np.array([[99, 8, 1]]))
+    >>> b["decoder_input_ids"].tolist(), b["segment_ids"].tolist()
+    ([[0, 99, 8]], [[1, 1, 1, 0]])
+    """
+    seg = (inputs != 0).astype(np.int32)
+    dseg = (targets != 0).astype(np.int32)
+    return {
+        "input_ids": inputs.astype(np.int32),
+        "segment_ids": seg,
+        "positions": (np.cumsum(seg, axis=1, dtype=np.int32) - 1) * seg,
+        "decoder_input_ids": packing.shift_right(targets, dseg),
+        "decoder_segment_ids": dseg,
+        "decoder_positions": (np.cumsum(dseg, axis=1, dtype=np.int32) - 1) * dseg,
+        "labels": targets.astype(np.int32),
+        "loss_weights": dseg.astype(np.float32),
+    }
+
+
+def lengths_of(data: DataConfig) -> Lengths:
+    return lengths(Config(data=data))
+
+
+@functools.lru_cache(maxsize=8)
+def _source(data: DataConfig, tok_path: str, tok_sha: str, split: str) -> BatchSource:
+    tok = Tokenizer(tok_path)
+    corpus = open_corpus(data)
+    store = load_or_build(corpus, split, tok, data_dir_of(data))
+    return BatchSource(data, tok, store, split)
+
+
+def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
+    """The (cached) :class:`BatchSource` of ``split`` under ``cfg``."""
+    family = _FAMILY[cfg.data.objective]
+    if cfg.model.family != family:
+        raise ConfigError(
+            f"data.objective={cfg.data.objective!r} feeds model.family={family!r}, "
+            f"not {cfg.model.family!r}"
+        )
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of "
+            f"{tokenizer.path} ({tokenizer.vocab_size})"
+        )
+    lengths(cfg)  # target_len check
+    return _source(cfg.data, tokenizer.path, tokenizer.sha256, split)
+
+
+# --------------------------------------------------------------------------- iterators
+
+
+def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "data.corpus": d.corpus,
+        "data.objective": d.objective,
+        "data.sentence_objective": d.sentence_objective,
+        "data.seq_len": d.seq_len,
+        "data.target_len": lengths(cfg).target_len,
+        "data.seed": d.seed,
+        "data.train_split": d.train_split,
+        "train.batch_size": cfg.train.batch_size,
+        "tokenizer_sha256": tokenizer.sha256,
+    }
+
+
+class DataIterator:
+    """Infinite iterator of numpy batches with a checkpointable state."""
+
+    def __init__(self, dataset: Any, read_options: Any, fingerprint: dict[str, Any]):
+        self._dataset = dataset
+        self._iter = dataset.__iter__()
+        self._fingerprint = fingerprint
+
+    def __iter__(self) -> DataIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iter)
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable state: grain's position plus the stream's settings."""
+        return {"format": STATE_FORMAT, "grain": self._iter.get_state(), **self._fingerprint}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`get_state` of a matching config)."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ConfigError(f"data iterator state has an unknown format: {str(state)[:80]}")
+        for k, v in self._fingerprint.items():
+            if state.get(k) != v:
+                raise ConfigError(
+                    f"data iterator state was saved with {k}={state.get(k)!r}, the config has {v!r}"
+                )
+        self._iter.set_state(state["grain"])
+
+
+def _dataset(
+    cfg: Config, tokenizer: Tokenizer, split: str, process_index: int, process_count: int
+) -> Any:
+    import grain
+
+    if not 0 <= process_index < process_count:
+        raise ConfigError(f"process_index={process_index} outside [0, {process_count})")
+    if cfg.train.batch_size % process_count:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+            f"{process_count} processes"
+        )
+    source = batch_source(cfg, tokenizer, split)
+    per_epoch = source.rows_per_epoch
+    ds = grain.MapDataset.range(per_epoch).shuffle(seed=source.shuffle_seed).repeat()
+    ds = ds.map_with_index(_EpochRow(per_epoch))
+    ds = ds.batch(cfg.train.batch_size // process_count)[process_index::process_count]
+    return ds.map(source)
+
+
+class _EpochRow:
+    """``(global index, row) -> (epoch, row)``."""
+
+    def __init__(self, rows_per_epoch: int):
+        self.rows_per_epoch = rows_per_epoch
+
+    def __call__(self, index: int, row: int) -> tuple[int, int]:
+        return index // self.rows_per_epoch, row
+
+
+def train_iterator(
+    cfg: Config, tokenizer: Tokenizer, process_index: int = 0, process_count: int = 1
+) -> DataIterator:
+    """This process's infinite stream of training batches (see the module docstring)."""
+    import grain
+
+    ds = _dataset(cfg, tokenizer, cfg.data.train_split, process_index, process_count)
+    prefetch = cfg.data.prefetch_batches
+    options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+    it_ds = ds.to_iter_dataset(options)
+    if cfg.data.num_workers:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
+    return DataIterator(it_ds, options, _fingerprint(cfg, tokenizer))
+
+
+def eval_batches(
+    cfg: Config,
+    tokenizer: Tokenizer,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """The first ``num_batches`` batches of the eval split (deterministic)."""
+    ds = _dataset(cfg, tokenizer, cfg.data.eval_split, process_index, process_count)
+    return [ds[k] for k in range(num_batches)]

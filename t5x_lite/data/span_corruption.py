@@ -1,0 +1,163 @@
+"""T5 span corruption, with the arithmetic of T5's ``random_spans_noise_mask``.
+
+A chunk of ``tokens_length`` raw tokens gets ``round(tokens_length * noise_density)``
+noise tokens in ``round(num_noise / mean_noise_span_length)`` spans (at least one of
+each, at most ``max_spans`` = the number of sentinels). The split of noise and
+non-noise tokens into spans is uniformly random, non-noise first, exactly as T5's
+``_random_segmentation``. Inputs keep the non-noise tokens and put ``<extra_id_i>`` in
+place of span i; targets hold each sentinel followed by the span it replaced; both end
+in EOS. :func:`random_spans_helper` picks ``tokens_length`` so that the inputs fill
+``inputs_length`` (T5: 512 -> 568 raw tokens, 114 target tokens), hence rows need no
+padding at all.
+
+Everything is vectorised over rows: all rows of a call share the same lengths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from t5x_lite.data import rng
+
+
+def noise_counts(
+    length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+) -> tuple[int, int]:
+    """``(num_noise_tokens, num_noise_spans)`` of a chunk of ``length`` tokens.
+
+    >>> noise_counts(568, 0.15, 3.0)
+    (85, 28)
+    """
+    length = max(length, 2)
+    num_noise = round(length * noise_density)
+    num_noise = min(max(num_noise, 1), length - 1)
+    num_spans = round(num_noise / mean_noise_span_length)
+    num_spans = min(max(num_spans, 1), max_spans, num_noise, length - num_noise)
+    return num_noise, num_spans
+
+
+def corrupted_lengths(
+    tokens_length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+) -> tuple[int, int]:
+    """``(inputs_length, targets_length)`` of one corrupted chunk, EOS included."""
+    num_noise, num_spans = noise_counts(
+        tokens_length, noise_density, mean_noise_span_length, max_spans
+    )
+    return tokens_length - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+
+def random_spans_helper(
+    inputs_length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+) -> tuple[int, int]:
+    """T5's helper: the largest raw ``tokens_length`` whose inputs fit ``inputs_length``.
+
+    Returns ``(tokens_length, targets_length)``.
+
+    >>> random_spans_helper(512, 0.15, 3.0)
+    (568, 114)
+    >>> random_spans_helper(128, 0.15, 3.0)
+    (141, 29)
+    """
+    tokens_length = max(inputs_length - 1, 2)
+    while (
+        corrupted_lengths(tokens_length + 1, noise_density, mean_noise_span_length, max_spans)[0]
+        <= inputs_length
+    ):
+        tokens_length += 1
+    while (
+        tokens_length > 2
+        and corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, max_spans)[0]
+        > inputs_length
+    ):
+        tokens_length -= 1
+    _, targets_length = corrupted_lengths(
+        tokens_length, noise_density, mean_noise_span_length, max_spans
+    )
+    return tokens_length, targets_length
+
+
+def _random_segmentation(
+    key: int, counters: np.ndarray, num_items: int, num_segments: int
+) -> np.ndarray:
+    """``[B, num_segments]`` positive lengths summing to ``num_items``, uniformly random.
+
+    Chooses ``num_segments - 1`` distinct cut points among the ``num_items - 1`` gaps.
+    """
+    b = counters.shape[0]
+    if num_segments == 1:
+        return np.full((b, 1), num_items, dtype=np.int64)
+    u = rng.uniform(key, counters[:, None] * (num_items + 1) + np.arange(num_items - 1))
+    cuts = np.sort(np.argsort(u, axis=1)[:, : num_segments - 1], axis=1) + 1  # [B, k-1]
+    bounds = np.concatenate(
+        [np.zeros((b, 1), np.int64), cuts, np.full((b, 1), num_items, np.int64)], axis=1
+    )
+    return np.diff(bounds, axis=1)
+
+
+def random_spans_noise_mask(
+    length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    key: int,
+    rows: np.ndarray,
+    max_spans: int = 100,
+) -> np.ndarray:
+    """``[B, length]`` bool noise mask per row, T5's algorithm (no random roll).
+
+    Example (``length=10``, density 0.3, mean span 1.5 -> 3 noise tokens in 2 spans)::
+
+        random_spans_noise_mask(10, 0.3, 1.5, key=1, rows=np.array([0]))
+        -> [[F, F, F, F, T, F, F, F, T, T]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    num_noise, num_spans = noise_counts(length, noise_density, mean_noise_span_length, max_spans)
+    noise_len = _random_segmentation(rng.derive_key(key, "noise"), rows, num_noise, num_spans)
+    keep_len = _random_segmentation(
+        rng.derive_key(key, "keep"), rows, length - num_noise, num_spans
+    )
+    interleaved = np.stack([keep_len, noise_len], axis=2).reshape(len(rows), 2 * num_spans)
+    span_starts = np.cumsum(interleaved, axis=1)[:, :-1]  # [B, 2k-1], all < length
+    indicator = np.zeros((len(rows), length), dtype=np.int64)
+    np.put_along_axis(indicator, span_starts, 1, axis=1)
+    span_num = np.cumsum(indicator, axis=1)
+    return (span_num % 2) == 1
+
+
+def _to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.ndarray) -> np.ndarray:
+    """Replace each run of ``mask`` by one sentinel (run i -> ``sentinel_ids[i]``)."""
+    prev = np.zeros_like(mask)
+    prev[:, 1:] = mask[:, :-1]
+    first = mask & ~prev
+    later = mask & prev
+    run = np.cumsum(first, axis=1) - 1
+    out = np.where(first, sentinel_ids[np.clip(run, 0, len(sentinel_ids) - 1)], tokens)
+    keep = ~later
+    return out[keep].reshape(tokens.shape[0], -1)  # same count in every row
+
+
+def span_corruption(
+    tokens: np.ndarray,
+    key: int,
+    rows: np.ndarray,
+    *,
+    noise_density: float,
+    mean_noise_span_length: float,
+    sentinel_ids: np.ndarray,
+    eos_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Corrupt ``[B, n]`` raw chunks; returns ``(inputs, targets, noise_mask)``.
+
+    Example (sentinels ``<extra_id_0> = 99``, ``<extra_id_1> = 98``, EOS = 1, the mask
+    of :func:`random_spans_noise_mask`'s example, key=1)::
+
+        tokens  [[10, 11, 12, 13, 14, 15, 16, 17, 18, 19]]
+        inputs  [[10, 11, 12, 13, 99, 15, 16, 17, 98, 1]]
+        targets [[99, 14, 98, 18, 19, 1]]
+    """
+    mask = random_spans_noise_mask(
+        tokens.shape[1], noise_density, mean_noise_span_length, key, rows, len(sentinel_ids)
+    )
+    eos = np.full((tokens.shape[0], 1), eos_id, dtype=np.int32)
+    inputs = np.concatenate([_to_sentinels(tokens, mask, sentinel_ids), eos], axis=1)
+    targets = np.concatenate([_to_sentinels(tokens, ~mask, sentinel_ids), eos], axis=1)
+    return inputs.astype(np.int32), targets.astype(np.int32), mask
