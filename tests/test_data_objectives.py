@@ -1,0 +1,423 @@
+"""Objective transforms on small numpy arrays: exact hand-checked outputs and statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from t5x_lite.config import ConfigError
+from t5x_lite.data import lm, mlm, packing, rng, sentence_pairs, span_corruption, ul2
+
+# A toy vocabulary: 0 pad, 1 eos, 2 bos, 3 unk, 4 [CLS], 5 [SEP], 6 [MASK], 7-9 modes,
+# 10..899 ordinary, 900..999 sentinels (<extra_id_0> = 999).
+V = 1000
+SPECIAL = np.zeros(V, dtype=bool)
+SPECIAL[:10] = True
+SPECIAL[900:] = True
+NORMAL = np.arange(10, 900, dtype=np.int32)
+SENTINELS = np.arange(999, 899, -1, dtype=np.int32)
+
+
+def test_rng_is_stateless_uniform_and_key_dependent():
+    k = rng.derive_key(0, "mlm", 3)
+    u = rng.uniform(k, np.arange(200_000))
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.003 and abs(u.var() - 1 / 12) < 0.001
+    np.testing.assert_array_equal(u[1000:1010], rng.uniform(k, np.arange(1000, 1010)))
+    assert not np.array_equal(u[:100], rng.uniform(rng.derive_key(0, "mlm", 4), np.arange(100)))
+    r = rng.randint(k, np.arange(100_000), 7)
+    assert r.min() == 0 and r.max() == 6
+    assert np.all(np.abs(np.bincount(r) / 100_000 - 1 / 7) < 0.005)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def test_stream_window_docstring_example():
+    tokens = np.array([11, 12, 13], dtype=np.int32)
+    doc_starts = np.array([0, 2, 3])
+    order = np.array([1, 0])
+    lens = packing.stream_lengths(doc_starts, (), (1,))
+    cum_end = np.cumsum(lens[order])
+    assert cum_end.tolist() == [2, 5]
+    ids, slot = packing.stream_window(
+        tokens, doc_starts, order, cum_end, np.array([1]), 3, (), (1,)
+    )
+    assert ids.tolist() == [[1, 11, 12]]
+    assert slot.tolist() == [[0, 1, 1]]
+
+
+def test_stream_window_rows_tile_the_stream_with_prefix_and_suffix():
+    tokens = np.arange(20, 33, dtype=np.int32)  # docs [20..23], [24], [25..32]
+    doc_starts = np.array([0, 4, 5, 13])
+    order = np.array([2, 0, 1])
+    lens = packing.stream_lengths(doc_starts, (4,), (5,))
+    cum_end = np.cumsum(lens[order])
+    stream = [4, *range(25, 33), 5, 4, 20, 21, 22, 23, 5, 4, 24, 5]  # by hand
+    ids, slot = packing.stream_window(
+        tokens, doc_starts, order, cum_end, np.array([0, 5, 10, 14]), 5, (4,), (5,)
+    )
+    assert cum_end.tolist() == [10, 16, 19]
+    assert ids.tolist() == [stream[0:5], stream[5:10], stream[10:15], stream[14:19]]
+    assert slot.tolist() == [[0] * 5, [0] * 5, [1] * 5, [1, 1, 2, 2, 2]]
+    seg, pos = packing.segments_and_positions(slot)
+    assert seg.tolist() == [[1] * 5, [1] * 5, [1] * 5, [1, 1, 2, 2, 2]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4]] * 3 + [[0, 1, 0, 1, 2]]
+
+
+def test_segments_shift_and_pad_examples():
+    seg, pos = packing.segments_and_positions(np.array([[7, 7, 8, 8, 8, 9]]))
+    assert seg.tolist() == [[1, 1, 2, 2, 2, 3]] and pos.tolist() == [[0, 1, 0, 1, 2, 0]]
+    shifted = packing.shift_right(np.array([[5, 6, 1, 7, 1, 0]]), np.array([[1, 1, 1, 2, 2, 0]]))
+    assert shifted.tolist() == [[0, 5, 6, 0, 7, 0]]
+    assert packing.pad_to(np.array([[1, 2]]), 4).tolist() == [[1, 2, 0, 0]]
+    with pytest.raises(ValueError):
+        packing.pad_to(np.array([[1, 2, 3]]), 2)
+
+
+# --------------------------------------------------------------------------- LM
+
+
+def test_causal_lm_example():
+    out = lm.causal_lm(np.array([[5, 6, 1, 7, 8]]), np.array([[0, 0, 0, 1, 1]]))
+    assert out["input_ids"].tolist() == [[5, 6, 1, 7]]
+    assert out["labels"].tolist() == [[6, 1, 7, 8]]
+    assert out["loss_weights"].tolist() == [[1, 1, 0, 1]]
+    assert out["segment_ids"].tolist() == [[1, 1, 1, 2]]
+    assert out["positions"].tolist() == [[0, 1, 2, 0]]
+
+
+def test_prefix_lm_example_and_lengths():
+    out = lm.prefix_lm(np.array([[5, 6, 1, 7, 8]]), np.array([[0, 0, 0, 1, 1]]), np.array([2]))
+    assert out["prefix_mask"].tolist() == [[True, True, False, False]]
+    assert out["loss_weights"].tolist() == [[0, 1, 0, 1]]
+    fixed = lm.prefix_lengths(0, np.arange(4), 10, 0.3)
+    assert fixed.tolist() == [3, 3, 3, 3]
+    drawn = lm.prefix_lengths(0, np.arange(10_000), 10, 0.0)
+    assert drawn.min() == 1 and drawn.max() == 9
+    assert set(np.bincount(drawn)[1:] // 100) <= {10, 11, 12}  # ~uniform over 1..9
+
+
+# --------------------------------------------------------------------------- MLM
+
+
+def _mask(ids, key, **kw):
+    return mlm.mask_tokens(
+        ids, key, np.arange(len(ids)), special_mask=SPECIAL, normal_ids=NORMAL, mask_id=6, **kw
+    )
+
+
+def test_mask_tokens_docstring_example():
+    x = np.array([[4, 11, 12, 13, 14, 15, 16, 17, 18, 5]])
+    out = mlm.mask_tokens(
+        x,
+        4,
+        np.array([0]),
+        special_mask=np.isin(np.arange(140), [0, 1, 2, 3, 4, 5, 6]),
+        normal_ids=np.arange(10, 40),
+        mask_id=6,
+        probability=0.5,
+    )
+    assert out["input_ids"].tolist() == [[4, 11, 12, 13, 14, 30, 16, 17, 6, 5]]
+    assert out["labels"].tolist() == x.tolist()
+    assert out["loss_weights"].tolist() == [[0, 0, 0, 0, 1, 1, 0, 0, 1, 0]]
+
+
+def test_mask_tokens_rates_over_20k_selected_and_never_specials():
+    r = np.random.default_rng(0)
+    ids = r.integers(10, 900, size=(400, 512))
+    ids[:, 0], ids[:, -1] = 4, 5
+    ids[r.random(ids.shape) < 0.05] = 0  # scattered padding / specials
+    ids[:, 100] = 950  # a sentinel column
+    out = _mask(ids, rng.derive_key(1, "mlm", 0))
+    sel = out["loss_weights"] > 0
+    cand = ~SPECIAL[ids]
+    assert sel.sum() >= 20_000
+    assert not (sel & SPECIAL[ids]).any()
+    assert abs(sel.sum() / cand.sum() - 0.15) < 0.005
+    inp = out["input_ids"]
+    masked = sel & (inp == 6)
+    kept = sel & (inp == ids)
+    randomised = sel & ~masked & ~kept
+    assert abs(masked.sum() / sel.sum() - 0.8) < 0.015
+    assert abs(randomised.sum() / sel.sum() - 0.1) < 0.015
+    assert abs(kept.sum() / sel.sum() - 0.1) < 0.015
+    assert np.isin(inp[randomised], NORMAL).all()
+    np.testing.assert_array_equal(inp[~sel], ids[~sel])
+    np.testing.assert_array_equal(out["labels"], ids)
+
+
+def test_mask_tokens_reproducible_per_key_and_fresh_per_epoch():
+    ids = np.random.default_rng(1).integers(10, 900, size=(8, 64))
+    a = _mask(ids, rng.derive_key(0, "train", 0, "mlm"))
+    b = _mask(ids, rng.derive_key(0, "train", 0, "mlm"))
+    c = _mask(ids, rng.derive_key(0, "train", 1, "mlm"))
+    np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    assert (a["loss_weights"] != c["loss_weights"]).mean() > 0.1
+    # A row's mask depends on its row number only, not on the rest of the batch.
+    half = mlm.mask_tokens(
+        ids[4:],
+        rng.derive_key(0, "train", 0, "mlm"),
+        np.arange(4, 8),
+        special_mask=SPECIAL,
+        normal_ids=NORMAL,
+        mask_id=6,
+    )
+    np.testing.assert_array_equal(half["input_ids"], a["input_ids"][4:])
+
+
+def test_whole_word_masking_selects_whole_words():
+    word_start = np.zeros(V, dtype=bool)
+    word_start[10:500] = True  # ids < 500 start a word, 500..899 continue it
+    word_start |= SPECIAL
+    r = np.random.default_rng(2)
+    ids = np.where(r.random((300, 128)) < 0.4, r.integers(10, 500, (300, 128)), 0)
+    ids = np.where(ids == 0, r.integers(500, 900, (300, 128)), ids)
+    ids[:, 0] = 4
+    out = _mask(ids, 5, word_start_mask=word_start)
+    sel = out["loss_weights"] > 0
+    starts = word_start[ids]
+    word = np.cumsum(starts, axis=1)
+    for row in range(50):
+        for w in np.unique(word[row]):
+            in_word = (word[row] == w) & ~SPECIAL[ids[row]]
+            assert sel[row][in_word].all() or not sel[row][in_word].any()
+    assert abs(sel.sum() / (~SPECIAL[ids]).sum() - 0.15) < 0.01
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _t5_random_spans_helper(inputs_length, noise_density, mean_noise_span_length):
+    """T5's ``random_spans_helper`` (t5/data/preprocessors.py), transcribed literally."""
+
+    def lengths(tokens_length):
+        num_noise_tokens = round(tokens_length * noise_density)
+        num_nonnoise_tokens = tokens_length - num_noise_tokens
+        num_noise_spans = round(num_noise_tokens / mean_noise_span_length)
+        return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
+
+    tokens_length = inputs_length - 1
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    inputs_length, targets_length = lengths(tokens_length)
+    if noise_density == 0.5 and targets_length > inputs_length:
+        tokens_length -= 1
+        targets_length -= 1
+    return tokens_length, targets_length
+
+
+@pytest.mark.parametrize("inputs_length", [64, 128, 256, 512, 626, 1024])
+def test_random_spans_helper_matches_t5(inputs_length):
+    ours = span_corruption.random_spans_helper(inputs_length, 0.15, 3.0, max_spans=10**6)
+    assert ours == _t5_random_spans_helper(inputs_length, 0.15, 3.0)
+    assert span_corruption.random_spans_helper(512, 0.15, 3.0) == (568, 114)  # T5's C4 setup
+
+
+def test_noise_mask_example_and_invariants():
+    m = span_corruption.random_spans_noise_mask(10, 0.3, 1.5, key=1, rows=np.array([0]))
+    assert m.astype(int).tolist() == [[0, 0, 0, 0, 1, 0, 0, 0, 1, 1]]
+    masks = span_corruption.random_spans_noise_mask(568, 0.15, 3.0, key=9, rows=np.arange(400))
+    assert (masks.sum(axis=1) == 85).all()
+    starts = masks & ~np.pad(masks, ((0, 0), (1, 0)))[:, :-1]
+    assert (starts.sum(axis=1) == 28).all()
+    assert not masks[:, 0].any() and masks[:, -1].all()  # non-noise first, noise last
+    # Span boundaries are random: every position is noise in some row, at ~15%.
+    assert abs(masks.mean(axis=0)[1:-1].mean() - 84 / 566) < 0.01
+    assert masks[:, 1:-1].mean(axis=0).min() > 0.03
+
+
+def _reconstruct(inputs, targets, sentinels):
+    """Original tokens from T5 inputs/targets (independent of the implementation)."""
+    spans, cur = {}, None
+    for t in targets:
+        if t in sentinels:
+            cur = t
+            spans[cur] = []
+        elif t != 1:
+            spans[cur].append(t)
+    out = []
+    for t in inputs:
+        if t == 1:
+            break
+        out.extend(spans[t] if t in sentinels else [t])
+    return out
+
+
+def test_span_corruption_example_statistics_and_reconstruction():
+    inputs, targets, _ = span_corruption.span_corruption(
+        np.arange(10, 20)[None],
+        1,
+        np.array([0]),
+        noise_density=0.3,
+        mean_noise_span_length=1.5,
+        sentinel_ids=np.array([99, 98, 97]),
+        eos_id=1,
+    )
+    assert inputs.tolist() == [[10, 11, 12, 13, 99, 15, 16, 17, 98, 1]]
+    assert targets.tolist() == [[99, 14, 98, 18, 19, 1]]
+    raw = np.random.default_rng(3).integers(10, 900, size=(300, 568)).astype(np.int32)
+    inputs, targets, _ = span_corruption.span_corruption(
+        raw,
+        7,
+        np.arange(300),
+        noise_density=0.15,
+        mean_noise_span_length=3.0,
+        sentinel_ids=SENTINELS,
+        eos_id=1,
+    )
+    assert inputs.shape == (300, 512) and targets.shape == (300, 114)
+    assert (inputs[:, -1] == 1).all() and (targets[:, -1] == 1).all()
+    noise = ~np.isin(targets, SENTINELS) & (targets != 1)
+    assert noise.sum() >= 20_000
+    assert abs(noise.sum() / raw.size - 0.15) < 0.01
+    assert abs(noise.sum() / np.isin(targets, SENTINELS).sum() - 3.0) < 0.3
+    assert targets[0, 0] == 999 and (np.isin(targets, SENTINELS).sum(1) == 28).all()
+    for i in range(20):
+        assert _reconstruct(inputs[i].tolist(), targets[i].tolist(), set(SENTINELS)) == list(raw[i])
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def test_make_chunks_example():
+    chunks = sentence_pairs.make_chunks(np.array([0, 3, 6, 8, 12]), np.array([0, 3, 4]), 5)
+    assert chunks.tolist() == [[0, 0, 2], [0, 2, 3], [1, 3, 4]]
+
+
+def _pair_corpus():
+    # doc 0: sentences [10 11] [12 13 14] [15]; doc 1: [20 21 22] [23 24]
+    tokens = np.array([10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24], dtype=np.int32)
+    return tokens, np.array([0, 2, 5, 6, 9, 11]), np.array([0, 3, 5])
+
+
+def _pair(chunk, u, kind, seq_len=10):
+    tokens, starts, docs = _pair_corpus()
+    return sentence_pairs.pair_row(
+        tokens,
+        starts,
+        docs,
+        np.array(chunk),
+        np.array(u),
+        kind=kind,
+        seq_len=seq_len,
+        cls_id=4,
+        sep_id=5,
+    )
+
+
+def test_pair_rows_sop_kept_swapped_and_nsp_random():
+    ids, types, label = _pair([0, 0, 2], [0.9, 0.0, 0, 0, 0, 0], "sop")
+    assert ids.tolist() == [4, 10, 11, 5, 12, 13, 14, 5, 0, 0]
+    assert types.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0] and label == 0
+    ids, types, label = _pair([0, 0, 2], [0.1, 0.0, 0, 0, 0, 0], "sop")
+    assert ids.tolist() == [4, 12, 13, 14, 5, 10, 11, 5, 0, 0]
+    assert types.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0] and label == 1
+    # NSP negative: B starts at a sentence of the other document and fills the row.
+    ids, types, label = _pair([0, 0, 2], [0.1, 0.0, 0.5, 0.0, 0, 0], "nsp")
+    assert ids.tolist() == [4, 10, 11, 5, 20, 21, 22, 23, 24, 5] and label == 1
+    assert types.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    # One-sentence chunk: split inside the sentence; truncation trims the longer side.
+    ids, _, label = _pair([1, 3, 4], [0.9, 0.5, 0, 0, 0, 0], "nsp")
+    assert ids.tolist() == [4, 20, 21, 5, 22, 5, 0, 0, 0, 0] and label == 0
+    ids, _, _ = _pair([0, 0, 3], [0.9, 0.99, 0, 0, 0.99, 0.0], "sop", seq_len=7)
+    assert ids.tolist() == [4, 12, 13, 14, 5, 15, 5]  # A=[10..14] loses 2 at the front
+    ids, _, _ = _pair([0, 0, 3], [0.9, 0.99, 0, 0, 0.0, 0.0], "sop", seq_len=7)
+    assert ids.tolist() == [4, 10, 11, 12, 5, 15, 5]  # ... or at the back
+
+
+def test_pair_rows_positive_fraction_and_masks():
+    r = np.random.default_rng(5)
+    sent_lens = r.integers(1, 6, size=30_000)  # 10,000 documents of 3 sentences
+    starts = np.concatenate([[0], np.cumsum(sent_lens)])
+    tokens = r.integers(10, 900, size=starts[-1]).astype(np.int32)
+    docs = np.arange(0, 30_001, 3)
+    chunks = sentence_pairs.make_chunks(starts, docs, 7)
+    assert len(chunks) >= 10_000
+    out = sentence_pairs.pair_rows(
+        tokens,
+        starts,
+        docs,
+        chunks,
+        3,
+        np.arange(len(chunks)),
+        kind="nsp",
+        seq_len=10,
+        cls_id=4,
+        sep_id=5,
+    )
+    assert abs((out["next_sentence_label"] == 0).mean() - 0.5) < 0.02
+    np.testing.assert_array_equal(out["attention_mask"], out["input_ids"] != 0)
+    assert (out["input_ids"][:, 0] == 4).all()
+    assert ((out["input_ids"] == 5).sum(axis=1) == 2).all()
+
+    # Positives: A and B are pieces of the chunk's text, A before B (truncation may cut
+    # the end of A and the start of B).
+    def find(part, whole, start=0):
+        return next(k for k in range(start, len(whole)) if whole[k : k + len(part)] == part)
+
+    for i in np.flatnonzero(out["next_sentence_label"] == 0)[:300]:
+        _, s0, s1 = chunks[i]
+        row = out["input_ids"][i].tolist()
+        sep = row.index(5)
+        a, b = row[1:sep], row[sep + 1 : row.index(5, sep + 1)]
+        whole = tokens[starts[s0] : starts[s1]].tolist()
+        find(b, whole, find(a, whole) + len(a))
+
+
+# --------------------------------------------------------------------------- UL2
+
+
+def test_ul2_denoisers_and_chunk_length():
+    assert ul2.denoisers("R:1,S:1") == [
+        ("R", 3.0, 0.15, 0.25),
+        ("R", 8.0, 0.15, 0.25),
+        ("S", 0.0, 0.0, 0.5),
+    ]
+    n = ul2.chunk_length(512, 512, "R:0.4,S:0.2,X:0.4", 100)
+    assert n == 511
+    with pytest.raises(ConfigError, match=r"data\.ul2_mixture"):
+        ul2.denoisers("R:1,Q:1")
+    with pytest.raises(ConfigError, match="too short"):
+        ul2.chunk_length(16, 3, "X:1", 100)
+
+
+def test_ul2_rows_mode_tokens_and_reconstruction():
+    modes = {"R": 7, "X": 8, "S": 9}
+    raw = np.random.default_rng(4).integers(10, 900, size=(600, 100)).astype(np.int32)
+    inputs, targets, choice = ul2.ul2_rows(
+        raw,
+        11,
+        np.arange(600),
+        mixture="R:0.4,S:0.2,X:0.4",
+        seq_len=104,
+        target_len=104,
+        sentinel_ids=SENTINELS,
+        mode_ids=modes,
+        eos_id=1,
+    )
+    table = ul2.denoisers("R:0.4,S:0.2,X:0.4")
+    kinds = np.array([table[c][0] for c in choice])
+    assert abs((kinds == "S").mean() - 0.2) < 0.05 and abs((kinds == "R").mean() - 0.4) < 0.06
+    for i in range(60):
+        assert inputs[i, 0] == modes[kinds[i]]
+        inp = [t for t in inputs[i, 1:].tolist() if t]
+        tgt = [t for t in targets[i].tolist() if t]
+        if kinds[i] == "S":
+            assert inp[:-1] + tgt[:-1] == raw[i].tolist() and inp[-1] == tgt[-1] == 1
+        else:
+            assert _reconstruct(inp, tgt, set(SENTINELS)) == raw[i].tolist()
+    s = ul2.ul2_rows(
+        np.array([[10, 11, 12, 13]]),
+        0,
+        np.array([0]),
+        mixture="S:1",
+        seq_len=6,
+        target_len=5,
+        sentinel_ids=SENTINELS,
+        mode_ids=modes,
+        eos_id=1,
+    )
+    split = [t for t in s[0][0].tolist() if t][1:-1]
+    assert s[0][0].tolist() == [9, *split, 1] + [0] * (6 - len(split) - 2)
+    assert s[1][0].tolist()[: 5 - len(split)] == [*range(10 + len(split), 14), 1]
