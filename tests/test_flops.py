@@ -13,34 +13,87 @@ from t5x_lite.config import ConfigError, ModelConfig
 # Tiny configs of every arch; widths large enough that matmuls dominate the FLOPs.
 CONFIGS = {
     "gpt2": ModelConfig(
-        family="decoder", arch="gpt2", vocab_size=512, d_model=128, num_heads=4,
-        num_layers=2, d_ff=512, max_seq_len=64,
+        family="decoder",
+        arch="gpt2",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_layers=2,
+        d_ff=512,
+        max_seq_len=64,
     ),
     "llama_gqa": ModelConfig(
-        family="decoder", arch="llama", vocab_size=512, d_model=128, num_heads=4,
-        num_kv_heads=2, num_layers=2, d_ff=352, max_seq_len=64, activation="silu",
+        family="decoder",
+        arch="llama",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_kv_heads=2,
+        num_layers=2,
+        d_ff=352,
+        max_seq_len=64,
+        activation="silu",
     ),
     "bert_nsp": ModelConfig(
-        family="encoder", arch="bert", vocab_size=512, d_model=128, num_heads=4,
-        num_layers=2, d_ff=512, max_seq_len=64, type_vocab_size=2, sentence_head=True,
+        family="encoder",
+        arch="bert",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_layers=2,
+        d_ff=512,
+        max_seq_len=64,
+        type_vocab_size=2,
+        sentence_head=True,
         activation="gelu",
     ),
     "roberta": ModelConfig(
-        family="encoder", arch="roberta", vocab_size=512, d_model=128, num_heads=4,
-        num_layers=2, d_ff=512, max_seq_len=64, position_offset=2, pad_token_id=1,
+        family="encoder",
+        arch="roberta",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_layers=2,
+        d_ff=512,
+        max_seq_len=64,
+        position_offset=2,
+        pad_token_id=1,
         activation="gelu",
     ),
     "albert_shared": ModelConfig(
-        family="encoder", arch="albert", vocab_size=512, d_model=128, num_heads=4,
-        num_layers=3, d_ff=512, max_seq_len=64, embed_dim=32, share_layers=True,
+        family="encoder",
+        arch="albert",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_layers=3,
+        d_ff=512,
+        max_seq_len=64,
+        embed_dim=32,
+        share_layers=True,
     ),
     "t5": ModelConfig(
-        family="encoder_decoder", arch="t5", vocab_size=512, d_model=128, num_heads=4,
-        head_dim=48, num_layers=2, d_ff=512, max_seq_len=64, activation="relu",
+        family="encoder_decoder",
+        arch="t5",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        head_dim=48,
+        num_layers=2,
+        d_ff=512,
+        max_seq_len=64,
+        activation="relu",
     ),
     "t5_v1_1": ModelConfig(
-        family="encoder_decoder", arch="t5_v1_1", vocab_size=512, d_model=128,
-        num_heads=4, num_layers=2, num_decoder_layers=3, d_ff=352, max_seq_len=64,
+        family="encoder_decoder",
+        arch="t5_v1_1",
+        vocab_size=512,
+        d_model=128,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=3,
+        d_ff=352,
+        max_seq_len=64,
     ),
 }
 B, T, U = 2, 64, 16
@@ -66,8 +119,10 @@ def test_param_counts_match_initialised_tree(name):
     counts = flops.param_counts(cfg)
     assert counts["total"] == n_tree
     tables = sum(
-        x.size for path, x in _leaves(tree)
-        if path[-1] in ("embedding", "rel_embedding") or path[-2:] == ("logits_dense", "kernel")
+        x.size
+        for path, x in _leaves(tree)
+        if path[-1] in ("embedding", "rel_embedding")
+        or path[-2:] == ("logits_dense", "kernel")
         or path[-2:] == ("lm_head", "kernel")
     )
     # non-embedding = everything but lookup tables and untied output projections
@@ -96,8 +151,9 @@ def test_matmul_params_match_kernels_in_tree(name):
 def test_gpt2_small_by_hand():
     # HF GPT-2 small has 124,439,808 parameters; not matmuls: wpe 1024*768, per layer
     # biases 3*768 + 768 + 3072 + 768 and LayerNorms 4*768, final LayerNorm 2*768.
-    cfg = ModelConfig(vocab_size=50257, d_model=768, num_heads=12, num_layers=12, d_ff=3072,
-                      max_seq_len=1024)
+    cfg = ModelConfig(
+        vocab_size=50257, d_model=768, num_heads=12, num_layers=12, d_ff=3072, max_seq_len=1024
+    )
     assert flops.param_counts(cfg)["total"] == 124_439_808
     n_matmul = 124_439_808 - 1024 * 768 - 12 * (6912 + 3072) - 1536
     assert n_matmul == 123_532_032
@@ -109,9 +165,19 @@ def test_gpt2_small_by_hand():
 
 
 def test_bert_base_by_hand():
-    cfg = ModelConfig(family="encoder", arch="bert", vocab_size=30522, d_model=768,
-                      num_heads=12, num_layers=12, d_ff=3072, max_seq_len=512,
-                      type_vocab_size=2, sentence_head=True, activation="gelu")
+    cfg = ModelConfig(
+        family="encoder",
+        arch="bert",
+        vocab_size=30522,
+        d_model=768,
+        num_heads=12,
+        num_layers=12,
+        d_ff=3072,
+        max_seq_len=512,
+        type_vocab_size=2,
+        sentence_head=True,
+        activation="gelu",
+    )
     layers = 12 * (4 * 768 * 768 + 2 * 768 * 3072)  # 84,934,656
     head = 768 * 768 + 768 * 30522  # MLM transform + tied decoder
     per_row = 6 * 512 * (layers + head) + 12 * 12 * 12 * 64 * 512 * 512
@@ -154,9 +220,7 @@ def _flops_of(analysis) -> float:
 
 
 def _ours(cfg: ModelConfig) -> float:
-    return B * flops.train_flops_per_row(
-        cfg, T, U if cfg.family == "encoder_decoder" else None
-    )
+    return B * flops.train_flops_per_row(cfg, T, U if cfg.family == "encoder_decoder" else None)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -198,13 +262,13 @@ def test_peak_table_and_specs():
 
 @pytest.mark.parametrize("spec", ["", "h1000", "-5", "nan", "inf"])
 def test_bad_peak_spec_is_one_line_error(spec):
-    with pytest.raises(ConfigError, match="train.peak_flops") as e:
+    with pytest.raises(ConfigError, match=r"train\.peak_flops") as e:
         flops.peak_flops_per_device(spec)
     assert "\n" not in str(e.value)
 
 
 def test_bad_lengths_are_one_line_errors():
-    with pytest.raises(ConfigError, match="data.seq_len"):
+    with pytest.raises(ConfigError, match=r"data\.seq_len"):
         flops.train_flops_per_token(CONFIGS["gpt2"], 0)
-    with pytest.raises(ConfigError, match="data.target_len"):
+    with pytest.raises(ConfigError, match=r"data\.target_len"):
         flops.train_flops_per_token(CONFIGS["t5"], 64, -1)
