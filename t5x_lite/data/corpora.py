@@ -229,10 +229,12 @@ class TextDirectory(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 f"({len(skipped)} file(s) skipped as not UTF-8)"
             )
         val = validation_indices(len(docs))
-        return {
-            "train": self._generate_examples([d for i, d in enumerate(docs) if i not in val]),
-            "validation": self._generate_examples([d for i, d in enumerate(docs) if i in val]),
-        }
+        splits = {"train": self._generate_examples([d for i, d in enumerate(docs) if i not in val])}
+        if val:  # a single document makes no validation split
+            splits["validation"] = self._generate_examples(
+                [d for i, d in enumerate(docs) if i in val]
+            )
+        return splits
 
     def _generate_examples(self, docs: list) -> Iterator:
         for key, text in docs:

@@ -126,6 +126,8 @@ def load_or_build(corpus: Corpus, split: str, tokenizer: Tokenizer, root: Path) 
             os.replace(tmp, folder)
         except OSError:  # prepared meanwhile by another process: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (folder / "meta.json").exists():
+                raise ConfigError(f"{folder} exists but is no complete token cache") from None
     arrays = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in _FILES}
     store = TokenizedSplit(**arrays, path=str(folder))
     if store.num_docs == 0:
