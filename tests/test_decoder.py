@@ -1,0 +1,385 @@
+"""Decoder-only family (GPT-2, Llama) against Hugging Face transformers on torch CPU.
+
+The reference is an independently implemented model: a randomly initialised
+``GPT2LMHeadModel`` / ``LlamaForCausalLM`` (eager attention, float32) with every
+weight, norm scale and bias drawn at random, saved with ``save_pretrained`` and
+read through :func:`t5x_lite.convert.import_hf`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.sharding import PartitionSpec as P
+from safetensors.numpy import load_file, save_file
+
+from configs import base
+from t5x_lite import convert, models, partitioning
+from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
+from t5x_lite.models import decoder
+
+VOCAB = 97
+B, T = 3, 13
+
+
+def _hf_config(arch: str) -> transformers.PretrainedConfig:
+    """Tiny, awkward shapes; non-default eps / RoPE base so that their mapping matters."""
+    if arch == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=24, n_inner=80,
+            layer_norm_epsilon=1e-3, bos_token_id=None, eos_token_id=None,
+        )  # fmt: skip
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # 4 * 16 != 48
+        max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
+        bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+
+
+def _torch_model(arch: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.LlamaForCausalLM
+    model = cls(_hf_config(arch))
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_scale = p.ndim == 1 and ("norm" in name or ".ln_" in name) and "weight" in name
+            p.copy_((1.0 if is_scale else 0.0) + 0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def _batch() -> dict[str, np.ndarray]:
+    """Random ids with right padding in rows 1 and 2."""
+    ids = np.random.RandomState(0).randint(0, VOCAB, (B, T)).astype(np.int32)
+    mask = np.ones((B, T), np.int32)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _torch_logits(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+        )
+    return out.logits.numpy()
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_logits(cfg: ModelConfig, params, batch) -> jax.Array:
+    return decoder.Model(cfg).apply({"params": params}, batch)["logits"]
+
+
+def _logits(cfg: ModelConfig, params, batch) -> np.ndarray:
+    return np.asarray(_jit_logits(cfg, params, batch))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def hf_case(request, tmp_path_factory):
+    arch = request.param
+    model = _torch_model(arch, seed=1)
+    path = str(tmp_path_factory.mktemp(f"hf_{arch}"))
+    model.save_pretrained(path)
+    cfg, params = convert.import_hf(path)
+    batch = _batch()
+    return {
+        "arch": arch,
+        "model": model,
+        "path": path,
+        "cfg": cfg,
+        "params": params,
+        "batch": batch,
+        "ref": _torch_logits(model, batch),
+    }
+
+
+# --------------------------------------------------------------------------- HF parity
+
+
+def test_import_matches_transformers(hf_case):
+    cfg, batch, ref = hf_case["cfg"], hf_case["batch"], hf_case["ref"]
+    assert (cfg.family, cfg.arch, cfg.vocab_size, cfg.norm_eps) == (
+        "decoder", hf_case["arch"], VOCAB, 1e-3,
+    )  # fmt: skip
+    if cfg.arch == "llama":
+        assert (cfg.num_heads, cfg.kv_heads, cfg.head_size, cfg.d_ff) == (4, 2, 16, 72)
+        assert cfg.rope_theta == 500.0
+    else:
+        assert (cfg.d_ff, cfg.max_seq_len) == (80, 24)
+    logits = _logits(cfg, hf_case["params"], batch)
+    assert logits.dtype == np.float32 and logits.shape == (B, T, VOCAB)
+    valid = batch["attention_mask"].astype(bool)
+    assert np.abs(ref).max() > 1.0  # random weights give O(1) logits, not ~0
+    np.testing.assert_allclose(logits[valid], ref[valid], atol=1e-4, rtol=0)
+
+
+def test_export_loads_in_transformers_with_identical_logits(hf_case, tmp_path):
+    cfg = hf_case["cfg"]
+    params = jax.tree_util.tree_map(jnp.asarray, hf_case["params"])  # JAX arrays, as trained
+    out = str(tmp_path / "export")
+    convert.export_hf(cfg, params, out)
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    cls = type(hf_case["model"])
+    loaded, info = cls.from_pretrained(out, attn_implementation="eager", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert loaded.config.model_type == hf_case["arch"]
+    if cfg.arch == "llama":
+        assert loaded.config.num_key_value_heads == 2 and loaded.config.head_dim == 16
+    else:
+        # Tied head: the exported file has no lm_head, transformers ties it to wte.
+        assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    np.testing.assert_array_equal(_torch_logits(loaded.eval(), hf_case["batch"]), hf_case["ref"])
+    # And back in: the same tree.
+    cfg2, params2 = convert.import_hf(out)
+    assert cfg2 == cfg
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params2, hf_case["params"])
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def test_packed_documents_match_documents_alone(hf_case):
+    cfg, params = hf_case["cfg"], hf_case["params"]
+    rng = np.random.RandomState(1)
+    doc_a = rng.randint(0, VOCAB, 6).astype(np.int32)
+    doc_b = rng.randint(0, VOCAB, 5).astype(np.int32)
+    packed = {
+        "input_ids": np.concatenate([doc_a, doc_b, [7, 7]])[None],
+        "segment_ids": np.array([[1] * 6 + [2] * 5 + [0] * 2], np.int32),
+        "positions": np.array([list(range(6)) + list(range(5)) + [0, 0]], np.int32),
+    }
+    out = _logits(cfg, params, packed)[0]
+    alone_a = _logits(cfg, params, {"input_ids": doc_a[None]})[0]
+    alone_b = _logits(cfg, params, {"input_ids": doc_b[None]})[0]
+    assert np.abs(alone_a[:5] - alone_b).max() > 1e-2  # the two documents differ
+    np.testing.assert_allclose(out[:6], alone_a, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out[6:11], alone_b, atol=1e-5, rtol=0)
+
+
+def test_prefix_lm_mask(hf_case):
+    """Prefix tokens (0..3) see each other both ways; nothing sees past its own position."""
+    cfg, params = hf_case["cfg"], hf_case["params"]
+    ids = np.random.RandomState(2).randint(0, VOCAB, (1, 8)).astype(np.int32)
+    prefix = np.array([[True] * 4 + [False] * 4])
+
+    def run(token_ids, with_prefix=True):
+        batch = {"input_ids": token_ids}
+        if with_prefix:
+            batch["prefix_mask"] = prefix
+        return _logits(cfg, params, batch)[0]
+
+    def changed(pos):
+        other = ids.copy()
+        other[0, pos] = (other[0, pos] + 1) % VOCAB
+        return other
+
+    base_out = run(ids)
+    # A later prefix token (3) changes earlier prefix positions (0..2) ...
+    diff = np.abs(run(changed(3)) - base_out).max(-1)
+    assert (diff[:3] > 1e-3).all()
+    # ... which a plain causal mask forbids.
+    causal = run(ids, with_prefix=False)
+    diff = np.abs(run(changed(3), with_prefix=False) - causal).max(-1)
+    np.testing.assert_array_equal(diff[:3], 0.0)
+    assert np.abs(causal[0] - base_out[0]).max() > 1e-3
+    # The first target token (4) is invisible to the whole prefix, visible after it.
+    diff = np.abs(run(changed(4)) - base_out).max(-1)
+    np.testing.assert_array_equal(diff[:4], 0.0)
+    assert (diff[4:] > 1e-3).all()
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def _preset(name: str) -> ModelConfig:
+    return base.to_typed(base.load(name)).model
+
+
+# On tensor=4 the kv_heads axis needs num_kv_heads % 4 == 0, so the Llama case here
+# uses 8 heads sharing 4 KV heads (llama_tiny's 2 KV heads fit tensor <= 2).
+_SHARDED = {
+    "gpt2": (
+        _preset("gpt2_tiny"),
+        {
+            ("wte", "embedding"): P("tensor", "fsdp"),
+            ("wpe", "embedding"): P(None, "fsdp"),
+            ("layers_0", "attn", "query", "kernel"): P("fsdp", "tensor", None),
+            ("layers_0", "attn", "query", "bias"): P("tensor", None),
+            ("layers_1", "attn", "out", "kernel"): P("tensor", None, "fsdp"),
+            ("layers_1", "mlp", "wi", "kernel"): P("fsdp", "tensor"),
+            ("layers_1", "mlp", "wo", "kernel"): P("tensor", "fsdp"),
+            ("ln_f", "scale"): P("fsdp"),
+        },
+    ),
+    "llama": (
+        dataclasses.replace(_preset("llama_tiny"), num_heads=8, num_kv_heads=4),
+        {
+            ("wte", "embedding"): P("tensor", "fsdp"),
+            ("layers_0", "attn", "key", "kernel"): P("fsdp", "tensor", None),
+            ("layers_0", "mlp", "wi_0", "kernel"): P("fsdp", "tensor"),
+            ("layers_0", "mlp", "wo", "kernel"): P("tensor", "fsdp"),
+            ("lm_head", "kernel"): P("fsdp", "tensor"),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_sharded_init_and_forward(arch):
+    cfg, expected = _SHARDED[arch]
+    mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
+    params = models.init_sharded(cfg, jax.random.key(0), mesh)
+    for path, spec in expected.items():
+        leaf = params
+        for key in path:
+            leaf = leaf[key]
+        assert leaf.sharding.spec == spec, (path, leaf.sharding.spec)
+    k = params["wte"]["embedding"]
+    assert {s.data.shape for s in k.addressable_shards} == {(cfg.vocab_size // 4, cfg.d_model // 2)}
+
+    ids = np.random.RandomState(3).randint(0, cfg.vocab_size, (4, 16)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 10:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    model = decoder.Model(cfg)
+
+    def forward(p, b):
+        return model.apply({"params": p}, b)["logits"]
+
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+        batch_sh = jax.device_put(batch, partitioning.batch_sharding(mesh))
+        sharded = jax.jit(forward)(params, batch_sh)
+    host_params = jax.tree_util.tree_map(np.asarray, params)
+    unsharded = jax.jit(forward)(host_params, batch)
+    np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "gpt2_small", "llama_tiny"])
+def test_count_params_equals_initialised_tree(name):
+    cfg = _preset(name)
+    shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+    counts = models.count_params(cfg)
+    assert counts["total"] == n
+    if name == "gpt2_small":
+        assert n == 124_439_808  # OpenAI GPT-2 small
+
+
+def test_non_embedding_count_by_hand():
+    # gpt2_tiny: E=64, F=256, 2 layers, vocab 2048, 128 positions.
+    # per layer: 2 LayerNorms 4*64 + attention 4*64*64 + 4*64 + MLP 2*64*256 + 256 + 64
+    per_layer = 256 + (16384 + 256) + (32768 + 320)
+    non_embedding = 2 * per_layer + 2 * 64  # + final LayerNorm
+    assert models.count_params(_preset("gpt2_tiny")) == {
+        "total": non_embedding + (2048 + 128) * 64,
+        "non_embedding": non_embedding,
+    }
+    # llama_tiny: E=64, 4 heads x 16, 2 KV heads, F=172; untied head is "embedding" too.
+    per_layer = 2 * 64 + (64 * 64 + 2 * 64 * 32 + 64 * 64) + 3 * 64 * 172
+    non_embedding = 2 * per_layer + 64
+    assert models.count_params(_preset("llama_tiny")) == {
+        "total": non_embedding + 2 * 2048 * 64,
+        "non_embedding": non_embedding,
+    }
+
+
+# --------------------------------------------------------------------------- training knobs
+
+
+def test_remat_and_dropout_keep_values_and_gradients():
+    cfg = dataclasses.replace(_preset("llama_tiny"), dropout_rate=0.1)
+    batch = {"input_ids": np.arange(2 * 8, dtype=np.int32).reshape(2, 8)}
+    params = jax.jit(functools.partial(models.init_params, cfg))(jax.random.key(0))
+    rngs = {"dropout": jax.random.key(5)}
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def loss_and_grad(p, c):
+        def loss(p):
+            out = decoder.Model(c).apply({"params": p}, batch, deterministic=False, rngs=rngs)
+            return jnp.mean(out["logits"] ** 2)
+
+        return jax.value_and_grad(loss)(p)
+
+    ref_loss, ref_grad = loss_and_grad(params, cfg)
+    eval_loss = jnp.mean(_jit_logits(cfg, params, batch) ** 2)
+    assert abs(float(eval_loss) - float(ref_loss)) > 1e-4 * float(ref_loss)  # dropout is active
+    for policy in ("full", "dots"):
+        out_loss, out_grad = loss_and_grad(params, dataclasses.replace(cfg, remat_policy=policy))
+        np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-5)
+        # Recomputation reorders float sums: compare each gradient at its own scale.
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max(), rtol=1e-4),
+            out_grad,
+            ref_grad,
+        )
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(hf_case):
+    cfg = dataclasses.replace(hf_case["cfg"], dtype="bfloat16")
+    batch = hf_case["batch"]
+    params = hf_case["params"]
+    out = _jit_logits(cfg, params, batch)
+    assert out.dtype == jnp.float32
+    init = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(init)} == {jnp.dtype("float32")}
+    valid = batch["attention_mask"].astype(bool)
+    err = np.abs(np.asarray(out) - hf_case["ref"])[valid]
+    assert err.max() < 0.1 * np.abs(hf_case["ref"]).max()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_missing_tensor_is_named(hf_case, tmp_path):
+    tensors = load_file(os.path.join(hf_case["path"], "model.safetensors"))
+    name = "transformer.h.1.mlp.c_fc.bias" if hf_case["arch"] == "gpt2" else "lm_head.weight"
+    del tensors[name]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with open(os.path.join(hf_case["path"], "config.json")) as f:
+        (tmp_path / "config.json").write_text(f.read())
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")) as err:
+        convert.import_hf(str(tmp_path))
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "arch, field, value",
+    [
+        ("gpt2", "scale_attn_by_inverse_layer_idx", True),
+        ("gpt2", "tie_word_embeddings", False),
+        ("llama", "rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}),
+        ("llama", "attention_bias", True),
+    ],
+)
+def test_unsupported_config_value_is_named(tmp_path, arch, field, value):
+    _hf_config(arch).to_json_file(str(tmp_path / "config.json"))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match=field) as err:
+        convert.import_hf(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_unsupported_model_type(tmp_path):
+    transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    ).to_json_file(str(tmp_path / "config.json"))  # fmt: skip
+    with pytest.raises(ConfigError, match="model_type='mistral' is not supported"):
+        convert.import_hf(str(tmp_path))
