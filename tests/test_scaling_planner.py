@@ -1,0 +1,119 @@
+"""Compute-optimal planner (t5x_lite.scaling.planner): budgets 1e12..1e24 give shapes
+with 6ND within 5% of the budget and N within 25% of N_opt; apply_plan rewrites a
+Config; budgets the grid cannot serve are one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from t5x_lite import flops
+from t5x_lite.config import Config, ConfigError, DataConfig, ModelConfig, ScalingConfig, TrainConfig
+from t5x_lite.scaling import FITS, apply_plan, compute_optimal, plan, save_fit
+
+BUDGETS = [float(c) for c in np.logspace(12, 24, 25)]  # every half decade
+MODELS = {
+    "gpt2": ModelConfig(family="decoder", arch="gpt2", vocab_size=256, max_seq_len=128),
+    "llama": ModelConfig(
+        family="decoder", arch="llama", vocab_size=256, num_heads=4, num_kv_heads=2
+    ),
+    "bert": ModelConfig(family="encoder", arch="bert", vocab_size=256, type_vocab_size=2),
+    "t5": ModelConfig(family="encoder_decoder", arch="t5", vocab_size=256),
+    "t5_v1_1": ModelConfig(family="encoder_decoder", arch="t5_v1_1", vocab_size=256),
+}
+
+
+@pytest.mark.parametrize("fit", sorted(FITS))
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_plans_hit_budget_and_n_opt(arch, fit):
+    model = MODELS[arch]
+    for budget in BUDGETS:
+        chosen, steps, info = plan(model, budget, seq_len=128, batch_size=32, fit=fit)
+        n = flops.param_counts(chosen)["total"]  # built-in fits count all parameters
+        d = steps * 32 * 128
+        assert 6 * n * d == pytest.approx(budget, rel=0.05), (budget, n, d)
+        n_opt, _ = compute_optimal(budget, fit)
+        assert n == pytest.approx(n_opt, rel=0.25), (budget, n, n_opt)
+        assert (chosen.family, chosen.arch, chosen.vocab_size) == (model.family, arch, 256)
+        assert chosen.d_model % chosen.num_heads == 0 and 8 <= info["aspect_ratio"] <= 512
+        assert info["n_params"] == n and info["n_tokens"] == d and info["num_steps"] == steps
+
+
+def test_shapes_grow_with_budget_and_keep_gqa():
+    model = MODELS["llama"]
+    small, _, _ = plan(model, 1e16, 128, 32)
+    large, _, _ = plan(model, 1e22, 128, 32)
+    assert large.d_model > small.d_model and large.num_layers > small.num_layers
+    for m in (small, large):
+        assert m.num_heads == 2 * m.kv_heads  # heads per kv head kept from the base config
+        assert m.d_ff % 16 == 0 and abs(m.d_ff - 8 * m.d_model / 3) < 16  # SwiGLU width
+
+
+def test_apply_plan_rewrites_model_and_steps():
+    cfg = Config(
+        model=MODELS["gpt2"],
+        data=DataConfig(seq_len=128),
+        train=TrainConfig(batch_size=32, num_steps=7),
+        scaling=ScalingConfig(flops_budget=3e14),
+    )
+    new, info = apply_plan(cfg)
+    n = flops.param_counts(new.model)["total"]
+    assert new.train.num_steps == info["num_steps"] != 7
+    assert 6 * n * new.train.num_steps * 32 * 128 == pytest.approx(3e14, rel=0.05)
+    assert new.model.d_model == info["d_model"] and new.model.num_layers == info["num_layers"]
+    # Everything else is kept.
+    assert new.data == cfg.data and new.scaling == cfg.scaling
+    assert dataclasses.replace(new.train, num_steps=7) == cfg.train
+    assert info["flops_train"] > 0 and info["predicted_loss"] > FITS["hoffmann2022"].E
+    # No budget: unchanged.
+    same, empty = apply_plan(dataclasses.replace(cfg, scaling=ScalingConfig()))
+    assert same == dataclasses.replace(cfg, scaling=ScalingConfig()) and empty == {}
+
+
+def test_apply_plan_shortens_warmup_for_short_plans():
+    cfg = Config(
+        model=MODELS["gpt2"],
+        train=TrainConfig(batch_size=256),
+        scaling=ScalingConfig(flops_budget=1e12),
+    )
+    new, info = apply_plan(cfg)
+    assert new.train.num_steps <= cfg.optimizer.warmup_steps
+    assert new.optimizer.warmup_steps == new.train.num_steps // 10 == info["warmup_steps"]
+
+
+def test_plan_from_a_non_embedding_fit_file(tmp_path):
+    fit = dataclasses.replace(FITS["besiroglu2024"], param_kind="non_embedding", name="mine")
+    path = save_fit(fit, str(tmp_path / "fit.json"))
+    model = dataclasses.replace(MODELS["gpt2"], vocab_size=32000)
+    chosen, steps, info = plan(model, 1e17, 128, 32, fit=path)
+    n = flops.param_counts(chosen)["non_embedding"]
+    assert info["param_kind"] == "non_embedding" and info["n_params"] == n
+    assert n == pytest.approx(compute_optimal(1e17, fit).n_params, rel=0.25)
+    assert 6 * n * steps * 32 * 128 == pytest.approx(1e17, rel=0.05)
+
+
+def _one_line(match: str, *args, **kwargs):
+    with pytest.raises(ConfigError, match=match) as e:
+        plan(*args, **kwargs)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_bad_budgets_are_one_line_errors():
+    real_vocab = dataclasses.replace(MODELS["gpt2"], vocab_size=32000)
+    msg = _one_line("too small", real_vocab, 1e12, 128, 32)
+    assert "scaling.flops_budget=1e+12" in msg and "smaller vocabulary" in msg
+    # The budget the message suggests is accepted.
+    suggested = float(msg.split(">= ")[1].split(" ")[0])
+    plan(real_vocab, suggested * 1.01, 128, 32)
+    _one_line("too large", MODELS["gpt2"], 1e30, 128, 32)
+    _one_line(r"must be > 0", MODELS["gpt2"], 0.0, 128, 32)
+    _one_line(r"must be > 0", MODELS["gpt2"], -1e18, 128, 32)
+    _one_line(r"finite", MODELS["gpt2"], float("nan"), 128, 32)
+    _one_line("neither a built-in fit", MODELS["gpt2"], 1e18, 128, 32, fit="nope")
+    # A budget that buys less than one step of a huge batch.
+    _one_line("less than one step", MODELS["gpt2"], 1e12, 128, 1_000_000)
+    cfg = Config(model=MODELS["gpt2"], scaling=ScalingConfig(flops_budget=-5.0))
+    assert apply_plan(cfg) == (cfg, {})  # <= 0 means "no plan"
