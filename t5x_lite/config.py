@@ -471,10 +471,38 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class ScalingConfig:
+    """Compute-optimal planning (``flops_budget``) and IsoFLOP sweeps (``sweep_*``).
+
+    See :mod:`t5x_lite.scaling`: ``python -m t5x_lite.scaling sweep`` trains, for each
+    budget in ``sweep_budgets``, ``sweep_sizes`` models whose parameter counts are
+    log-spaced over ``N_opt / sweep_spread ... N_opt * sweep_spread`` around the
+    ``fit``'s optimum.
+    """
+
     # When > 0, the planner picks the model shape and train.num_steps from this budget.
     flops_budget: float = 0.0
     # A built-in fit name (hoffmann2022 | besiroglu2024) or a path to a fit JSON file.
     fit: str = "hoffmann2022"
+    # IsoFLOP sweep: budgets in FLOPs (C = 6 N D), model sizes per budget, size spread.
+    sweep_budgets: tuple[float, ...] = ()
+    sweep_sizes: int = 5
+    sweep_spread: float = 4.0
+
+    def validate(self) -> ScalingConfig:
+        _check(
+            math.isfinite(self.flops_budget) and self.flops_budget >= 0,
+            f"scaling.flops_budget={self.flops_budget} must be >= 0 (0 disables planning)",
+        )
+        for b in self.sweep_budgets:
+            _check(
+                math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
+            )
+        _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        _check(
+            math.isfinite(self.sweep_spread) and self.sweep_spread >= 1.0,
+            f"scaling.sweep_spread={self.sweep_spread} must be >= 1",
+        )
+        return self
 
 
 @dataclass(frozen=True)
