@@ -11,3 +11,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Data-layer session fixtures (kjv prepared once per session in a tmp dir).
+from data_fixtures import kjv_root, kjv_tokenizer  # noqa: E402, F401

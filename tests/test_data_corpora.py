@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from data_fixtures import kjv_root  # noqa: F401  (session fixture)
 
 from t5x_lite.config import ConfigError, DataConfig
 from t5x_lite.data import corpora, token_store
@@ -39,7 +38,7 @@ def test_kjv_text_is_cleaned_and_split_into_chapters():
     assert chapters[-1][1][-1] == "The grace of our Lord Jesus Christ be with you all. Amen."
 
 
-def test_kjv_prepared_once_split_and_reused(kjv_root):  # noqa: F811
+def test_kjv_prepared_once_split_and_reused(kjv_root):
     corpus = corpora.open_corpus(DataConfig(data_dir=str(kjv_root)))
     assert corpus.splits() == ["train", "validation"]
     assert corpus.num_documents("validation") == 24  # 2% of 1,189 chapters

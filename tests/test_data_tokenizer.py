@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
-from data_fixtures import kjv_root, kjv_tokenizer, make_cfg  # noqa: F401  (fixtures)
+from data_fixtures import make_cfg
 
 from t5x_lite.config import ConfigError
 from t5x_lite.data import pipeline
 from t5x_lite.data.tokenizer import Tokenizer
 
 
-def test_reserved_ids_of_a_trained_vocabulary(kjv_tokenizer):  # noqa: F811
+def test_reserved_ids_of_a_trained_vocabulary(kjv_tokenizer):
     tok = kjv_tokenizer
     assert tok.vocab_size == 2048
     assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id) == (0, 1, 2, 3)
@@ -53,7 +53,7 @@ def _random_unicode(r: random.Random, n: int) -> str:
     return "".join(out)
 
 
-def test_any_unicode_round_trips(kjv_tokenizer):  # noqa: F811
+def test_any_unicode_round_trips(kjv_tokenizer):
     r = random.Random(0)
     cases = [_random_unicode(r, r.randint(0, 60)) for _ in range(300)]
     cases += ["", " ", "  two  spaces ", "tab\there\nnew\r\nline", "ﬁ ＡＢ", "[MASK]<extra_id_3>"]
@@ -61,7 +61,7 @@ def test_any_unicode_round_trips(kjv_tokenizer):  # noqa: F811
         assert kjv_tokenizer.decode(kjv_tokenizer.encode(text)) == text, repr(text)
 
 
-def test_get_tokenizer_caches_and_copies_without_overwriting(kjv_root, kjv_tokenizer, tmp_path):  # noqa: F811
+def test_get_tokenizer_caches_and_copies_without_overwriting(kjv_root, kjv_tokenizer, tmp_path):
     cfg = make_cfg(kjv_root)
     mtime = Path(kjv_tokenizer.path).stat().st_mtime_ns
     again = pipeline.get_tokenizer(cfg)

@@ -383,7 +383,7 @@ def _open_tfds(spec: str, root: Path, data: DataConfig) -> Corpus:
     if data.text_key not in keys:
         raise ConfigError(
             f"data.text_key={data.text_key!r} is not a feature of {spec!r} (features: "
-            f"{', '.join(keys)})"
+            f"{', '.join(sorted(keys))})"
         )
     version = str(builder.info.version)
     config = builder.builder_config.name if builder.builder_config else "default"

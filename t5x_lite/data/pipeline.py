@@ -60,6 +60,7 @@ import functools
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -214,7 +215,7 @@ class BatchSource:
                 f"is too small for one row of data.seq_len={seq}"
             )
         self.shuffle_seed = rng.derive_key(data.seed, split, "rows") % (2**32)
-        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._layouts: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def key(self, epoch: int, purpose: str) -> int:
@@ -223,14 +224,18 @@ class BatchSource:
     def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order [D], cum_end [D])`` of the epoch's document stream (cached)."""
         with self._lock:
-            if epoch not in self._layouts:
-                order = rng.numpy_rng(self.data.seed, self.split, epoch, "order").permutation(
-                    len(self.lengths)
-                )
-                self._layouts[epoch] = (order, np.cumsum(self.lengths[order]))
-                for old in sorted(self._layouts)[:-4]:
-                    del self._layouts[old]
-            return self._layouts[epoch]
+            if epoch in self._layouts:
+                self._layouts.move_to_end(epoch)
+                return self._layouts[epoch]
+        order = rng.numpy_rng(self.data.seed, self.split, epoch, "order").permutation(
+            len(self.lengths)
+        )
+        layout = (order, np.cumsum(self.lengths[order]))
+        with self._lock:
+            self._layouts[epoch] = layout
+            while len(self._layouts) > 4:  # least recently used first
+                self._layouts.popitem(last=False)
+        return layout
 
     def __call__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         epochs, rows = (np.asarray(x, dtype=np.int64) for x in batch)
@@ -435,7 +440,6 @@ class DataIterator:
 def _dataset(
     cfg: Config, tokenizer: Tokenizer, split: str, process_index: int, process_count: int
 ) -> Any:
-    import grain
 
     if not 0 <= process_index < process_count:
         raise ConfigError(f"process_index={process_index} outside [0, {process_count})")
@@ -445,11 +449,33 @@ def _dataset(
             f"{process_count} processes"
         )
     source = batch_source(cfg, tokenizer, split)
-    per_epoch = source.rows_per_epoch
-    ds = grain.MapDataset.range(per_epoch).shuffle(seed=source.shuffle_seed).repeat()
-    ds = ds.map_with_index(_EpochRow(per_epoch))
-    ds = ds.batch(cfg.train.batch_size // process_count)[process_index::process_count]
-    return ds.map(source)
+    rows = row_index_dataset(
+        source.rows_per_epoch,
+        source.shuffle_seed,
+        cfg.train.batch_size // process_count,
+        process_index,
+        process_count,
+    )
+    return rows.map(source)
+
+
+def row_index_dataset(
+    rows_per_epoch: int,
+    shuffle_seed: int,
+    rows_per_process: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Any:
+    """grain ``MapDataset`` of this process's batches of ``(epochs [b], rows [b])``.
+
+    Global row ``g`` is row ``shuffle_e(g mod R)`` of epoch ``e = g // R``; global batch
+    ``k`` holds global rows ``[k*B, (k+1)*B)`` and process ``p`` its ``p``-th slice.
+    """
+    import grain
+
+    ds = grain.MapDataset.range(rows_per_epoch).shuffle(seed=shuffle_seed).repeat()
+    ds = ds.map_with_index(_EpochRow(rows_per_epoch))
+    return ds.batch(rows_per_process)[process_index::process_count]
 
 
 class _EpochRow:
