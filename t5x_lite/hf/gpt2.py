@@ -47,7 +47,9 @@ _IGNORED = re.compile(r"^(transformer\.h\.\d+\.attn\.(bias|masked_bias)|lm_head\
 _HF_BOS_EOS = 50256
 
 
-def _take(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str):
+def _take(
+    tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str
+) -> np.ndarray:
     if name not in tensors:
         raise ConfigError(f"{source}: tensor {name!r} is missing from the safetensors weights")
     x = np.asarray(tensors[name], np.float32)

@@ -40,7 +40,9 @@ _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _HF_BOS, _HF_EOS = 1, 2
 
 
-def _take(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str):
+def _take(
+    tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str
+) -> np.ndarray:
     if name not in tensors:
         raise ConfigError(f"{source}: tensor {name!r} is missing from the safetensors weights")
     x = np.asarray(tensors[name], np.float32)

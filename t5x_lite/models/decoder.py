@@ -26,6 +26,10 @@ llama      token (``wte``); blocks with RMSNorm ``ln_1`` / ``ln_2``, RoPE groupe
            final RMSNorm ``ln_f``; untied ``lm_head`` kernel ``[E, V]``.
 =========  ============================================================================
 
+``dropout_rate`` (when ``deterministic=False``, rng name ``"dropout"``) applies to the
+embeddings and to the output of every attention and MLP branch, like GPT-2's
+``embd_pdrop`` / ``resid_pdrop``; attention probabilities are not dropped.
+
 A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
 [B, T, E]``; the key/value cache of incremental decoding can be added inside
 ``attn`` without changing this interface.
