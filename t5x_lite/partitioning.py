@@ -84,9 +84,40 @@ def param_shardings(mesh: Mesh, abstract_boxed_params: Any) -> Any:
     """NamedShardings for a (possibly abstract) tree of ``nn.LogicallyPartitioned`` params.
 
     Unboxed leaves (no logical names) are replicated.
+    A dimension that the mesh axes of its rule do not divide evenly (e.g. 2 key/value
+    heads on ``tensor=4``) is replicated instead of failing: the rule is a
+    preference, the shapes decide. :func:`divisible_spec` does that per leaf.
     """
     specs = nn.get_partition_spec(abstract_boxed_params)
-    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
+    shapes = nn.meta.unbox(abstract_boxed_params)
+    mesh_specs = jax.tree.map(
+        lambda spec, leaf: divisible_spec(
+            nn.logical_to_mesh_axes(tuple(spec), LOGICAL_AXIS_RULES), leaf.shape, mesh
+        ),
+        specs,
+        shapes,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        mesh_specs,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """``spec`` with every entry whose mesh size does not divide its dimension set to None.
+
+    >>> # kv_heads=2 on tensor=4: PartitionSpec('fsdp', 'tensor', None) -> ('fsdp', None, None)
+    """
+    entries = []
+    for i, entry in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        size = 1
+        for a in axes:
+            size *= mesh.shape[a]
+        entries.append(entry if shape[i] % size == 0 else None)
+    return PartitionSpec(*entries)
 
 
 def logical_axes(boxed_params: Any) -> Any:

@@ -40,3 +40,37 @@ def test_batch_sharding_splits_rows_over_data_and_fsdp():
     mesh = partitioning.make_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
     x = jax.device_put(jax.numpy.zeros((16, 5)), partitioning.batch_sharding(mesh, 2))
     assert {s.data.shape for s in x.addressable_shards} == {(2, 5)}
+
+
+def test_indivisible_dimensions_are_replicated():
+    mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
+    spec = partitioning.divisible_spec(P("fsdp", "tensor", None), (64, 2, 16), mesh)
+    assert spec == P("fsdp", None, None)
+    assert partitioning.divisible_spec(P(("data", "fsdp"), None), (6, 3), mesh) == P(
+        ("data", "fsdp"), None
+    )
+    assert partitioning.divisible_spec(P("tensor"), (6,), mesh) == P(None)
+
+
+def test_llama_tiny_kv_heads_on_tensor4_initialise_sharded():
+    from configs import base
+    from t5x_lite import models
+
+    cfg = base.to_typed(base.load("llama_tiny")).model
+    assert cfg.kv_heads % 4 != 0
+    mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
+    shardings = models.param_shardings(cfg, mesh)
+    specs = {
+        jax.tree_util.keystr(path): s.spec
+        for path, s in jax.tree_util.tree_flatten_with_path(shardings)[0]
+    }
+    key_spec = next(v for k, v in specs.items() if "key" in k and "kernel" in k)
+    query_spec = next(v for k, v in specs.items() if "query" in k and "kernel" in k)
+    assert key_spec == P("fsdp", None, None)
+    assert query_spec == P("fsdp", "tensor", None)
+    params = models.init_sharded(cfg, jax.random.key(0), mesh)
+    batch = models.example_batch(cfg, 8, 16)
+    with mesh, partitioning.axis_rules():
+        sharded = jax.jit(lambda p, b: models.build(cfg).apply({"params": p}, b))(params, batch)
+    plain = models.build(cfg).apply({"params": jax.device_get(params)}, batch)
+    assert jax.numpy.allclose(sharded["logits"], plain["logits"], atol=1e-5)

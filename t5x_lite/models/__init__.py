@@ -3,8 +3,7 @@
 ``build(cfg)`` returns a Linen module; ``module.apply({"params": p}, batch)`` takes a
 dict with Hugging Face key names and returns ``{"logits": [B, T, V], ...}``::
 
-    >>> from t5x_lite import partitioning
-from t5x_lite.config import ModelConfig
+    >>> from t5x_lite.config import ModelConfig
     >>> cfg = ModelConfig(family="decoder", arch="gpt2", vocab_size=100, d_model=16,
     ...                   num_heads=2, num_layers=1, d_ff=32, max_seq_len=8)
     >>> module = build(cfg)
