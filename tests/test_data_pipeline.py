@@ -288,3 +288,16 @@ def test_cli_stats_show_and_bad_input(kjv_root, kjv_tokenizer):
     assert bad.stderr.strip().splitlines()[-1] == (
         "error: data.corpus='/no/such/dir' is neither 'kjv', 'tfds:NAME' nor an existing directory"
     )
+
+
+def test_worker_processes_give_the_same_stream(kjv_root, kjv_tokenizer):
+    cfg = make_cfg(kjv_root, "mlm", seq_len=128, train_split="validation")
+    workers = make_cfg(kjv_root, "mlm", seq_len=128, train_split="validation", num_workers=1)
+    ref = _take(pipeline.train_iterator(cfg, kjv_tokenizer), 4)
+    it = pipeline.train_iterator(workers, kjv_tokenizer)
+    got = _take(it, 3)
+    assert all(_equal(x, y) for x, y in zip(got, ref))
+    state = json.loads(json.dumps(it.get_state()))
+    restored = pipeline.train_iterator(workers, kjv_tokenizer)
+    restored.set_state(state)
+    assert _equal(next(restored), ref[3])

@@ -218,6 +218,10 @@ class BatchSource:
         self._layouts: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __reduce__(self) -> tuple:
+        # grain worker processes rebuild the source from its settings (memory maps reopen).
+        return (_source, (self.data, self.tok.path, self.tok.sha256, self.split))
+
     def key(self, epoch: int, purpose: str) -> int:
         return rng.derive_key(self.data.seed, self.split, int(epoch), purpose)
 
@@ -402,6 +406,7 @@ def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
         "data.target_len": lengths(cfg).target_len,
         "data.seed": d.seed,
         "data.train_split": d.train_split,
+        "data.num_workers": d.num_workers,  # grain's state layout depends on it
         "train.batch_size": cfg.train.batch_size,
         "tokenizer_sha256": tokenizer.sha256,
     }
@@ -499,6 +504,10 @@ def train_iterator(
     options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
     it_ds = ds.to_iter_dataset(options)
     if cfg.data.num_workers:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults suffice)
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
     return DataIterator(it_ds, options, _fingerprint(cfg, tokenizer))
 
