@@ -247,14 +247,11 @@ def _config_from_hf(hf: Mapping[str, Any], tensors: Mapping[str, Any], source: s
     max_pos = int(_field(hf, "max_position_embeddings", source))
     if max_pos <= offset:
         raise unsupported("max_position_embeddings", max_pos, f"must exceed {offset}")
-    arches = hf.get("architectures") or []
-    if arches:
-        sentence = any(a.endswith("ForPreTraining") for a in arches)
-    else:
-        sentence = any(
-            k in tensors
-            for k in ("cls.seq_relationship.weight", "sop_classifier.classifier.weight")
-        )
+    # The NSP/SOP head is read for a ...ForPreTraining class, or whenever its classifier
+    # is in the file (bert-base-uncased says BertForMaskedLM but ships the NSP head).
+    sentence = any(a.endswith("ForPreTraining") for a in hf.get("architectures") or []) or any(
+        k in tensors for k in ("cls.seq_relationship.weight", "sop_classifier.classifier.weight")
+    )
     cfg = ModelConfig(
         family="encoder",
         arch=arch,
