@@ -59,8 +59,16 @@ def _keys(path: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def _spec_like(leaf_shape: tuple[int, ...], param_shape: tuple[int, ...], spec: PartitionSpec):
-    """``spec`` adapted to a leaf derived from a parameter, or None (replicate)."""
+def _spec_like(
+    leaf_shape: tuple[int, ...],
+    param_shape: tuple[int, ...],
+    spec: PartitionSpec,
+) -> PartitionSpec | None:
+    """``spec`` adapted to a leaf derived from a parameter, or None (replicate).
+
+    A leaf one dimension short takes the spec without the dropped dimension (found by
+    shape; for a square matrix either choice is a valid layout).
+    """
     full = tuple(spec) + (None,) * (len(param_shape) - len(spec))
     if tuple(leaf_shape) == tuple(param_shape):
         return PartitionSpec(*full)
