@@ -148,7 +148,7 @@ class ModelConfig:
             f"model.num_kv_heads={self.num_kv_heads} needs arch 'llama' (grouped-query)",
         )
         _check(
-            self.embedding_dim <= self.d_model or self.arch == "albert",
+            self.embedding_dim == self.d_model or self.arch == "albert",
             f"model.embed_dim={self.embed_dim} differs from d_model; only arch 'albert' "
             "factorises embeddings",
         )
