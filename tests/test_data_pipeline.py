@@ -102,19 +102,19 @@ def test_same_seed_same_batches_other_seed_differs(kjv_root, kjv_tokenizer):
 
 
 @pytest.mark.parametrize(
-    "objective, sentence, seq_len",
-    [("causal_lm", "none", 512), ("mlm", "nsp", 128), ("span_corruption", "none", 512),
-     ("ul2", "none", 256)],
+    "objective, sentence, seq_len, prefetch",
+    [("causal_lm", "none", 512, 0), ("mlm", "nsp", 128, 2), ("span_corruption", "none", 512, 0),
+     ("ul2", "none", 256, 3)],
 )  # fmt: skip
 def test_restored_iterator_yields_the_uninterrupted_batches(
-    kjv_root,
-    kjv_tokenizer,
-    objective,
-    sentence,
-    seq_len,
+    kjv_root, kjv_tokenizer, objective, sentence, seq_len, prefetch
 ):
-    # The small validation split as training data: the 10 batches cross epoch boundaries.
-    cfg = make_cfg(kjv_root, objective, sentence, seq_len, batch_size=32, train_split="validation")
+    # The small validation split as training data: the 10 batches cross epoch boundaries;
+    # with prefetch > 0 a background thread runs ahead of the consumer.
+    cfg = make_cfg(
+        kjv_root, objective, sentence, seq_len, batch_size=32, train_split="validation",
+        prefetch_batches=prefetch,
+    )  # fmt: skip
     source = pipeline.batch_source(cfg, kjv_tokenizer, "validation")
     assert source.rows_per_epoch < 7 * 32
     full = _take(pipeline.train_iterator(cfg, kjv_tokenizer), 10)
