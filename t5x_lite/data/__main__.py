@@ -35,10 +35,13 @@ _SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Which stream to
 
 def main(argv: list[str]) -> None:
     del argv
+    from absl import logging
+
     from configs.base import to_typed
     from t5x_lite.config import ConfigError
     from t5x_lite.data import pipeline, stats
 
+    logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO
     try:
         cfg = to_typed(_CONFIG.value)
         t0 = time.perf_counter()

@@ -415,8 +415,7 @@ def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
 class DataIterator:
     """Infinite iterator of numpy batches with a checkpointable state."""
 
-    def __init__(self, dataset: Any, read_options: Any, fingerprint: dict[str, Any]):
-        self._dataset = dataset
+    def __init__(self, dataset: Any, fingerprint: dict[str, Any]):
         self._iter = dataset.__iter__()
         self._fingerprint = fingerprint
 
@@ -445,7 +444,6 @@ class DataIterator:
 def _dataset(
     cfg: Config, tokenizer: Tokenizer, split: str, process_index: int, process_count: int
 ) -> Any:
-
     if not 0 <= process_index < process_count:
         raise ConfigError(f"process_index={process_index} outside [0, {process_count})")
     if cfg.train.batch_size % process_count:
@@ -509,7 +507,7 @@ def train_iterator(
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults suffice)
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
-    return DataIterator(it_ds, options, _fingerprint(cfg, tokenizer))
+    return DataIterator(it_ds, _fingerprint(cfg, tokenizer))
 
 
 def eval_batches(
