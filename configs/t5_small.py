@@ -1,0 +1,49 @@
+"""Original T5-small (60.5M): 6+6 layers, d_model 512, 8 heads x 64, ReLU MLP 2048.
+
+Exactly the architecture of Raffel et al. 2020 / ``google-t5/t5-small`` (vocab
+32128, bucketed relative position bias, head tied to the input embedding and
+scaled by d_model**-0.5); ``count_params`` gives 60,506,624 like Hugging Face.
+Training follows the paper's pretraining recipe: span corruption (15% noise,
+mean span 3) on 512-token inputs, Adafactor with an inverse-square-root schedule
+(peak 0.01 after 10k warmup steps), dropout 0.1.
+"""
+
+from configs import base
+
+
+def get_config():
+    return base.make(
+        model=dict(
+            family="encoder_decoder",
+            arch="t5",
+            vocab_size=32128,
+            d_model=512,
+            num_heads=8,
+            head_dim=64,
+            num_layers=6,
+            num_decoder_layers=6,
+            d_ff=2048,
+            max_seq_len=512,
+            norm_eps=1e-6,
+            activation="relu",
+            relative_num_buckets=32,
+            relative_max_distance=128,
+            dropout_rate=0.1,
+            dtype="bfloat16",
+        ),
+        data=dict(
+            corpus="kjv",
+            objective="span_corruption",
+            seq_len=512,
+            noise_density=0.15,
+            mean_noise_span_length=3.0,
+        ),
+        optimizer=dict(
+            name="adafactor",
+            learning_rate=0.01,
+            schedule="inverse_sqrt",
+            warmup_steps=10000,
+            weight_decay=0.0,
+        ),
+        train=dict(batch_size=128, num_steps=100000, log_every=50, eval_every=2000),
+    )
