@@ -8,18 +8,24 @@ A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
   ``{"0": {...}, "1": {...}}`` keyed by process index;
 * ``meta``   JSON ``{"step": 10, "process_count": 1, "mesh": [8, 1, 1], ...}``.
 
-Saves are asynchronous by default: :meth:`Checkpointer.save` returns once the
-arrays are copied off the devices and the files are written in a background
-thread (the next save, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close`
-wait for it). Restoring takes an abstract state whose leaves carry the target
-``NamedSharding`` s, so a checkpoint written under ``fsdp=8`` restores directly
-into a ``data=2, tensor=4`` layout.
+Saves are asynchronous by default (``checkpoint.async_save``): :meth:`Checkpointer.save`
+hands the state to a background thread that runs orbax's save, so the state passed
+must not be donated or deleted until the save is done: the trainer passes an
+on-device copy (``Steps.copy``: one extra state-sized buffer while the save runs)
+and donates the live state to the next step. The loop blocks only for dispatching
+that copy and for a previous save still in flight. :meth:`Checkpointer.wait` and
+:meth:`Checkpointer.close` join the thread and re-raise its error, if any.
+
+Restoring takes an abstract state whose leaves carry the target ``NamedSharding`` s,
+so a checkpoint written under ``fsdp=8`` restores directly into a ``data=2,
+tensor=4`` layout.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -63,16 +69,22 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
-            enable_async_checkpointing=cfg.async_save,
+            # Asynchrony comes from our own thread (see the module docstring).
+            enable_async_checkpointing=False,
             create=create,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
         )
+        self._async = cfg.async_save
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._pending_step: int | None = None
         self.last_save_blocking_s = 0.0
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
+        self.wait()
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
@@ -80,23 +92,54 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any, data_state: Any, meta: dict[str, Any]) -> bool:
-        """Start saving ``step`` (returns once the loop may go on); False if it exists."""
-        if step in self._manager.all_steps():
+        """Save ``step``; returns once the loop may go on (False if it already exists).
+
+        With ``async_save`` the arrays of ``state`` are read after this returns: pass
+        a copy that nothing donates (see the module docstring).
+        """
+        if step in self._manager.all_steps() or step == self._pending_step:
             return False
-        ocp = self._ocp
         start = time.perf_counter()
+        self.wait()
+        data = _gather_json(data_state)  # a collective: every process, main thread
+        meta = {"step": int(step), **meta}
+        if not self._async:
+            self._save_now(step, state, data, meta)
+            self.last_save_blocking_s = time.perf_counter() - start
+            return True
+        self._pending_step = step
+        self._thread = threading.Thread(
+            target=self._save_in_background, args=(step, state, data, meta), daemon=False
+        )
+        self._thread.start()
+        self.last_save_blocking_s = time.perf_counter() - start
+        return True
+
+    def _save_now(self, step: int, state: Any, data: Any, meta: dict[str, Any]) -> None:
+        ocp = self._ocp
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(_gather_json(data_state)),
-            meta=ocp.args.JsonSave({"step": int(step), **meta}),
+            data=ocp.args.JsonSave(data),
+            meta=ocp.args.JsonSave(meta),
         )
-        saved = self._manager.save(step, args=args, force=True)
-        self.last_save_blocking_s = time.perf_counter() - start
-        return bool(saved)
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def _save_in_background(self, step: int, state: Any, data: Any, meta: dict) -> None:
+        try:
+            self._save_now(step, state, data, meta)
+        except BaseException as e:  # re-raised by wait() in the training thread
+            self._error = e
 
     def wait(self) -> None:
-        """Block until the background save (if any) is on disk."""
-        self._manager.wait_until_finished()
+        """Block until the background save (if any) is on disk; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._pending_step = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
     # ------------------------------------------------------------------ restore
     def restore(
@@ -107,6 +150,7 @@ class Checkpointer:
         ``abstract_state`` leaves are ``ShapeDtypeStruct`` s with the target shardings.
         """
         ocp = self._ocp
+        self.wait()
         out = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -121,5 +165,7 @@ class Checkpointer:
         return out["state"], data_state, dict(out["meta"])
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()

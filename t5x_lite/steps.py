@@ -140,6 +140,7 @@ class Steps:
     train: Callable[[ts.TrainState, Batch], tuple[ts.TrainState, dict[str, Array]]]
     eval: Callable[[Any, Batch], dict[str, Array]]
     logits: Callable[[Any, Batch], Array]
+    copy: Callable[[ts.TrainState], ts.TrainState]
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         with jax.set_mesh(self.mesh), partitioning.axis_rules():
@@ -206,6 +207,11 @@ def build(
         in_shardings=(param_shardings, replicated),
         out_shardings=replicated,
     )
+    copy_jit = jax.jit(
+        lambda s: jax.tree_util.tree_map(jnp.copy, s),
+        in_shardings=(shardings,),
+        out_shardings=shardings,
+    )
     return Steps(
         mesh=mesh,
         model=model,
@@ -218,6 +224,7 @@ def build(
         train=train_jit,
         eval=eval_jit,
         logits=logits_jit,
+        copy=copy_jit,
     )
 
 

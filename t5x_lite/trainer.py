@@ -176,18 +176,18 @@ def sample_continuation(
     num_tokens: int,
     seq_len: int,
     temperature: float = 0.8,
+    top_k: int = 40,
     seed: int = 0,
 ) -> str:
     """Decoder only: ``prompt`` + ``num_tokens`` sampled tokens (no KV cache).
 
     Each new token re-runs the model on a fixed ``[1, seq_len]`` buffer (right-padded;
     causal attention keeps padding from affecting earlier positions) and samples the
-    logits at the last filled position with ``temperature`` (0 = greedy).
+    logits at the last filled position with ``temperature`` (0 = greedy) among the
+    ``top_k`` most likely tokens.
     """
-    ids = list(tokenizer.encode(prompt))
-    if getattr(tokenizer, "bos_id", -1) is not None and tokenizer.bos_id >= 0:
-        ids = [tokenizer.bos_id, *ids]
-    ids = ids[-(seq_len - 1) :]
+    prompt_ids = list(tokenizer.encode(prompt))[-(seq_len - 1) :]
+    ids = list(prompt_ids)
     start = len(ids)
     rng = np.random.default_rng(seed)
     pad = max(getattr(tokenizer, "pad_id", 0), 0)
@@ -201,12 +201,14 @@ def sample_continuation(
             nxt = int(np.argmax(logits))
         else:
             z = logits.astype(np.float64) / temperature
-            p = np.exp(z - z.max())
-            nxt = int(rng.choice(len(p), p=p / p.sum()))
+            top = np.argsort(z)[-top_k:]
+            p = np.exp(z[top] - z[top].max())
+            nxt = int(top[rng.choice(len(top), p=p / p.sum())])
         if nxt == tokenizer.eos_id:
             break
         ids.append(nxt)
-    return prompt + tokenizer.decode(ids[start:])
+    # Decoding prompt and continuation together keeps the space between them.
+    return tokenizer.decode(ids[start - len(prompt_ids) :])
 
 
 # --------------------------------------------------------------------------- train
@@ -291,8 +293,8 @@ def train(
     eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
     eval_global = [to_global(b, run.batch_sharding) for b in eval_local]
 
-    lengths = pipeline.lengths(cfg)
-    target_len = lengths.get("target_len") if isinstance(lengths, dict) else None
+    enc_dec = cfg.model.family == "encoder_decoder"
+    target_len = pipeline.lengths(cfg).target_len if enc_dec else None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     flops_per_token = flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target_len)
 
@@ -321,8 +323,11 @@ def train(
         if saved_step == at:
             return
         meta = {"mesh": list(mesh_shape), "process_count": pcount}
-        ckpt.save(at, state, iterator.get_state(), meta)
-        save_blocking.append(ckpt.last_save_blocking_s)
+        t0 = time.perf_counter()
+        # The live state is donated to the next step; the background save reads a copy.
+        snapshot = run.run(run.copy, state) if cfg.checkpoint.async_save else state
+        ckpt.save(at, snapshot, iterator.get_state(), meta)
+        save_blocking.append(time.perf_counter() - t0)
         saved_step = at
 
     def run_eval(at: int) -> None:
