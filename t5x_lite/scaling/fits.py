@@ -497,10 +497,13 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
 
     ``budgets`` gives each run's nominal budget ``C`` (runs sharing it form a
     profile, at least 3 distinct sizes each). Each parabola's minimum gives
-    ``N_opt(C)`` and ``D_opt = C / (6 N_opt)``; profiles whose parabola opens
-    downwards (no minimum) are listed in ``skipped``.
+    ``N_opt(C)``, and ``D_opt`` is read at ``N_opt`` off a straight line of ``ln D``
+    against ``ln N`` through the profile's runs: exactly ``C / (6 N_opt)`` when
+    ``C = 6 N D`` holds for ``n_params``, and still meaningful when ``n_params`` counts
+    only non-embedding parameters of runs budgeted by their total. Profiles whose
+    parabola opens downwards (no minimum) are listed in ``skipped``.
     """
-    n, _, loss = check_runs(n_params, n_tokens, losses, min_runs=3)
+    n, d, loss = check_runs(n_params, n_tokens, losses, min_runs=3)
     c = positive_array("budgets", budgets, n.size)
     pts, parabolas, skipped = [], [], []
     for budget in np.unique(c):
@@ -514,12 +517,12 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
             skipped.append(float(budget))
             continue
         x_min = -c1 / (2 * c2)
-        n_opt = math.exp(x_min)
+        slope, icpt = np.polyfit(x, np.log(d[idx]), 1)
         pts.append(
             {
                 "flops": float(budget),
-                "n_params": n_opt,
-                "n_tokens": float(budget) / (6.0 * n_opt),
+                "n_params": math.exp(x_min),
+                "n_tokens": math.exp(icpt + slope * x_min),
                 "loss": float(c0 - c1 * c1 / (4 * c2)),
             }
         )

@@ -10,16 +10,17 @@ encoder-decoders)::
     >>> cfg = Config(model=ModelConfig(vocab_size=256), scaling=ScalingConfig(flops_budget=1e15))
     >>> new, info = apply_plan(cfg)
     >>> new.model.num_layers, new.model.d_model, new.train.num_steps
-    (5, 240, 11128)
+    (8, 192, 10977)
 
 The shape grid (:func:`shape_grid`): ``d_model`` in steps of 16 below 256, 64 below
 1024, 128 below 4096 and 256 above; head size 64 from ``d_model`` 256, else 32 (or
 16); ``d_ff = 4 d_model`` (``8/3 d_model`` rounded up to a multiple of 16 for gated
 MLPs: llama, t5_v1_1); 1 to 256 layers (encoder and decoder stacks alike for T5);
-aspect ratio ``d_model / num_layers`` between 8 and 512. Among shapes within 5% of
-``N_opt`` the one closest to a target aspect ratio (64 up to 1B parameters, rising
-to 128 at 100B, like GPT-3 and Chinchilla) is chosen; if none is that close, the
-nearest. Grouped-query llama configs keep their heads-per-kv-head ratio; ALBERT
+aspect ratio ``d_model / num_layers`` between 8 and 512. Among shapes within 10% of
+``N_opt`` the one closest to a target aspect ratio (:func:`target_aspect`: 16 for
+tiny models, 64 at GPT-2 small's size, 128 from 100B like GPT-3) is chosen; if none
+is that close, the nearest. Grouped-query llama configs keep their heads-per-kv-head ratio (widths
+whose head count it does not divide are left out of their grid); ALBERT
 keeps its ``embed_dim``, and since its shared layers do not add parameters, its
 depth is set by the aspect ratio alone.
 """
@@ -37,7 +38,7 @@ from t5x_lite.scaling.fits import ChinchillaFit, compute_optimal, load_fit
 
 MAX_LAYERS = 256
 ASPECT_RANGE = (8.0, 512.0)
-WITHIN = 0.05  # prefer the target aspect ratio among shapes this close to N_opt
+WITHIN = 0.10  # prefer the target aspect ratio among shapes this close to N_opt
 TOLERANCE = 0.25  # N must be within this of N_opt, or the budget is refused
 
 
@@ -89,9 +90,18 @@ def _count(cfg: ModelConfig, kind: str) -> int:
 
 
 def target_aspect(n_params: float) -> float:
-    """Preferred ``d_model / num_layers``: 64 up to 1e9 parameters, 128 from 1e11."""
-    x = min(max((math.log10(max(n_params, 1.0)) - 9.0) / 2.0, 0.0), 1.0)
-    return 64.0 * 2.0**x
+    """Preferred ``d_model / num_layers``, log-linear in ``N`` between anchors.
+
+    16 up to 1e6 parameters (tiny models are deep for their width), 64 at 1e8 (GPT-2
+    small: 768 / 12), 128 from 1e11 (GPT-3 175B: 12288 / 96).
+
+    >>> [round(target_aspect(n)) for n in (1e5, 1e7, 1.24e8, 1.3e9, 1e12)]
+    [16, 32, 65, 83, 128]
+    """
+    x = math.log10(max(n_params, 1.0))
+    if x <= 8.0:
+        return 16.0 * 2.0 ** min(max(x - 6.0, 0.0), 2.0)
+    return 64.0 * 2.0 ** min((x - 8.0) / 3.0, 1.0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,7 +112,10 @@ def shape_grid(base: ModelConfig, kind: str = "total") -> list[tuple[int, int, f
     Cached per ``(base, kind)``: treat the returned list as read-only.
     """
     out = []
+    gqa = base.arch == "llama" and base.kv_heads != base.num_heads
     for d in d_model_grid():
+        if gqa and shape_for_width(base, d, 1).num_kv_heads is None:
+            continue  # heads not divisible by the base's heads per kv head
         n1 = _count(shape_for_width(base, d, 1), kind)
         per_layer = _count(shape_for_width(base, d, 2), kind) - n1
         lo = max(1, math.ceil(d / ASPECT_RANGE[1]))

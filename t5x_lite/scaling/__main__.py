@@ -1,0 +1,205 @@
+"""Command line: ``python -m t5x_lite.scaling {fit,plan,sweep,report}``.
+
+Examples::
+
+    # The compute-optimal shape and steps for some budgets (a preset + overrides):
+    python -m t5x_lite.scaling plan --budget 1e18 1e20 --config configs/gpt2_small.py
+    # An IsoFLOP sweep through the trainer (restart the same command to continue):
+    python -m t5x_lite.scaling sweep --config configs/scaling_sweep.py \\
+        --out results/scaling --workdir /tmp/t5x_lite_scaling
+    # Refit and redraw from the CSV:
+    python -m t5x_lite.scaling report --out results/scaling
+    # Fit a runs CSV (columns n_params or n_non_embedding, n_tokens, final_eval_loss):
+    python -m t5x_lite.scaling fit --csv results/scaling/runs.csv --bootstrap 200
+
+Errors in flags, configs or data are one line on stderr (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+from typing import Any
+
+from t5x_lite.config import Config, ConfigError, from_dict
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """A typed Config from a preset file (``get_config()``) and ``section.field=value``s."""
+    if path is None:
+        values: dict[str, Any] = {}
+    else:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config={path!r} is not a file")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        if root not in sys.path:
+            sys.path.insert(0, root)  # presets import ``configs.base``
+        spec = importlib.util.spec_from_file_location("_scaling_preset", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        values = module.get_config().to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 2:
+            raise ConfigError(f"--set {item!r}: expected section.field=value")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        values.setdefault(parts[0], {})[parts[1]] = value
+    return from_dict(values)
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from t5x_lite.scaling.planner import plan
+
+    cfg = load_config(args.config, args.set)
+    fit = args.fit or cfg.scaling.fit
+    header = (
+        f"{'budget':>9} {'N_opt':>9} {'D_opt':>9} {'layers':>6} {'d_model':>7} {'heads':>5} "
+        f"{'d_ff':>6} {'N':>9} {'steps':>9} {'D':>9} {'D/N':>6} {'6ND/C':>6} "
+        f"{'FLOPs':>9} {'loss':>6}"
+    )
+    print(
+        f"{cfg.model.family}/{cfg.model.arch}, vocab {cfg.model.vocab_size}, seq "
+        f"{cfg.data.seq_len}, batch {cfg.train.batch_size}, fit {fit}"
+    )
+    print(header)
+    for budget in args.budget:
+        _, _, i = plan(
+            cfg.model, budget, cfg.data.seq_len, cfg.train.batch_size, fit, cfg.data.target_len
+        )
+        print(
+            f"{budget:9.3g} {i['n_opt']:9.3g} {i['d_opt']:9.3g} {i['num_layers']:6d} "
+            f"{i['d_model']:7d} {i['num_heads']:5d} {i['d_ff']:6d} {i['n_params']:9.3g} "
+            f"{i['num_steps']:9d} {i['n_tokens']:9.3g} {i['tokens_per_param']:6.1f} "
+            f"{i['flops_6nd'] / budget:6.3f} {i['flops_train']:9.3g} {i['predicted_loss']:6.3f}"
+        )
+    print(f"N counts {i['param_kind']} parameters; FLOPs = the trainer's count (with attention)")
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from t5x_lite.scaling.fits import approach1, approach2, fit_chinchilla, save_fit
+    from t5x_lite.scaling.plots import KIND_COLUMN
+    from t5x_lite.scaling.sweep import read_rows
+
+    if not os.path.isfile(args.csv):
+        raise ConfigError(f"--csv={args.csv!r} is not a file")
+    rows = read_rows(args.csv)
+    col = KIND_COLUMN[args.params]
+    for need in (col, "n_tokens", "final_eval_loss"):
+        if rows and need not in rows[0]:
+            raise ConfigError(f"{args.csv} has no column {need!r}")
+    n = [r[col] for r in rows]
+    d = [r["n_tokens"] for r in rows]
+    loss = [r["final_eval_loss"] for r in rows]
+    fit = fit_chinchilla(
+        n, d, loss, bootstrap=args.bootstrap, seed=args.seed, param_kind=args.params
+    )
+    print(f"Approach 3 on {fit.n_runs} runs ({args.params} parameters):")
+    for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        ci = f"  [{fit.ci[k][0]:.4g}, {fit.ci[k][1]:.4g}]" if k in fit.ci else ""
+        print(f"  {k:5s} = {getattr(fit, k):.4g}{ci}")
+    if rows and "budget" in rows[0]:
+        budgets = [r["budget"] for r in rows]
+        flops = 6.0 * np.array([r["n_params"] for r in rows]) * np.array(d)
+        for name, law in (
+            ("Approach 1", approach1(n, d, loss, flops=flops)),
+            ("Approach 2", approach2(n, d, loss, budgets)),
+        ):
+            print(f"{name}: N_opt ∝ C^{law.a:.3f}, D_opt ∝ C^{law.b:.3f}")
+    if args.save:
+        if os.path.exists(args.save) and not args.force:
+            raise ConfigError(f"--save={args.save!r} exists; pass --force to replace it")
+        print(f"saved {save_fit(fit, args.save)}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from t5x_lite.scaling.report import write_report
+    from t5x_lite.scaling.sweep import run_sweep
+
+    cfg = load_config(args.config, args.set)
+    rows = run_sweep(
+        cfg, args.out, args.workdir, dry_run=args.dry_run, allow_repeats=args.allow_repeats
+    )
+    if not args.dry_run:
+        paths = write_report(args.out, bootstrap=args.bootstrap)
+        print(f"{len(rows)} runs; report: {paths['report']}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from t5x_lite.scaling.report import write_report
+
+    paths = write_report(args.out, bootstrap=args.bootstrap)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m t5x_lite.scaling", description=__doc__.split("\n")[0]
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(q: argparse.ArgumentParser, required: bool) -> None:
+        q.add_argument(
+            "--config", required=required, help="preset file, e.g. configs/gpt2_small.py"
+        )
+        q.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.FIELD=VALUE",
+            help="override a config field (repeatable)",
+        )
+
+    q = sub.add_parser("plan", help="compute-optimal model shape and steps for budgets")
+    q.add_argument("--budget", type=float, nargs="+", required=True, help="FLOPs, e.g. 1e18")
+    q.add_argument("--fit", help="built-in fit name or fit JSON (default: scaling.fit)")
+    config_args(q, required=False)
+    q.set_defaults(fn=_cmd_plan)
+
+    q = sub.add_parser("fit", help="Chinchilla fits of a runs CSV")
+    q.add_argument("--csv", required=True)
+    q.add_argument("--params", choices=("total", "non_embedding"), default="total")
+    q.add_argument("--bootstrap", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--save", help="write the Approach 3 fit as JSON here")
+    q.add_argument("--force", action="store_true", help="replace an existing --save file")
+    q.set_defaults(fn=_cmd_fit)
+
+    q = sub.add_parser("sweep", help="IsoFLOP sweep through the trainer, then the report")
+    config_args(q, required=True)
+    q.add_argument("--out", required=True, help="results directory (CSV, plots, report)")
+    q.add_argument("--workdir", required=True, help="root of the runs' workdirs")
+    q.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
+    q.add_argument(
+        "--allow-repeats",
+        action="store_true",
+        help="allow runs that read more tokens than the corpus holds",
+    )
+    q.add_argument("--bootstrap", type=int, default=200)
+    q.set_defaults(fn=_cmd_sweep)
+
+    q = sub.add_parser("report", help="refit, replot and rewrite report.md from the CSVs")
+    q.add_argument("--out", required=True)
+    q.add_argument("--bootstrap", type=int, default=200)
+    q.set_defaults(fn=_cmd_report)
+
+    args = p.parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

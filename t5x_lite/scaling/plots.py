@@ -1,0 +1,247 @@
+"""PNG plots of a sweep: IsoFLOP profiles, the loss-compute frontier, N_opt and D_opt.
+
+Every plot has log axes, labelled axes, a legend, and its fitted lines drawn over the
+measured points. Inputs are the rows of ``runs.csv`` / ``curves.csv`` (see
+:mod:`t5x_lite.scaling.sweep`) and the fits of :mod:`t5x_lite.scaling.fits`::
+
+    isoflop_plot(rows, {"total": a2_total, "non_embedding": a2_nonemb}, "isoflop.png")
+
+matplotlib is imported inside the functions (Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from t5x_lite.scaling.fits import FITS, ChinchillaFit, PowerLaws, compute_optimal
+
+KIND_COLUMN = {"total": "n_params", "non_embedding": "n_non_embedding"}
+KIND_LABEL = {"total": "parameters N (total)", "non_embedding": "non-embedding parameters N"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _budgets(rows: Sequence[dict[str, Any]]) -> list[float]:
+    return sorted({float(r["budget"]) for r in rows})
+
+
+def _colors(n: int) -> list[Any]:
+    plt = _pyplot()
+    return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+
+def _plain_log_y(ax: Any) -> None:
+    """Log y axis labelled with plain numbers (``3.5``, not ``3.5 x 10^0``)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _save(fig: Any, path: str) -> str:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def isoflop_plot(
+    rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None], path: str
+) -> str:
+    """Final eval loss against N per budget, one panel per parameter kind in ``approach2``.
+
+    Points are runs; lines the Approach 2 parabolas (``loss = c2 x^2 + c1 x + c0``,
+    ``x = ln N``) and stars their minima.
+    """
+    plt = _pyplot()
+    kinds = list(approach2)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.0 * len(kinds), 4.6), squeeze=False)
+    budgets = _budgets(rows)
+    colors = _colors(len(budgets))
+    for ax, kind in zip(axes[0], kinds):
+        col = KIND_COLUMN[kind]
+        parabolas = {p[0]: p[1:] for p in (approach2[kind].parabolas if approach2[kind] else [])}
+        for budget, color in zip(budgets, colors):
+            sel = [r for r in rows if float(r["budget"]) == budget]
+            n = np.array([float(r[col]) for r in sel])
+            loss = np.array([float(r["final_eval_loss"]) for r in sel])
+            ax.scatter(n, loss, color=color, s=28, zorder=3, label=f"C = {budget:.2g} FLOPs")
+            if budget in parabolas:
+                c2, c1, c0 = parabolas[budget]
+                x = np.linspace(np.log(n.min()) - 0.2, np.log(n.max()) + 0.2, 100)
+                ax.plot(np.exp(x), c2 * x * x + c1 * x + c0, color=color, lw=1.5, zorder=2)
+                xm = -c1 / (2 * c2)
+                ax.scatter(
+                    [np.exp(xm)],
+                    [c0 - c1 * c1 / (4 * c2)],
+                    marker="*",
+                    s=140,
+                    color=color,
+                    edgecolor="black",
+                    zorder=4,
+                )
+        ax.set_xscale("log")
+        _plain_log_y(ax)
+        ax.set_xlabel(KIND_LABEL[kind])
+        ax.set_ylabel("final eval loss (nats/token)")
+        ax.set_title(f"IsoFLOP profiles, {kind.replace('_', '-')} N")
+        ax.grid(True, which="both", alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        handles.append(plt.Line2D([], [], color="gray", lw=1.5))
+        labels.append("parabola fit (Approach 2)")
+        handles.append(plt.Line2D([], [], marker="*", color="gray", ls="", markersize=11))
+        labels.append("parabola minimum")
+        ax.legend(handles, labels, fontsize=8)
+    return _save(fig, path)
+
+
+def frontier_plot(
+    rows: Sequence[dict[str, Any]],
+    curves: Sequence[dict[str, Any]],
+    fit: ChinchillaFit | None,
+    approach1: PowerLaws | None,
+    path: str,
+) -> str:
+    """Loss against training compute ``C = 6 N D`` (N total): curves, runs, envelope, fit.
+
+    Thin lines are training-loss curves coloured by model size; dots the final eval
+    losses; diamonds Approach 1's lowest-loss envelope; the black line the Approach 3
+    frontier ``L(N_opt(C), D_opt(C))``.
+    """
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    n_all = np.array([float(r["n_params"]) for r in rows])
+    norm = LogNorm(vmin=n_all.min(), vmax=max(n_all.max(), n_all.min() * 1.01))
+    cmap = plt.get_cmap("viridis")
+    by_run = {r["run_id"]: float(r["n_params"]) for r in rows}
+    for run_id, n in by_run.items():
+        pts = [c for c in curves if c["run_id"] == run_id]
+        if pts:
+            d = np.array([float(c["n_tokens"]) for c in pts])
+            ax.plot(
+                6 * n * d, [float(c["loss"]) for c in pts], color=cmap(norm(n)), lw=0.8, alpha=0.6
+            )
+    c_runs = np.array([float(r["flops_6nd"]) for r in rows])
+    loss = np.array([float(r["final_eval_loss"]) for r in rows])
+    ax.scatter(
+        c_runs,
+        loss,
+        c=n_all,
+        cmap=cmap,
+        norm=norm,
+        s=30,
+        edgecolor="black",
+        lw=0.5,
+        zorder=3,
+        label="final eval loss of a run",
+    )
+    if approach1 is not None:
+        ax.scatter(
+            [p["flops"] for p in approach1.points],
+            [p["loss"] for p in approach1.points],
+            marker="D",
+            s=40,
+            facecolor="none",
+            edgecolor="red",
+            zorder=4,
+            label="lowest-loss envelope (Approach 1)",
+        )
+    if fit is not None:
+        c = np.logspace(np.log10(c_runs.min()) - 0.3, np.log10(c_runs.max()) + 0.5, 100)
+        n_opt, d_opt = compute_optimal(c, fit)
+        ax.plot(
+            c,
+            fit.predict(n_opt, d_opt),
+            color="black",
+            lw=1.8,
+            zorder=5,
+            label=f"Approach 3 frontier (E={fit.E:.2f}, α={fit.alpha:.2f}, β={fit.beta:.2f})",
+        )
+    ax.set_xscale("log")
+    _plain_log_y(ax)
+    ax.set_xlabel("training compute C = 6·N·D (FLOPs)")
+    ax.set_ylabel("loss (nats/token); curves: training loss")
+    ax.set_title("Loss against compute")
+    ax.grid(True, which="both", alpha=0.3)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label="parameters N (total)")
+    lo = np.percentile(loss, 0) * 0.9
+    ax.set_ylim(lo, max(loss.max(), lo) * 1.6)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def optimal_plot(
+    budgets: Sequence[float],
+    laws: dict[str, PowerLaws | None],
+    fits: dict[str, ChinchillaFit | None],
+    path: str,
+) -> str:
+    """``N_opt`` and ``D_opt`` against ``C``: points and power laws of each approach.
+
+    ``laws`` maps a label (e.g. "Approach 1") to its power laws (points drawn);
+    ``fits`` maps a label to an Approach 3 fit (closed-form lines). Hoffmann et al.'s
+    published fit is drawn dotted for reference.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.6))
+    c = np.logspace(np.log10(min(budgets)) - 0.3, np.log10(max(budgets)) + 0.3, 50)
+    markers = iter(["o", "s", "^", "v"])
+    colors = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"])
+    for label, law in laws.items():
+        if law is None:
+            continue
+        color, marker = next(colors), next(markers)
+        pc = np.array([p["flops"] for p in law.points])
+        for ax, key, fn, exp in (
+            (axes[0], "n_params", law.n_opt, law.a),
+            (axes[1], "n_tokens", law.d_opt, law.b),
+        ):
+            what = "envelope points" if label == "Approach 1" else "optima"
+            ax.scatter(
+                pc,
+                [p[key] for p in law.points],
+                color=color,
+                marker=marker,
+                s=36,
+                zorder=3,
+                label=f"{label} {what}",
+            )
+            ax.plot(c, fn(c), color=color, lw=1.5, label=f"{label}: ∝ C^{exp:.2f}")
+    for label, fit in fits.items():
+        if fit is None:
+            continue
+        color = next(colors)
+        n_opt, d_opt = compute_optimal(c, fit)
+        axes[0].plot(c, n_opt, color=color, lw=1.5, ls="--", label=f"{label}: ∝ C^{fit.a:.2f}")
+        axes[1].plot(c, d_opt, color=color, lw=1.5, ls="--", label=f"{label}: ∝ C^{fit.b:.2f}")
+    ref = FITS["hoffmann2022"]
+    n_ref, d_ref = compute_optimal(c, ref)
+    axes[0].plot(c, n_ref, color="gray", ls=":", lw=1.5, label=f"Hoffmann 2022: ∝ C^{ref.a:.2f}")
+    axes[1].plot(c, d_ref, color="gray", ls=":", lw=1.5, label=f"Hoffmann 2022: ∝ C^{ref.b:.2f}")
+    for ax, what in (
+        (axes[0], "compute-optimal parameters N_opt"),
+        (axes[1], "compute-optimal tokens D_opt"),
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("N_opt against compute (points: measured optima)")
+    axes[1].set_title("D_opt against compute")
+    return _save(fig, path)

@@ -1,0 +1,250 @@
+"""Fits, plots and a markdown report from a sweep's ``runs.csv`` (and ``curves.csv``).
+
+``write_report(out_dir)`` reads the CSVs that :mod:`t5x_lite.scaling.sweep` wrote and
+writes, next to them:
+
+* ``fit_total.json``, ``fit_non_embedding.json`` — Approach 3 fits (bootstrap CIs);
+* ``isoflop.png``, ``frontier.png``, ``optimal.png``, ``optimal_non_embedding.png``;
+* ``report.md`` — the runs, the three approaches for both parameter counts, the
+  tokens-per-parameter ratio, compared with Hoffmann et al. 2022.
+
+Compute is always ``C = 6 N_total D`` (what the sweep spends); the non-embedding
+analysis changes only what ``N`` counts. Approach 3's own optimum assumes
+``C = 6 N D`` for its ``N``, so its non-embedding exponents follow Kaplan's convention.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from t5x_lite.config import ConfigError
+from t5x_lite.scaling import plots
+from t5x_lite.scaling.fits import (
+    FITS,
+    ChinchillaFit,
+    PowerLaws,
+    approach1,
+    approach2,
+    compute_optimal,
+    fit_chinchilla,
+    save_fit,
+)
+from t5x_lite.scaling.sweep import CURVES_FILE, RUNS_FILE, read_rows
+
+KINDS = ("total", "non_embedding")
+
+
+def _try(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """``fn(...)`` or ``(None, reason)`` when the data cannot support that fit."""
+    try:
+        return fn(*args, **kwargs), None
+    except ConfigError as e:
+        return None, str(e)
+
+
+def analyse(
+    rows: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+    bootstrap: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Approaches 1, 2 and 3 for both parameter counts: ``{kind: {...}}`` plus notes."""
+    if not rows:
+        raise ConfigError("no finished runs to analyse (runs.csv is empty or missing)")
+    d = np.array([float(r["n_tokens"]) for r in rows])
+    loss = np.array([float(r["final_eval_loss"]) for r in rows])
+    budgets = np.array([float(r["budget"]) for r in rows])
+    n_total = {r["run_id"]: float(r["n_params"]) for r in rows}
+    lo, hi = budgets.min(), budgets.max() * 1.05
+    out: dict[str, Any] = {"notes": []}
+    for kind in KINDS:
+        col = plots.KIND_COLUMN[kind]
+        n = np.array([float(r[col]) for r in rows])
+        res: dict[str, Any] = {}
+        res["approach3"], why3 = _try(
+            fit_chinchilla, n, d, loss, bootstrap=bootstrap, seed=seed, param_kind=kind
+        )
+        res["approach2"], why2 = _try(approach2, n, d, loss, budgets)
+        # Approach 1: envelope of the training curves over the sweep's compute range.
+        kind_n = {r["run_id"]: float(r[col]) for r in rows}
+        pts = [c for c in curves if c["run_id"] in kind_n]
+        cn = np.array([kind_n[c["run_id"]] for c in pts])
+        cd = np.array([float(c["n_tokens"]) for c in pts])
+        cc = np.array([6.0 * n_total[c["run_id"]] * float(c["n_tokens"]) for c in pts])
+        keep = (cc >= lo) & (cc <= hi)
+        if keep.sum() >= 2:
+            cl = np.array([float(c["loss"]) for c in pts])
+            res["approach1"], why1 = _try(
+                approach1, cn[keep], cd[keep], cl[keep], flops=cc[keep], num_bins=12
+            )
+            res["approach1_source"] = "training-loss curves"
+        else:
+            res["approach1"], why1 = _try(
+                approach1,
+                n,
+                d,
+                loss,
+                flops=6.0 * d * np.array([n_total[r["run_id"]] for r in rows]),
+            )
+            res["approach1_source"] = "final eval losses"
+        for name, why in (("Approach 1", why1), ("Approach 2", why2), ("Approach 3", why3)):
+            if why:
+                out["notes"].append(f"{name} ({kind}): {why}")
+        out[kind] = res
+    return out
+
+
+def write_report(out_dir: str, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Fit, plot and write ``report.md`` in ``out_dir`` (see module doc); returns paths."""
+    rows = read_rows(os.path.join(out_dir, RUNS_FILE))
+    curves = read_rows(os.path.join(out_dir, CURVES_FILE))
+    result = analyse(rows, curves, bootstrap=bootstrap, seed=seed)
+    paths: dict[str, Any] = {}
+    for kind in KINDS:
+        fit = result[kind]["approach3"]
+        if fit is not None:
+            paths[f"fit_{kind}"] = save_fit(fit, os.path.join(out_dir, f"fit_{kind}.json"))
+    budgets = sorted({float(r["budget"]) for r in rows})
+    paths["isoflop"] = plots.isoflop_plot(
+        rows, {k: result[k]["approach2"] for k in KINDS}, os.path.join(out_dir, "isoflop.png")
+    )
+    paths["frontier"] = plots.frontier_plot(
+        rows,
+        curves,
+        result["total"]["approach3"],
+        result["total"]["approach1"],
+        os.path.join(out_dir, "frontier.png"),
+    )
+    for kind, name in (("total", "optimal.png"), ("non_embedding", "optimal_non_embedding.png")):
+        paths[name] = plots.optimal_plot(
+            budgets,
+            {"Approach 1": result[kind]["approach1"], "Approach 2": result[kind]["approach2"]},
+            {"Approach 3": result[kind]["approach3"]},
+            os.path.join(out_dir, name),
+        )
+    text = render(rows, result)
+    paths["report"] = os.path.join(out_dir, "report.md")
+    with open(paths["report"], "w") as f:
+        f.write(text)
+    return paths
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _ci(fit: ChinchillaFit, key: str, fmt: str) -> str:
+    value = format(getattr(fit, key), fmt)
+    if key in fit.ci:
+        lo, hi = fit.ci[key]
+        return f"{value} [{format(lo, fmt)}, {format(hi, fmt)}]"
+    return value
+
+
+def _law_row(name: str, law: PowerLaws | None, c_mid: float) -> str:
+    if law is None:
+        return f"| {name} | – | – | – |"
+    return f"| {name} | {law.a:.3f} | {law.b:.3f} | {law.tokens_per_param(c_mid):.1f} |"
+
+
+def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """The markdown text of ``report.md``."""
+    budgets = sorted({float(r["budget"]) for r in rows})
+    c_mid = math.sqrt(budgets[0] * budgets[-1])
+    first = rows[0]
+    tokens = max(int(r["corpus_train_tokens"]) for r in rows)
+    biggest = max(int(r["n_tokens"]) for r in rows)
+    wall = sum(float(r["wall_time_s"]) for r in rows)
+    lines = [
+        "# IsoFLOP sweep",
+        "",
+        f"{len(rows)} runs of `{first['arch']}` ({first['family']}), vocabulary "
+        f"{first['vocab_size']}, sequence length {first['seq_len']}, batch "
+        f"{first['batch_size']}, over {len(budgets)} budgets from {budgets[0]:.3g} to "
+        f"{budgets[-1]:.3g} FLOPs ({math.log10(budgets[-1] / budgets[0]):.2f} orders of "
+        f"magnitude; C = 6·N·D with N the total parameter count). Corpus "
+        f"`{first['corpus']}`: {tokens:,d} training tokens; the largest run reads "
+        f"{biggest:,d}, so no run repeats data"
+        + ("." if biggest <= tokens else " — **except that it does**.")
+        + f" Total training time {wall / 60:.1f} min.",
+        "",
+        "![IsoFLOP profiles](isoflop.png)",
+        "",
+        "![Loss against compute](frontier.png)",
+        "",
+        "![N_opt and D_opt against compute](optimal.png)",
+        "",
+        "![The same with non-embedding N](optimal_non_embedding.png)",
+        "",
+    ]
+    for kind in ("total", "non_embedding"):
+        res = result[kind]
+        fit = res["approach3"]
+        label = "total" if kind == "total" else "non-embedding"
+        lines += [f"## Fits with {label} parameters", ""]
+        if fit is not None:
+            lines += [
+                "Approach 3, `L(N, D) = E + A/N^α + B/D^β` (95% bootstrap intervals):",
+                "",
+                "| E | A | B | α | β |",
+                "|---|---|---|---|---|",
+                f"| {_ci(fit, 'E', '.3f')} | {_ci(fit, 'A', '.4g')} | {_ci(fit, 'B', '.4g')} "
+                f"| {_ci(fit, 'alpha', '.3f')} | {_ci(fit, 'beta', '.3f')} |",
+                "",
+            ]
+        lines += [
+            f"Exponents of N_opt ∝ C^a and D_opt ∝ C^b, and D/N at C = {c_mid:.3g}:",
+            "",
+            "| method | a | b | tokens per parameter |",
+            "|---|---|---|---|",
+            _law_row(f"Approach 1 ({res['approach1_source']})", res["approach1"], c_mid),
+            _law_row("Approach 2 (IsoFLOP parabolas)", res["approach2"], c_mid),
+        ]
+        if fit is not None:
+            opt = compute_optimal(c_mid, fit)
+            a_ci = f" [{fit.ci['a'][0]:.3f}, {fit.ci['a'][1]:.3f}]" if "a" in fit.ci else ""
+            lines.append(
+                f"| Approach 3 (parametric) | {fit.a:.3f}{a_ci} | {fit.b:.3f} "
+                f"| {opt.tokens_per_param:.1f} |"
+            )
+        h = FITS["hoffmann2022"]
+        lines += [
+            f"| Hoffmann et al. 2022 (Approach 3 fit, at this C) | {h.a:.3f} | {h.b:.3f} "
+            f"| {compute_optimal(c_mid, h).tokens_per_param:.1f} |",
+            "| Hoffmann et al. 2022 (Approaches 1–2, headline) | ≈0.5 | ≈0.5 | ≈20 |",
+            "",
+        ]
+        if res["approach2"] is not None and res["approach2"].points:
+            lines += [
+                "IsoFLOP minima (Approach 2):",
+                "",
+                "| C | N_opt | D_opt | D/N | loss |",
+                "|---|---|---|---|---|",
+            ]
+            for p in res["approach2"].points:
+                lines.append(
+                    f"| {p['flops']:.3g} | {p['n_params']:,.0f} | {p['n_tokens']:,.0f} "
+                    f"| {p['n_tokens'] / p['n_params']:.1f} | {p['loss']:.4f} |"
+                )
+            lines.append("")
+    if result["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    lines += [
+        "## Runs",
+        "",
+        "| run | layers | d_model | N total | N non-emb | steps | D | D/N | eval loss | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (float(r["budget"]), int(r["n_params"]))):
+        lines.append(
+            f"| {r['run_id']} | {r['num_layers']} | {r['d_model']} | {int(r['n_params']):,d} "
+            f"| {int(r['n_non_embedding']):,d} | {r['num_steps']} | {int(r['n_tokens']):,d} "
+            f"| {int(r['n_tokens']) / int(r['n_params']):.1f} | {float(r['final_eval_loss']):.4f} "
+            f"| {float(r['wall_time_s']):.0f} |"
+        )
+    lines.append("")
+    lines.append("Regenerate with `python -m t5x_lite.scaling report --out <this directory>`.")
+    return "\n".join(lines) + "\n"
