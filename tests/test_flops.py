@@ -231,10 +231,9 @@ def test_flops_within_10_percent_of_xla_hlo_cost_analysis(name):
     assert _ours(cfg) == pytest.approx(xla, rel=0.10)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "t5_v1_1"])
-def test_flops_within_10_percent_of_compiled_cost_analysis(name):
-    """The same against the optimised executable's cost analysis (compiles: 2 configs)."""
-    cfg = CONFIGS[name]
+def test_flops_within_10_percent_of_compiled_cost_analysis():
+    """The same against the optimised executable's cost analysis (one compile, GPT-2)."""
+    cfg = CONFIGS["gpt2"]
     xla = _flops_of(_lowered(cfg).compile().cost_analysis())
     assert _ours(cfg) == pytest.approx(xla, rel=0.10)
 

@@ -19,10 +19,10 @@ MLPs: llama, t5_v1_1); 1 to 256 layers (encoder and decoder stacks alike for T5)
 aspect ratio ``d_model / num_layers`` between 8 and 512. Among shapes within 10% of
 ``N_opt`` the one closest to a target aspect ratio (:func:`target_aspect`: 16 for
 tiny models, 64 at GPT-2 small's size, 128 from 100B like GPT-3) is chosen; if none
-is that close, the nearest. Grouped-query llama configs keep their heads-per-kv-head ratio (widths
-whose head count it does not divide are left out of their grid); ALBERT
-keeps its ``embed_dim``, and since its shared layers do not add parameters, its
-depth is set by the aspect ratio alone.
+is that close, the nearest. Grouped-query llama configs keep their heads-per-kv-head
+ratio (widths whose head count it does not divide are left out of their grid); ALBERT
+keeps its ``embed_dim``, and since its shared layers do not add parameters, its depth
+is set by the aspect ratio alone (budgets above ~1e22 are beyond its grid).
 """
 
 from __future__ import annotations
