@@ -139,6 +139,18 @@ def test_approach2_parabolas_on_synthetic_runs():
         assert p["n_params"] == pytest.approx(compute_optimal(p["flops"], true).n_params, rel=0.1)
 
 
+def test_approach2_skips_profiles_without_an_interior_minimum():
+    true = FITS["hoffmann2022"]
+    n, d, c = isoflop_design(true, np.logspace(17, 23, 4), 5, spread=4.0)
+    shifted = c == c.max()
+    n = np.where(shifted, n * 30.0, n)  # the largest budget samples only oversized models
+    d = c / (6 * n)
+    res = approach2(n, d, true.predict(n, d), c)
+    assert [b for b, _ in res.skipped] == [c.max()]
+    assert "outside the sampled" in res.skipped[0][1]
+    assert len(res.points) == 3 and len(res.parabolas) == 4
+
+
 def test_save_and_load_roundtrip(tmp_path, noisy_runs):
     n, d, _, loss = noisy_runs["hoffmann2022"]
     fit = fit_chinchilla(n, d, loss, param_kind="non_embedding", bootstrap=3)

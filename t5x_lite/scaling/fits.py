@@ -424,7 +424,9 @@ class PowerLaws:
 
     ``points`` are the per-compute optima the laws were fitted to (dicts with
     ``flops``, ``n_params``, ``n_tokens``, ``loss``); ``parabolas`` (Approach 2) hold
-    ``(budget, c2, c1, c0)`` with ``loss = c2 x**2 + c1 x + c0``, ``x = ln N``.
+    ``(budget, c2, c1, c0)`` with ``loss = c2 x**2 + c1 x + c0``, ``x = ln N``, for
+    every profile fitted; ``skipped`` lists ``(budget, reason)`` of profiles that gave
+    no optimum.
     """
 
     method: str
@@ -434,7 +436,7 @@ class PowerLaws:
     d_coef: float
     points: list[dict[str, float]]
     parabolas: list[tuple[float, float, float, float]] = field(default_factory=list)
-    skipped: list[float] = field(default_factory=list)
+    skipped: list[tuple[float, str]] = field(default_factory=list)
 
     def n_opt(self, flops: Any) -> Any:
         return self.n_coef * np.asarray(flops, np.float64) ** self.a
@@ -500,8 +502,10 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
     ``N_opt(C)``, and ``D_opt`` is read at ``N_opt`` off a straight line of ``ln D``
     against ``ln N`` through the profile's runs: exactly ``C / (6 N_opt)`` when
     ``C = 6 N D`` holds for ``n_params``, and still meaningful when ``n_params`` counts
-    only non-embedding parameters of runs budgeted by their total. Profiles whose
-    parabola opens downwards (no minimum) are listed in ``skipped``.
+    only non-embedding parameters of runs budgeted by their total. A profile gives no
+    optimum (it is listed in ``skipped`` with the reason) when its parabola opens
+    downwards or its minimum lies outside the sizes it sampled: an extrapolated
+    minimum says only that the optimum is beyond the sweep.
     """
     n, d, loss = check_runs(n_params, n_tokens, losses, min_runs=3)
     c = positive_array("budgets", budgets, n.size)
@@ -509,14 +513,24 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
     for budget in np.unique(c):
         idx = np.flatnonzero(c == budget)
         if np.unique(n[idx]).size < 3:
-            skipped.append(float(budget))
+            skipped.append((float(budget), "fewer than 3 sizes"))
             continue
         x = np.log(n[idx])
         c2, c1, c0 = np.polyfit(x, loss[idx], 2)
+        parabolas.append((float(budget), float(c2), float(c1), float(c0)))
         if c2 <= 0:
-            skipped.append(float(budget))
+            skipped.append((float(budget), "the parabola has no minimum"))
             continue
         x_min = -c1 / (2 * c2)
+        if not x.min() <= x_min <= x.max():
+            skipped.append(
+                (
+                    float(budget),
+                    f"the minimum (N={math.exp(x_min):.3g}) is outside the sampled "
+                    f"{n[idx].min():.3g}..{n[idx].max():.3g}",
+                )
+            )
+            continue
         slope, icpt = np.polyfit(x, np.log(d[idx]), 1)
         pts.append(
             {
@@ -526,5 +540,4 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
                 "loss": float(c0 - c1 * c1 / (4 * c2)),
             }
         )
-        parabolas.append((float(budget), float(c2), float(c1), float(c0)))
     return _laws("approach2", pts, parabolas=parabolas, skipped=skipped)

@@ -62,7 +62,7 @@ def isoflop_plot(
     """Final eval loss against N per budget, one panel per parameter kind in ``approach2``.
 
     Points are runs; lines the Approach 2 parabolas (``loss = c2 x^2 + c1 x + c0``,
-    ``x = ln N``) and stars their minima.
+    ``x = ln N``) and stars their minima (only those inside the sampled sizes).
     """
     plt = _pyplot()
     kinds = list(approach2)
@@ -71,7 +71,9 @@ def isoflop_plot(
     colors = _colors(len(budgets))
     for ax, kind in zip(axes[0], kinds):
         col = KIND_COLUMN[kind]
-        parabolas = {p[0]: p[1:] for p in (approach2[kind].parabolas if approach2[kind] else [])}
+        law = approach2[kind]
+        parabolas = {p[0]: p[1:] for p in (law.parabolas if law else [])}
+        optima = {p["flops"] for p in (law.points if law else [])}
         for budget, color in zip(budgets, colors):
             sel = [r for r in rows if float(r["budget"]) == budget]
             n = np.array([float(r[col]) for r in sel])
@@ -81,16 +83,17 @@ def isoflop_plot(
                 c2, c1, c0 = parabolas[budget]
                 x = np.linspace(np.log(n.min()) - 0.2, np.log(n.max()) + 0.2, 100)
                 ax.plot(np.exp(x), c2 * x * x + c1 * x + c0, color=color, lw=1.5, zorder=2)
-                xm = -c1 / (2 * c2)
-                ax.scatter(
-                    [np.exp(xm)],
-                    [c0 - c1 * c1 / (4 * c2)],
-                    marker="*",
-                    s=140,
-                    color=color,
-                    edgecolor="black",
-                    zorder=4,
-                )
+                if budget in optima:
+                    xm = -c1 / (2 * c2)
+                    ax.scatter(
+                        [np.exp(xm)],
+                        [c0 - c1 * c1 / (4 * c2)],
+                        marker="*",
+                        s=140,
+                        color=color,
+                        edgecolor="black",
+                        zorder=4,
+                    )
         ax.set_xscale("log")
         _plain_log_y(ax)
         ax.set_xlabel(KIND_LABEL[kind])

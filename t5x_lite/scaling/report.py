@@ -94,6 +94,11 @@ def analyse(
         for name, why in (("Approach 1", why1), ("Approach 2", why2), ("Approach 3", why3)):
             if why:
                 out["notes"].append(f"{name} ({kind}): {why}")
+        if res["approach2"] is not None:
+            for budget, reason in res["approach2"].skipped:
+                out["notes"].append(
+                    f"Approach 2 ({kind}): no optimum at C = {budget:.3g}: {reason}"
+                )
         out[kind] = res
     return out
 
@@ -230,6 +235,23 @@ def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
                     f"| {p['n_tokens'] / p['n_params']:.1f} | {p['loss']:.4f} |"
                 )
             lines.append("")
+    lines += [
+        "## Reading these numbers",
+        "",
+        "- Compute is C = 6·N·D with N the total parameter count, the quantity the planner "
+        "matches; the non-embedding fits change only what N counts. At these sizes the token "
+        "and position tables are a large share of N, so the two sets of exponents differ "
+        "(Kaplan et al. 2020 counted non-embedding parameters, Hoffmann et al. 2022 all).",
+        "- Every run uses the same learning rate, batch and warmup rule, and shapes come "
+        "from a coarse grid (1–6 layers, widths in steps of 16), so each point carries "
+        "tuning and shape noise that large-scale sweeps average away; the bootstrap "
+        "intervals include only the noise between runs.",
+        "- Hoffmann et al.'s a ≈ b ≈ 0.5 and ~20 tokens per parameter come from 70M–16B "
+        "parameter models; their own parametric fit (Approach 3) predicts fewer tokens per "
+        "parameter at small budgets (the row above), and small models are known to favour "
+        "different ratios.",
+        "",
+    ]
     if result["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
     lines += [
