@@ -1,0 +1,218 @@
+"""The command line: every shipped config parses, gin == ml_collections, one-line errors
+that leave workdirs untouched, and a real SIGTERM to a real training process followed
+by a resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import base
+from t5x_lite import config as C
+from t5x_lite import gin_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "base.py")
+)
+GIN_FILES = sorted(glob.glob(os.path.join(ROOT, "gin", "*.gin")))
+
+
+def cli(*args: str, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(
+        [sys.executable, "run_train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
+
+
+def snapshot(directory: str) -> dict[str, tuple[bytes, int]]:
+    out = {}
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[path] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_parses_to_a_typed_config(name):
+    cfg = base.to_typed(base.load(name))
+    assert isinstance(cfg, C.Config)
+    assert cfg.data.seq_len <= cfg.model.max_seq_len
+
+
+def test_every_gin_file_parses_and_matches_its_preset():
+    missing = set(PRESETS) - {os.path.basename(p)[:-4] for p in GIN_FILES}
+    assert not missing, f"write them: python -m t5x_lite.gin_config NAME > gin/NAME.gin {missing}"
+    for path in GIN_FILES:
+        name = os.path.basename(path)[:-4]
+        assert gin_config.load([path]) == base.to_typed(base.load(name)), name
+
+
+def test_published_shapes_of_the_base_presets():
+    from t5x_lite import models
+
+    counts = {
+        "gpt2_medium": 354_823_168,  # HF gpt2-medium
+        "llama_1b": 1_100_048_384,  # TinyLlama-1.1B
+        "roberta_base": 124_697_433,  # HF RobertaForMaskedLM roberta-base
+        "t5_base": 222_903_552,  # HF t5-base
+    }
+    for name, want in counts.items():
+        assert models.count_params(base.to_typed(base.load(name)).model)["total"] == want, name
+
+
+def test_gin_errors_are_one_line():
+    with pytest.raises(C.ConfigError, match=r"unknown config field model\.d_modle"):
+        gin_config.load([os.path.join(ROOT, "gin", "gpt2_tiny.gin")], ["model.d_modle = 3"])
+    with pytest.raises(C.ConfigError, match=r"gin file not found: nope\.gin"):
+        gin_config.load(["nope.gin"])
+
+
+def test_cli_gin_and_config_forms_resolve_to_the_same_config():
+    mlc = cli(
+        "--config=configs/llama_tiny.py",
+        "--config.train.num_steps=7",
+        "--config.model.num_layers=3",
+        "--config.data.seq_len=64",
+        "--print_config",
+    )
+    gin = cli(
+        "--gin_file=gin/llama_tiny.gin",
+        "--gin.train.num_steps=7",
+        "--gin.model.num_layers=3",
+        "--gin.data.seq_len=64",
+        "--print_config",
+    )
+    assert mlc.returncode == 0, mlc.stderr
+    assert gin.returncode == 0, gin.stderr
+    a, b = json.loads(mlc.stdout), json.loads(gin.stdout)
+    assert a == b
+    assert a["train"]["num_steps"] == 7 and a["model"]["num_layers"] == 3
+    assert a["model"]["arch"] == "llama"
+    default = cli("--print_config")
+    assert json.loads(default.stdout) == C.to_dict(base.to_typed(base.load("default")))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.model.d_modle=32"],
+            "unknown config field model.d_modle (did you mean model.d_model?)",
+        ),
+        (["--gin_file=gin/gpt2_tiny.gin", "--gin.train.num_stepz=3"], "train.num_stepz"),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.data.seq_len=256"],
+            "data.seq_len=256 exceeds model.max_seq_len=128",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=3"],
+            "data*fsdp*tensor = 3*1*1 = 3 differs from the 8 available devices",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=8",
+             "--config.train.batch_size=12"],
+            "train.batch_size=12 is not divisible by mesh data*fsdp = 8*1 = 8",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_one_line_error_and_writes_nothing(args, message, tmp_path):
+    workdir = tmp_path / "run"
+    proc = cli(*args, f"--workdir={workdir}")
+    assert_one_line_error(proc, message)
+    assert not workdir.exists()
+
+
+def test_workdir_of_another_model_is_refused_untouched(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    other = C.to_dict(base.to_typed(base.load("gpt2_tiny")))
+    other["model"]["num_layers"] = 3
+    (workdir / "config.json").write_text(json.dumps(other))
+    (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    before = snapshot(str(workdir))
+    proc = cli("--config=configs/gpt2_tiny.py", f"--workdir={workdir}")
+    assert_one_line_error(proc, "holds a model with model.num_layers=3")
+    assert snapshot(str(workdir)) == before
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    args = [
+        "--config=configs/gpt2_tiny.py",
+        "--config.data.seq_len=64",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.train.log_every=1",
+        "--config.train.eval_batches=1",
+        "--config.checkpoint.every_steps=1000",
+        f"--workdir={workdir}",
+    ]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.Popen(
+        [sys.executable, "run_train.py", *args, "--config.train.num_steps=1000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    stopped = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert f"saving a checkpoint at step {stopped}" in out
+    assert os.listdir(workdir / "checkpoints") == [str(stopped)]
+    assert "run the same command again to resume" in out
+
+    again = cli(*args, f"--config.train.num_steps={stopped + 2}", "--config.train.sample_tokens=5")
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {workdir / 'checkpoints'}/{stopped}" in again.stdout
+    assert f"eval at step {stopped + 2}" in again.stdout
+    assert "sample: 'In the beginning" in again.stdout
+    assert f"plot: {workdir / 'plots' / 'loss.png'}" in again.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, stopped + 3))
