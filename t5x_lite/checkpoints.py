@@ -8,13 +8,20 @@ A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
   ``{"0": {...}, "1": {...}}`` keyed by process index;
 * ``meta``   JSON ``{"step": 10, "process_count": 1, "mesh": [8, 1, 1], ...}``.
 
-Saves are asynchronous by default (``checkpoint.async_save``): :meth:`Checkpointer.save`
-hands the state to a background thread that runs orbax's save, so the state passed
-must not be donated or deleted until the save is done: the trainer passes an
-on-device copy (``Steps.copy``: one extra state-sized buffer while the save runs)
-and donates the live state to the next step. The loop blocks only for dispatching
-that copy and for a previous save still in flight. :meth:`Checkpointer.wait` and
-:meth:`Checkpointer.close` join the thread and re-raise its error, if any.
+Saves are asynchronous by default (``checkpoint.async_save``):
+
+* one process: :meth:`Checkpointer.save` hands the state to a background thread
+  that runs orbax's save, so the state passed must not be donated or deleted until
+  the save is done (:attr:`Checkpointer.needs_copy`): the trainer passes an
+  on-device copy (``Steps.copy``: one extra state-sized buffer while the save runs)
+  and donates the live state to the next step. The loop blocks only for
+  dispatching that copy and for a previous save still in flight;
+* several processes: orbax's own asynchronous save, called from the training
+  thread (its barriers must run in the same order on every process); it returns
+  once the arrays are on the host, and files are written in the background.
+
+:meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait for the save in flight
+and re-raise its error, if any.
 
 Restoring takes an abstract state whose leaves carry the target ``NamedSharding`` s,
 so a checkpoint written under ``fsdp=8`` restores directly into a ``data=2,
@@ -67,16 +74,16 @@ class Checkpointer:
 
         self._ocp = ocp
         self.directory = os.path.abspath(directory)
+        # One process: asynchrony from our own thread; several: orbax's (see above).
+        self._threaded = cfg.async_save and jax.process_count() == 1
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
-            # Asynchrony comes from our own thread (see the module docstring).
-            enable_async_checkpointing=False,
+            enable_async_checkpointing=cfg.async_save and not self._threaded,
             create=create,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
         )
-        self._async = cfg.async_save
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._pending_step: int | None = None
@@ -103,8 +110,8 @@ class Checkpointer:
         self.wait()
         data = _gather_json(data_state)  # a collective: every process, main thread
         meta = {"step": int(step), **meta}
-        if not self._async:
-            self._save_now(step, state, data, meta)
+        if not self._threaded:
+            self._save_now(step, state, data, meta, wait=False)
             self.last_save_blocking_s = time.perf_counter() - start
             return True
         self._pending_step = step
@@ -115,7 +122,14 @@ class Checkpointer:
         self.last_save_blocking_s = time.perf_counter() - start
         return True
 
-    def _save_now(self, step: int, state: Any, data: Any, meta: dict[str, Any]) -> None:
+    @property
+    def needs_copy(self) -> bool:
+        """Whether :meth:`save` reads the state after returning (pass a copy then)."""
+        return self._threaded
+
+    def _save_now(
+        self, step: int, state: Any, data: Any, meta: dict[str, Any], wait: bool = True
+    ) -> None:
         ocp = self._ocp
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -123,7 +137,8 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
         )
         self._manager.save(step, args=args, force=True)
-        self._manager.wait_until_finished()
+        if wait:
+            self._manager.wait_until_finished()
 
     def _save_in_background(self, step: int, state: Any, data: Any, meta: dict) -> None:
         try:
@@ -137,6 +152,7 @@ class Checkpointer:
             self._thread.join()
             self._thread = None
             self._pending_step = None
+        self._manager.wait_until_finished()
         if self._error is not None:
             err, self._error = self._error, None
             raise err

@@ -40,6 +40,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from t5x_lite import checkpoints, flops, losses, partitioning, steps
 from t5x_lite import metrics as metrics_lib
@@ -147,6 +148,11 @@ class _StopFlag:
         self._old = {}
 
 
+def replicated_value(tree: Any) -> Any:
+    """Host numpy copy of replicated arrays (also when they span several processes)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def to_global(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
     """Per-process rows ``[B / P, ...]`` -> global arrays ``[B, ...]`` split by ``sharding``."""
     n = jax.process_count()
@@ -162,7 +168,7 @@ def evaluate(run: steps.Steps, params: Any, batches: list[dict[str, jax.Array]])
     """Mean token CE (``loss``), ``perplexity``, ``accuracy`` (+ sentence metrics)."""
     total: dict[str, float] = {}
     for batch in batches:
-        sums = jax.device_get(run.run(run.eval, params, batch))
+        sums = replicated_value(run.run(run.eval, params, batch))
         for k, v in sums.items():
             total[k] = total.get(k, 0.0) + float(v)
     return losses.summarize(total) if total else {}
@@ -191,12 +197,13 @@ def sample_continuation(
     start = len(ids)
     rng = np.random.default_rng(seed)
     pad = max(getattr(tokenizer, "pad_id", 0), 0)
+    replicated = NamedSharding(run.mesh, PartitionSpec())
     for _ in range(num_tokens):
         window = ids[-seq_len:]
         buf = np.full((1, seq_len), pad, np.int32)
         buf[0, : len(window)] = window
-        batch = {"input_ids": buf}
-        logits = np.asarray(run.run(run.logits, params, batch))[0, len(window) - 1]
+        batch = {"input_ids": jax.make_array_from_process_local_data(replicated, buf)}
+        logits = replicated_value(run.run(run.logits, params, batch))[0, len(window) - 1]
         if temperature <= 0:
             nxt = int(np.argmax(logits))
         else:
@@ -285,7 +292,7 @@ def train(
         restore_s = time.perf_counter() - t0
     else:
         state = run.run(run.init, jax.random.key(cfg.train.seed))
-    start_step = int(jax.device_get(state.step))
+    start_step = int(replicated_value(state.step))
 
     iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
     if data_state is not None:
@@ -325,7 +332,7 @@ def train(
         meta = {"mesh": list(mesh_shape), "process_count": pcount}
         t0 = time.perf_counter()
         # The live state is donated to the next step; the background save reads a copy.
-        snapshot = run.run(run.copy, state) if cfg.checkpoint.async_save else state
+        snapshot = run.run(run.copy, state) if ckpt.needs_copy else state
         ckpt.save(at, snapshot, iterator.get_state(), meta)
         save_blocking.append(time.perf_counter() - t0)
         saved_step = at
@@ -344,7 +351,7 @@ def train(
             batch = to_global(local, run.batch_sharding)
             t0 = time.perf_counter()
             state, step_metrics = run.run(run.train, state, batch)
-            m = jax.device_get(step_metrics)
+            m = replicated_value(step_metrics)
             dt = time.perf_counter() - t0
             step += 1
             if compile_s is None:
@@ -398,7 +405,8 @@ def train(
     writer.close()
 
     sample_text = None
-    if sample and not preempted and cfg.model.family == "decoder" and primary:
+    # Every process runs the sampler (its forward pass is a collective); process 0 prints.
+    if sample and not preempted and cfg.model.family == "decoder":
         sample_text = sample_continuation(
             run,
             state.params,
@@ -411,6 +419,7 @@ def train(
     result = {
         "final_eval_loss": last_eval.get("loss"),
         "final_eval": last_eval,
+        "eval_step": eval_step,
         "final_train_loss": history.get(step),
         "steps": step,
         "start_step": start_step,
@@ -446,11 +455,23 @@ def _print_summary(result: dict[str, Any], workdir: str) -> None:
     if ev:
         extra = ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k not in ("loss", "perplexity"))
         lines.append(
-            f"eval at step {result['steps']}: loss {ev['loss']:.4f}, perplexity "
+            f"eval at step {result['eval_step']}: loss {ev['loss']:.4f}, perplexity "
             f"{ev['perplexity']:.2f}" + (f", {extra}" if extra else "")
         )
     if result["sample"] is not None:
         lines.append(f"sample: {result['sample']!r}")
+    timing = []
+    if result["compile_s"] is not None:
+        timing.append(f"first step (compile) {result['compile_s']:.1f} s")
+    if result["mean_step_s"] is not None:
+        timing.append(f"step {1e3 * result['mean_step_s']:.1f} ms")
+    if result["save_blocking_s"]:
+        blocked = 1e3 * float(np.mean(result["save_blocking_s"]))
+        timing.append(f"checkpoint save blocked the loop {blocked:.1f} ms (mean)")
+    if result["restore_s"] is not None:
+        timing.append(f"restore {result['restore_s']:.2f} s")
+    if timing:
+        lines.append("timing: " + ", ".join(timing))
     lines.append(f"checkpoints: {result['checkpoint_dir']} (step {result['checkpoint_step']})")
     for p in result["plots"]:
         lines.append(f"plot: {p}")

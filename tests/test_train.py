@@ -184,3 +184,56 @@ def test_restart_on_a_different_mesh_continues_with_the_same_next_loss(runs, dat
     devices_b = second["config"].mesh
     assert (devices_b.fsdp, devices_b.tensor) == (2, 4)
     assert jax.device_count() == 8
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_match_one_process(runs, data_dir, tmp_path):
+    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices."""
+    import subprocess
+    import sys
+
+    reference = runs("gpt2_tiny", "data8")  # also prepares the data dir and tokenizer
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    workdir = tmp_path / "multi"
+    flags = ["--config=configs/gpt2_tiny.py", f"--workdir={workdir}"]
+    for section, fields in overrides(data_dir, MESHES["data8"]).items():
+        flags += [f"--config.{section}.{k}={v}" for k, v in fields.items()]
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "run_train.py",
+                *flags,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    records = read_records(str(workdir))
+    losses = {r["step"]: r["loss"] for r in records if "loss" in r}
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    want = np.asarray([reference["losses"][s] for s in range(1, STEPS + 1)])
+    np.testing.assert_allclose([losses[s] for s in range(1, STEPS + 1)], want, rtol=1e-5)
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert evals == [pytest.approx(reference["final_eval_loss"], rel=1e-5)]
+    assert os.listdir(workdir / "checkpoints") == [str(STEPS)]
+    assert "eval at step 30" in outs[0][0] and "eval at step" not in outs[1][0]
