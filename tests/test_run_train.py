@@ -168,6 +168,29 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
     assert snapshot(str(workdir)) == before
 
 
+def test_workdir_with_another_tokenizer_is_refused_untouched(tmp_path):
+    from t5x_lite.data import pipeline
+
+    def tokenizer_path(vocab: int) -> str:
+        values = base.load("gpt2_tiny").to_dict()
+        values["data"]["data_dir"] = str(tmp_path / "data")
+        values["model"]["vocab_size"] = vocab
+        return pipeline.get_tokenizer(C.from_dict(values)).path
+
+    requested, other = tokenizer_path(2048), tokenizer_path(1024)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(other, "rb") as f:
+        (workdir / "tokenizer.model").write_bytes(f.read())
+    before = snapshot(str(workdir))
+    proc = cli(
+        "--config=configs/gpt2_tiny.py", f"--config.data.tokenizer={requested}",
+        f"--workdir={workdir}",
+    )  # fmt: skip
+    assert_one_line_error(proc, "tokenizer.model exists and differs from data.tokenizer")
+    assert snapshot(str(workdir)) == before
+
+
 # --------------------------------------------------------------------------- signals
 
 
