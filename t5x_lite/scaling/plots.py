@@ -50,6 +50,15 @@ def _plain_log_y(ax: Any) -> None:
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
+def _count_axis(axis: Any) -> None:
+    """Log axis of counts labelled 20k, 50k, 100k, 2M (ticks at 1, 2, 5 per decade)."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(EngFormatter(sep=""))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig: Any, path: str) -> str:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
@@ -95,17 +104,25 @@ def isoflop_plot(
                         zorder=4,
                     )
         ax.set_xscale("log")
+        _count_axis(ax.xaxis)
         _plain_log_y(ax)
         ax.set_xlabel(KIND_LABEL[kind])
         ax.set_ylabel("final eval loss (nats/token)")
         ax.set_title(f"IsoFLOP profiles, {kind.replace('_', '-')} N")
         ax.grid(True, which="both", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        handles.append(plt.Line2D([], [], color="gray", lw=1.5))
-        labels.append("parabola fit (Approach 2)")
-        handles.append(plt.Line2D([], [], marker="*", color="gray", ls="", markersize=11))
-        labels.append("parabola minimum")
-        ax.legend(handles, labels, fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="gray", lw=1.5))
+    labels.append("parabola fit (Approach 2)")
+    handles.append(plt.Line2D([], [], marker="*", color="gray", ls="", markersize=11))
+    labels.append("parabola minimum")
+    fig.legend(
+        handles,
+        labels,
+        fontsize=9,
+        loc="upper center",
+        ncol=min(len(labels), 6),
+        bbox_to_anchor=(0.5, 0.0),
+    )
     return _save(fig, path)
 
 
@@ -137,6 +154,8 @@ def frontier_plot(
             ax.plot(
                 6 * n * d, [float(c["loss"]) for c in pts], color=cmap(norm(n)), lw=0.8, alpha=0.6
             )
+    if curves:
+        ax.plot([], [], color="gray", lw=0.8, label="training loss along a run (colour: N)")
     c_runs = np.array([float(r["flops_6nd"]) for r in rows])
     loss = np.array([float(r["final_eval_loss"]) for r in rows])
     ax.scatter(
@@ -149,7 +168,7 @@ def frontier_plot(
         edgecolor="black",
         lw=0.5,
         zorder=3,
-        label="final eval loss of a run",
+        label="final eval loss of a run (held-out documents)",
     )
     if approach1 is not None:
         ax.scatter(
@@ -160,7 +179,7 @@ def frontier_plot(
             facecolor="none",
             edgecolor="red",
             zorder=4,
-            label="lowest-loss envelope (Approach 1)",
+            label="lowest training loss at each C (Approach 1 envelope)",
         )
     if fit is not None:
         c = np.logspace(np.log10(c_runs.min()) - 0.3, np.log10(c_runs.max()) + 0.5, 100)
@@ -171,12 +190,13 @@ def frontier_plot(
             color="black",
             lw=1.8,
             zorder=5,
-            label=f"Approach 3 frontier (E={fit.E:.2f}, α={fit.alpha:.2f}, β={fit.beta:.2f})",
+            label=f"Approach 3 frontier, eval loss (E={fit.E:.2f}, α={fit.alpha:.2f}, "
+            f"β={fit.beta:.2f})",
         )
     ax.set_xscale("log")
     _plain_log_y(ax)
     ax.set_xlabel("training compute C = 6·N·D (FLOPs)")
-    ax.set_ylabel("loss (nats/token); curves: training loss")
+    ax.set_ylabel("loss (nats/token)")
     ax.set_title("Loss against compute")
     ax.grid(True, which="both", alpha=0.3)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
@@ -241,6 +261,7 @@ def optimal_plot(
     ):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _count_axis(ax.yaxis)
         ax.set_xlabel("training compute C (FLOPs)")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
