@@ -117,7 +117,7 @@ class MetricsWriter:
         evals = [r for r in self.records if r.get("eval_loss") is not None]
         if not train and not evals:
             return []
-        out_dir = os.path.join(self.workdir, PLOTS_DIR)
+        out_dir = os.path.join(os.path.abspath(self.workdir), PLOTS_DIR)
         os.makedirs(out_dir, exist_ok=True)
         paths = []
 
@@ -126,7 +126,7 @@ class MetricsWriter:
             steps = [r["step"] for r in train]
             loss = [r["loss"] for r in train]
             ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=1, label="train loss")
-            ax.plot(steps, smooth(loss), color="tab:blue", lw=2, label="train loss (EMA 0.9)")
+            ax.plot(steps, smooth(loss, 0.6), color="tab:blue", lw=2, label="train loss (EMA 0.6)")
         if evals:
             ax.plot(
                 [r["step"] for r in evals],

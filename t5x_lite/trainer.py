@@ -106,6 +106,26 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
                 f"the requested config has model.{key}={wanted.get(key)!r} (choose another "
                 "--workdir)"
             )
+    # The optimizer-state layout of its checkpoints: the optimizer, and whether the
+    # chain clips and decays (each adds a state entry).
+    opt = saved.get("optimizer", {})
+    layout = {
+        "optimizer.name": (opt.get("name", cfg.optimizer.name), cfg.optimizer.name),
+        "optimizer.grad_clip_norm > 0": (
+            opt.get("grad_clip_norm", cfg.optimizer.grad_clip_norm) > 0,
+            cfg.optimizer.grad_clip_norm > 0,
+        ),
+        "optimizer.weight_decay > 0": (
+            opt.get("weight_decay", cfg.optimizer.weight_decay) > 0,
+            cfg.optimizer.weight_decay > 0,
+        ),
+    }
+    for name, (there, here) in layout.items():
+        if there != here:
+            raise ConfigError(
+                f"workdir {workdir} holds a run with {name} = {there!r}; the requested "
+                f"config has {here!r}, whose optimizer state differs (choose another --workdir)"
+            )
     return saved
 
 
@@ -121,7 +141,10 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag checked after each step (main thread only)."""
+    """SIGTERM / SIGINT set a flag checked after each step (main thread only).
+
+    A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt without saving.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.signum: int | None = None
@@ -131,6 +154,8 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signum = signum
 
     def requested(self) -> bool:
@@ -270,13 +295,6 @@ def train(
 
     os.makedirs(workdir, exist_ok=True)
     tokenizer = pipeline.get_tokenizer(cfg, workdir)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-            f"vocabulary ({tokenizer.vocab_size}, {tokenizer.path})"
-        )
-    if primary:
-        _write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
 
     mesh = partitioning.make_mesh(cfg.mesh, devices)
     run = steps.for_config(cfg, mesh)
@@ -287,7 +305,14 @@ def train(
     if latest is not None:
         t0 = time.perf_counter()
         target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
-        state, data_state, _ = ckpt.restore(latest, target, pidx)
+        try:
+            state, data_state, _ = ckpt.restore(latest, target, pidx)
+        except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(
+                f"checkpoint {ckpt.directory}/{latest} does not fit this run's train state "
+                f"({first[:200]}); choose another --workdir"
+            ) from None
         jax.block_until_ready(state)
         restore_s = time.perf_counter() - t0
     else:
@@ -299,6 +324,8 @@ def train(
         iterator.set_state(data_state)
     eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
     eval_global = [to_global(b, run.batch_sharding) for b in eval_local]
+    if primary:  # only now: a start that fails above leaves the old config.json alone
+        _write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
 
     enc_dec = cfg.model.family == "encoder_decoder"
     target_len = pipeline.lengths(cfg).target_len if enc_dec else None
@@ -342,7 +369,8 @@ def train(
         last_eval = evaluate(run, state.params, eval_global)
         eval_step = at
         record = {f"eval_{k}": v for k, v in last_eval.items()}
-        writer.write(at, record)
+        if at > start_step or latest is None:  # a finished run re-opened logs nothing new
+            writer.write(at, record)
         stats.update(record)
 
     try:
