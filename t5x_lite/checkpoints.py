@@ -84,9 +84,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
         )
+        # Steps on disk or being written (listing the directory on every save costs ms).
+        self._steps = set(self._manager.all_steps())
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._pending_step: int | None = None
         self.last_save_blocking_s = 0.0
 
     # ------------------------------------------------------------------ queries
@@ -95,7 +96,10 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
+        self.wait()
+        self._manager.reload()
+        self._steps = set(self._manager.all_steps())
+        return sorted(self._steps)
 
     # ------------------------------------------------------------------ save
     def save(self, step: int, state: Any, data_state: Any, meta: dict[str, Any]) -> bool:
@@ -104,17 +108,17 @@ class Checkpointer:
         With ``async_save`` the arrays of ``state`` are read after this returns: pass
         a copy that nothing donates (see the module docstring).
         """
-        if step in self._manager.all_steps() or step == self._pending_step:
+        if step in self._steps:
             return False
         start = time.perf_counter()
         self.wait()
         data = _gather_json(data_state)  # a collective: every process, main thread
         meta = {"step": int(step), **meta}
+        self._steps.add(step)
         if not self._threaded:
             self._save_now(step, state, data, meta, wait=False)
             self.last_save_blocking_s = time.perf_counter() - start
             return True
-        self._pending_step = step
         self._thread = threading.Thread(
             target=self._save_in_background, args=(step, state, data, meta), daemon=False
         )
@@ -151,7 +155,6 @@ class Checkpointer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            self._pending_step = None
         self._manager.wait_until_finished()
         if self._error is not None:
             err, self._error = self._error, None

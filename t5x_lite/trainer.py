@@ -493,9 +493,13 @@ def _print_summary(result: dict[str, Any], workdir: str) -> None:
         timing.append(f"first step (compile) {result['compile_s']:.1f} s")
     if result["mean_step_s"] is not None:
         timing.append(f"step {1e3 * result['mean_step_s']:.1f} ms")
-    if result["save_blocking_s"]:
-        blocked = 1e3 * float(np.mean(result["save_blocking_s"]))
-        timing.append(f"checkpoint save blocked the loop {blocked:.1f} ms (mean)")
+    saves = result["save_blocking_s"]
+    if saves:
+        first, rest = 1e3 * saves[0], [1e3 * x for x in saves[1:]]
+        text = f"checkpoint save blocked the loop {first:.1f} ms (first save"
+        if rest:
+            text += f"), {float(np.median(rest)):.1f} ms (median of the other {len(rest)}"
+        timing.append(text + ")")
     if result["restore_s"] is not None:
         timing.append(f"restore {result['restore_s']:.2f} s")
     if timing:
