@@ -6,7 +6,9 @@
      "mfu": null, "flops_per_second": 2.1e9, "grad_norm": 1.3, "accuracy": 0.04, ...}
     {"step": 100, "eval_loss": 5.2, "eval_perplexity": 181.3, "eval_accuracy": 0.12}
 
-(``mfu`` is null where the device's peak is unknown, e.g. on the CPU; the achieved
+(``loss`` is the mean over the steps since the previous record, ``tokens_per_second``
+counts the global batch and leaves evaluation and checkpoint time out; ``mfu`` is
+null where the device's peak is unknown, e.g. on the CPU, while the achieved
 ``flops_per_second`` is always there). TensorBoard scalars go under
 ``<workdir>/tensorboard`` as ``train/<name>`` and ``eval/<name>`` (tensorboardX, no
 TensorFlow). ``<workdir>/plots/loss.png`` (train loss, its moving average and the

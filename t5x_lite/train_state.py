@@ -49,7 +49,9 @@ def create(params: Any, tx: optax.GradientTransformation, seed: int) -> TrainSta
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32),
+        # Dropout stream: the second half of a split of the seed's key, so it differs
+        # from the key the trainer initialises the parameters with.
+        rng=jax.random.split(jax.random.PRNGKey(seed))[1].astype(jnp.uint32),
     )
 
 
