@@ -521,6 +521,7 @@ class Config:
         self.optimizer.validate()
         self.train.validate()
         self.checkpoint.validate()
+        self.scaling.validate()
         for name in ("data", "fsdp", "tensor"):
             v = getattr(self.mesh, name)
             _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
