@@ -204,6 +204,11 @@ class DataConfig:
     eval_split: str = "validation"
     # Existing SentencePiece .model; None trains one on the corpus (cached in data_dir).
     tokenizer: str | None = None
+    # Size of the tokenizer trained on the corpus (None: model.vocab_size). It may be
+    # smaller than model.vocab_size, as nanoGPT pads GPT-2's 50257 ids to 50304: the
+    # model keeps its embedding rows and ids >= this size are never fed, targeted or
+    # sampled. Ignored when data.tokenizer names a file (its own size counts).
+    tokenizer_vocab_size: int | None = None
     tokenizer_type: str = "bpe"  # bpe | unigram
     # causal_lm | prefix_lm | mlm | span_corruption | ul2
     objective: str = "causal_lm"
@@ -273,6 +278,12 @@ class DataConfig:
         _check(
             self.tokenizer_type in ("bpe", "unigram"),
             f"data.tokenizer_type={self.tokenizer_type!r} is not one of bpe, unigram",
+        )
+        _check(
+            self.tokenizer_vocab_size is None
+            or (isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size > 0),
+            f"data.tokenizer_vocab_size={self.tokenizer_vocab_size!r} must be a positive integer "
+            "(or None for model.vocab_size)",
         )
         _check(
             self.on_bad_utf8 in ("skip", "error"),
@@ -532,6 +543,12 @@ class Config:
             self.data.seq_len <= self.model.max_seq_len,
             f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
         )
+        if self.data.tokenizer_vocab_size is not None:
+            _check(
+                self.data.tokenizer_vocab_size <= self.model.vocab_size,
+                f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} exceeds "
+                f"model.vocab_size={self.model.vocab_size}",
+            )
         if self.data.target_len is not None:
             _check(
                 self.data.target_len <= self.model.max_seq_len,

@@ -199,7 +199,7 @@ def evaluate(run: steps.Steps, params: Any, batches: list[dict[str, jax.Array]])
     return losses.summarize(total) if total else {}
 
 
-def sample_continuation(
+def sample_ids(
     run: steps.Steps,
     params: Any,
     tokenizer: Any,
@@ -209,18 +209,22 @@ def sample_continuation(
     temperature: float = 0.8,
     top_k: int = 40,
     seed: int = 0,
-) -> str:
-    """Decoder only: ``prompt`` + ``num_tokens`` sampled tokens (no KV cache).
+) -> tuple[list[int], list[int]]:
+    """Decoder only: ``(prompt_ids, new_ids)``, up to ``num_tokens`` sampled ids (no KV cache).
 
     Each new token re-runs the model on a fixed ``[1, seq_len]`` buffer (right-padded;
     causal attention keeps padding from affecting earlier positions) and samples the
     logits at the last filled position with ``temperature`` (0 = greedy) among the
-    ``top_k`` most likely tokens.
+    ``top_k`` most likely tokens. Only ids below ``tokenizer.vocab_size`` are candidates:
+    a model whose embedding table is larger than the tokenizer (``model.vocab_size`` >
+    ``data.tokenizer_vocab_size``) has logits for ids that decode to nothing, and those
+    are masked out. Sampling stops before EOS.
     """
     prompt_ids = list(tokenizer.encode(prompt))[-(seq_len - 1) :]
     ids = list(prompt_ids)
     start = len(ids)
     rng = np.random.default_rng(seed)
+    limit = int(tokenizer.vocab_size)
     pad = max(getattr(tokenizer, "pad_id", 0), 0)
     replicated = NamedSharding(run.mesh, PartitionSpec())
     for _ in range(num_tokens):
@@ -228,7 +232,8 @@ def sample_continuation(
         buf = np.full((1, seq_len), pad, np.int32)
         buf[0, : len(window)] = window
         batch = {"input_ids": jax.make_array_from_process_local_data(replicated, buf)}
-        logits = replicated_value(run.run(run.logits, params, batch))[0, len(window) - 1]
+        # [V_model] -> [V_tokenizer]: ids past the tokenizer's vocabulary are never drawn.
+        logits = replicated_value(run.run(run.logits, params, batch))[0, len(window) - 1, :limit]
         if temperature <= 0:
             nxt = int(np.argmax(logits))
         else:
@@ -239,8 +244,7 @@ def sample_continuation(
         if nxt == tokenizer.eos_id:
             break
         ids.append(nxt)
-    # Decoding prompt and continuation together keeps the space between them.
-    return tokenizer.decode(ids[start - len(prompt_ids) :])
+    return prompt_ids, ids[start:]
 
 
 # --------------------------------------------------------------------------- train
@@ -272,7 +276,9 @@ def train(
     after every step with that step's metrics as floats.
     Returns ``final_eval_loss``, ``final_eval`` (all eval metrics),
     ``final_train_loss``, ``steps``, ``start_step``, ``tokens_seen``, ``wall_time_s``,
-    ``losses`` (``{step: loss}`` of the steps run here), ``preempted``, and timings.
+    ``losses`` (``{step: loss}`` of the steps run here), ``preempted``, ``sample``
+    (decoders: the prompt and its sampled continuation as text) and ``sample_ids`` (the
+    sampled ids, all below ``tokenizer.vocab_size``), and timings.
     """
     wall_start = time.perf_counter()
     from t5x_lite.data import pipeline
@@ -433,9 +439,10 @@ def train(
     writer.close()
 
     sample_text = None
+    sampled: list[int] | None = None
     # Every process runs the sampler (its forward pass is a collective); process 0 prints.
     if sample and not preempted and cfg.model.family == "decoder":
-        sample_text = sample_continuation(
+        prompt_ids, sampled = sample_ids(
             run,
             state.params,
             tokenizer,
@@ -444,6 +451,8 @@ def train(
             cfg.data.seq_len,
             seed=cfg.train.seed,
         )
+        # Decoding prompt and continuation together keeps the space between them.
+        sample_text = tokenizer.decode(prompt_ids + sampled)
     result = {
         "final_eval_loss": last_eval.get("loss"),
         "final_eval": last_eval,
@@ -460,6 +469,7 @@ def train(
         "checkpoint_step": saved_step,
         "plots": plots,
         "sample": sample_text,
+        "sample_ids": sampled,
         "compile_s": compile_s,
         "mean_step_s": float(np.mean(step_times)) if step_times else None,
         "save_blocking_s": save_blocking,

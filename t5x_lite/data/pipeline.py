@@ -4,11 +4,19 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
 
 ``get_tokenizer(cfg, workdir=None) -> Tokenizer``
     ``cfg.data.tokenizer`` when set (an existing ``.model``), else a SentencePiece
-    model of ``cfg.model.vocab_size`` ids trained on the corpus's train split and
-    cached in the data dir (keyed by corpus, split, type and size). With ``workdir``
-    the model is copied to ``workdir/tokenizer.model``; an existing different file
-    there is a ConfigError when ``data.tokenizer`` names another file, and is the
-    run's tokenizer otherwise (resuming never retrains). Never overwritten.
+    model of :func:`tokenizer_size` ids (``data.tokenizer_vocab_size``, default
+    ``model.vocab_size``) trained on the corpus's train split and cached in the data
+    dir (keyed by corpus, split, type and size). With ``workdir`` the model is copied
+    to ``workdir/tokenizer.model``; an existing different file there is a ConfigError
+    when ``data.tokenizer`` names another file, and is the run's tokenizer otherwise
+    (resuming never retrains; its size must be the requested one). Never overwritten.
+    The tokenizer may have fewer ids than the model's embedding table (never more): the
+    extra rows are unused, as in nanoGPT's GPT-2 padded from 50257 to 50304 ids. Every
+    id a batch holds (MLM's random replacements, T5's sentinels at the top of the
+    *tokenizer's* vocabulary) is below ``tokenizer.vocab_size``; the end-of-run sampler
+    masks the other logits. Losses and eval metrics keep the softmax over all
+    ``model.vocab_size`` logits, as nanoGPT does: the unused ids are never targets, so
+    training drives their probability toward zero, and an argmax on one is a miss.
 ``train_iterator(cfg, tokenizer, process_index=0, process_count=1) -> DataIterator``
     Infinite iterator of this process's numpy batches (``cfg.train.batch_size //
     process_count`` rows), with ``get_state() -> dict`` (JSON-serialisable) and
@@ -113,10 +121,28 @@ def _training_sentences(corpus: Any, split: str):
         yield from split_sentences(text)
 
 
+def tokenizer_size(cfg: Config) -> tuple[int, str]:
+    """``(ids, field)``: the size of the tokenizer trained for ``cfg`` and its field.
+
+    >>> from t5x_lite.config import ModelConfig
+    >>> tokenizer_size(Config(model=ModelConfig(vocab_size=50257)))
+    (50257, 'model.vocab_size')
+    >>> tokenizer_size(Config(model=ModelConfig(vocab_size=50257),
+    ...                       data=DataConfig(tokenizer_vocab_size=8192)))
+    (8192, 'data.tokenizer_vocab_size')
+    """
+    if cfg.data.tokenizer_vocab_size is not None:
+        return cfg.data.tokenizer_vocab_size, "data.tokenizer_vocab_size"
+    return cfg.model.vocab_size, "model.vocab_size"
+
+
 def get_tokenizer(cfg: Config, workdir: str | None = None) -> Tokenizer:
     """The run's tokenizer (see the module docstring)."""
     data = cfg.data
     vocab = cfg.model.vocab_size
+    size, field = tokenizer_size(cfg)
+    if size > vocab:  # Config.validate says so too; callers may skip it
+        raise ConfigError(f"{field}={size} exceeds model.vocab_size={vocab}")
     run_copy = Path(workdir) / "tokenizer.model" if workdir else None
     if data.tokenizer:
         path = Path(os.path.expanduser(data.tokenizer))
@@ -125,30 +151,32 @@ def get_tokenizer(cfg: Config, workdir: str | None = None) -> Tokenizer:
         tok = Tokenizer(path)
     elif run_copy is not None and run_copy.is_file():
         tok = Tokenizer(run_copy)  # resuming: the run keeps the tokenizer it started with
-        if tok.vocab_size != vocab:
+        if tok.vocab_size != size:
             raise ConfigError(
-                f"{run_copy} has {tok.vocab_size} ids but model.vocab_size={vocab}; "
+                f"{run_copy} has {tok.vocab_size} ids but {field}={size}; "
                 "use another workdir or set data.tokenizer"
             )
         return tok
     else:
         corpus = open_corpus(data)
         slug = data.train_split.replace("/", "_")
-        name = f"{corpus.key}-{slug}-{data.tokenizer_type}-{vocab}.model"
+        name = f"{corpus.key}-{slug}-{data.tokenizer_type}-{size}.model"
         path = data_dir_of(data) / "t5x_lite_tokenizers" / name
         if not path.is_file():
             train_sentencepiece(
                 _training_sentences(corpus, data.train_split),
-                vocab,
+                size,
                 data.tokenizer_type,
                 path,
                 data.corpus,
+                field,
             )
         tok = Tokenizer(path)
     if tok.vocab_size > vocab:
         raise ConfigError(
             f"model.vocab_size={vocab} is smaller than the vocabulary of {tok.path} "
-            f"({tok.vocab_size})"
+            f"({tok.vocab_size} ids, reserved ids included); use a larger model.vocab_size "
+            "or another data.tokenizer"
         )
     if run_copy is None:
         return tok

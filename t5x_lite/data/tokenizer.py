@@ -179,12 +179,17 @@ def train_sentencepiece(
     model_type: str,
     out_path: str | os.PathLike,
     corpus: str,
+    field: str = "model.vocab_size",
 ) -> Tokenizer:
     """Train a model of exactly ``vocab_size`` ids (sentinels included) and save it.
 
     The file appears atomically (written beside ``out_path`` then renamed), so an
     interrupted run leaves no model behind. A vocabulary the corpus cannot support is a
-    one-line ConfigError naming ``data.corpus`` and ``model.vocab_size``.
+    one-line ConfigError naming ``data.corpus`` and ``field`` (the config field the size
+    came from: ``model.vocab_size`` or ``data.tokenizer_vocab_size``), e.g.
+    ``data.corpus='kjv' cannot train a SentencePiece vocabulary of
+    data.tokenizer_vocab_size=50257: ... Please set it to a value <= 34546.`` (kjv's BPE
+    limit is 34646 ids with the 100 sentinels).
     """
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
@@ -192,7 +197,7 @@ def train_sentencepiece(
     min_size = 4 + len(SPECIAL_PIECES) + 256 + NUM_SENTINELS + 1
     if vocab_size < min_size:
         raise ConfigError(
-            f"model.vocab_size={vocab_size} is too small for a tokenizer with 256 byte pieces, "
+            f"{field}={vocab_size} is too small for a tokenizer with 256 byte pieces, "
             f"{NUM_SENTINELS} sentinels and {4 + len(SPECIAL_PIECES)} reserved ids "
             f"(minimum {min_size})"
         )
@@ -223,7 +228,7 @@ def train_sentencepiece(
         msg = " ".join(str(e).split())
         raise ConfigError(
             f"data.corpus={corpus!r} cannot train a SentencePiece vocabulary of "
-            f"model.vocab_size={vocab_size}: {msg[-200:]}"
+            f"{field}={vocab_size}: {msg[-200:]}"
         ) from None
     model = pb.ModelProto()
     model.ParseFromString(buf.getvalue())
