@@ -307,26 +307,13 @@ def dot_product_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if bias is not None:
-        bias = bias.astype(q.dtype) if implementation == "cudnn" else bias
-    if implementation == "cudnn":
-        return jax.nn.dot_product_attention(
-            q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn"
-        )
-    # XLA path written out so that logits and softmax are float32 whatever the
-    # compute dtype (jax's xla implementation keeps the input dtype).
-    b, t, h, d = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, t, kh, h // kh, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    logits = logits.reshape(b, h, t, k.shape[1]) * scale
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    probs = probs.reshape(b, kh, h // kh, t, k.shape[1])
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+        # jax broadcasts a [1|B, H, T, S] bias; cuDNN wants the compute dtype.
+        bias = bias.astype(q.dtype if implementation == "cudnn" else jnp.float32)
+    # jax's xla implementation computes logits and softmax in float32 for
+    # bf16/fp16 inputs and repeats key/value heads for grouped-query attention.
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation
+    )
 
 
 class MultiHeadAttention(nn.Module):
