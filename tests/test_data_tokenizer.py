@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import sentencepiece as spm
 from data_fixtures import make_cfg
 
+from t5x_lite import config as C
 from t5x_lite.config import ConfigError
 from t5x_lite.data import pipeline
 from t5x_lite.data.tokenizer import Tokenizer
@@ -129,6 +131,10 @@ def test_vocab_too_large_or_small_for_the_corpus(tmp_path):
     small = make_cfg(tmp_path / "d2", corpus=str(src), vocab_size=300)
     with pytest.raises(ConfigError, match=r"model.vocab_size=300 is too small"):
         pipeline.get_tokenizer(small)
+    # A smaller tokenizer is named by its own field.
+    part = make_cfg(tmp_path / "d3", corpus=str(src), vocab_size=8192, tokenizer_vocab_size=4096)
+    with pytest.raises(ConfigError, match=r"vocabulary of data.tokenizer_vocab_size=4096: .*<= "):
+        pipeline.get_tokenizer(part)
 
 
 def test_unigram_tokenizer_has_the_same_layout(tmp_path):
@@ -146,3 +152,40 @@ def test_unigram_tokenizer_has_the_same_layout(tmp_path):
     assert tok.vocab_size == 420 and tok.sentinel_id(0) == 419 and tok.mask_id == 6
     assert "unigram-420" in Path(tok.path).name
     assert tok.decode(tok.encode("gamma delta, ωμέγα")) == "gamma delta, ωμέγα"
+
+
+def test_tokenizer_smaller_than_the_model(kjv_root, kjv_tokenizer, tmp_path):
+    # data.tokenizer_vocab_size: kjv's 2048-id tokenizer under a 4096-row embedding table.
+    cfg = make_cfg(kjv_root, vocab_size=4096, tokenizer_vocab_size=2048)
+    tok = pipeline.get_tokenizer(cfg)
+    assert tok.path == kjv_tokenizer.path and tok.vocab_size == 2048  # same cached file
+    assert tok.sentinel_id(0) == 2047 and tok.sentinel_id(99) == 1948
+    assert pipeline.tokenizer_size(cfg) == (2048, "data.tokenizer_vocab_size")
+    work = tmp_path / "run"
+    assert pipeline.get_tokenizer(cfg, str(work)).sha256 == tok.sha256
+    assert pipeline.get_tokenizer(cfg, str(work)).vocab_size == 2048  # resume
+    # Resuming that workdir with another tokenizer size is refused, the file kept.
+    other = make_cfg(kjv_root, vocab_size=4096, tokenizer_vocab_size=1024)
+    with pytest.raises(ConfigError, match=r"has 2048 ids but data.tokenizer_vocab_size=1024"):
+        pipeline.get_tokenizer(other, str(work))
+    assert Tokenizer(work / "tokenizer.model").sha256 == tok.sha256
+    # Larger than the model: one line naming both fields, before anything is trained.
+    with pytest.raises(ConfigError) as err:
+        make_cfg(kjv_root, vocab_size=2048, tokenizer_vocab_size=4096)
+    assert str(err.value) == "data.tokenizer_vocab_size=4096 exceeds model.vocab_size=2048"
+    bad = C.Config(model=C.ModelConfig(vocab_size=2048), data=cfg.data)  # not validated
+    with pytest.raises(ConfigError, match=r"data.tokenizer_vocab_size=2048 exceeds model"):
+        pipeline.get_tokenizer(dataclasses.replace(bad, model=C.ModelConfig(vocab_size=1024)))
+    with pytest.raises(ConfigError, match=r"data.tokenizer_vocab_size=0 must be a positive"):
+        make_cfg(kjv_root, tokenizer_vocab_size=0)
+
+
+def test_existing_model_may_be_smaller_than_the_model_never_larger(kjv_root, tmp_path):
+    path = _plain_model(tmp_path / "t5like.model", pad_id=0)  # 150 pieces -> 257 ids
+    small = pipeline.get_tokenizer(make_cfg(kjv_root, vocab_size=512, tokenizer=str(path)))
+    assert small.vocab_size == 257 and small.sentinel_id(0) == 256
+    with pytest.raises(ConfigError) as err:
+        pipeline.get_tokenizer(make_cfg(kjv_root, vocab_size=200, tokenizer=str(path)), tmp_path)
+    assert "model.vocab_size=200 is smaller than the vocabulary of" in str(err.value)
+    assert "(257 ids" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "tokenizer.model").exists()

@@ -138,6 +138,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             "data.seq_len=256 exceeds model.max_seq_len=128",
         ),
         (
+            ["--config=configs/gpt2_tiny.py", "--config.data.tokenizer_vocab_size=4096"],
+            "data.tokenizer_vocab_size=4096 exceeds model.vocab_size=2048",
+        ),
+        (
             ["--config=configs/gpt2_tiny.py", "--config.mesh.data=3"],
             "data*fsdp*tensor = 3*1*1 = 3 differs from the 8 available devices",
         ),
@@ -189,6 +193,39 @@ def test_workdir_with_another_tokenizer_is_refused_untouched(tmp_path):
     )  # fmt: skip
     assert_one_line_error(proc, "tokenizer.model exists and differs from data.tokenizer")
     assert snapshot(str(workdir)) == before
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+def test_training_with_a_tokenizer_smaller_than_the_model(tmp_path):
+    """A 4096-row GPT-2 with a 2048-id kjv tokenizer (as the base presets do at full
+    size): trains, evaluates, and samples only ids the tokenizer can decode."""
+    import numpy as np
+
+    from t5x_lite import trainer
+    from t5x_lite.data.tokenizer import Tokenizer
+
+    values = base.load("gpt2_tiny").to_dict()
+    values["model"]["vocab_size"] = 4096
+    values["data"].update(
+        tokenizer_vocab_size=2048, seq_len=32, data_dir=str(tmp_path / "data"), prefetch_batches=0
+    )
+    values["train"].update(
+        batch_size=8, num_steps=3, log_every=1, eval_every=3, eval_batches=1, sample_tokens=24
+    )
+    values["checkpoint"]["every_steps"] = 1000
+    cfg = C.from_dict(values)
+    workdir = tmp_path / "run"
+    out = trainer.train(cfg, str(workdir), progress=False)
+    assert out["steps"] == 3 and all(np.isfinite(v) for v in out["losses"].values())
+    assert np.isfinite(out["final_eval"]["loss"]) and 0 <= out["final_eval"]["accuracy"] <= 1
+    assert Tokenizer(workdir / "tokenizer.model").vocab_size == 2048
+    # At 3 steps the unused rows 2048..4095 hold about half of the top logits; the
+    # sampler must skip them all (each would otherwise be drawn with p ~ 1/2).
+    assert len(out["sample_ids"]) >= 16
+    assert max(out["sample_ids"]) < 2048
+    assert out["sample"].startswith("In the beginning")
 
 
 # --------------------------------------------------------------------------- signals
