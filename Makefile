@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint venv clean bench
+.PHONY: train test lint venv clean gin
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP) lint
 
 train: $(STAMP)
 	$(PY) run_train.py
+
+# Regenerate gin/NAME.gin from configs/NAME.py for every preset (a test checks they agree).
+gin: $(STAMP)
+	for f in configs/*.py; do n=$$(basename $$f .py); \
+	  case $$n in __init__|base) continue;; esac; \
+	  $(PY) -m t5x_lite.gin_config $$n > gin/$$n.gin; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
