@@ -1,14 +1,18 @@
 """FLOP and parameter accounting (t5x_lite.flops) against the initialised tree,
-hand-computed published shapes and XLA's own cost analysis of forward + backward."""
+hand-computed published shapes and XLA's cost analysis of the compiled training step
+of each family (decoder GPT-2 and grouped-query Llama, BERT with NSP, shared-layer
+ALBERT, T5 v1.1)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from t5x_lite import flops, models
-from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite import flops, models, partitioning, steps
+from t5x_lite.config import ConfigError, MeshConfig, ModelConfig, OptimizerConfig
 
 # Tiny configs of every arch; widths large enough that matmuls dominate the FLOPs.
 CONFIGS = {
@@ -96,7 +100,7 @@ CONFIGS = {
         max_seq_len=64,
     ),
 }
-B, T, U = 2, 64, 16
+T, U = 64, 16
 
 
 def _abstract_params(cfg: ModelConfig):
@@ -195,47 +199,86 @@ def test_t5_per_input_token():
     assert flops.train_flops_per_token(cfg, T) == flops.train_flops_per_token(cfg, T, T)
 
 
-def _loss(params, batch, module):
-    logits = module.apply({"params": params}, batch)["logits"]  # [B, T, V]
-    logp = jax.nn.log_softmax(logits, -1)
-    return -jnp.take_along_axis(logp, batch["labels"][..., None], -1).mean()
+# --------------------------------------------------------------------------- XLA
+
+# One tiny config per family for the compiled-step check: T = 128 makes the attention
+# scores ~12% of the FLOPs (leaving them out would fail the 10% check), while the
+# widths keep matmuls dominant. One row per batch; U is the T5 decoder length.
+STEP_CONFIGS = ("gpt2", "llama_gqa", "bert_nsp", "albert_shared", "t5_v1_1")
+STEP_B, STEP_T, STEP_U = 1, 128, 32
 
 
-def _lowered(cfg: ModelConfig):
-    batch = models.example_batch(cfg, B, T)
-    length = T
+def _step_batch(cfg: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract batch with every key the family's train step reads (batch contract)."""
+
+    def ints(*shape: int) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, jnp.int32)
+
+    batch = {"input_ids": ints(STEP_B, STEP_T), "attention_mask": ints(STEP_B, STEP_T)}
+    length = STEP_T
+    if cfg.family == "encoder":
+        batch["token_type_ids"] = ints(STEP_B, STEP_T)
+        if cfg.sentence_head:
+            batch["next_sentence_label"] = ints(STEP_B)
     if cfg.family == "encoder_decoder":
-        dec = jnp.ones((B, U), jnp.int32)
-        batch.update(decoder_input_ids=dec, decoder_attention_mask=dec)
-        length = U
-    batch["labels"] = jnp.ones((B, length), jnp.int32)
-    grad = jax.jit(jax.grad(_loss), static_argnums=2)
-    return grad.lower(_abstract_params(cfg), batch, models.build(cfg))
+        batch["decoder_input_ids"] = ints(STEP_B, STEP_U)
+        batch["decoder_attention_mask"] = ints(STEP_B, STEP_U)
+        length = STEP_U
+    batch["labels"] = ints(STEP_B, length)
+    batch["loss_weights"] = jax.ShapeDtypeStruct((STEP_B, length), jnp.float32)
+    return batch
 
 
 def _flops_of(analysis) -> float:
-    if isinstance(analysis, list | tuple):
+    if isinstance(analysis, list | tuple):  # older jax: one dict per executable
         analysis = analysis[0]
     return float(analysis["flops"])
 
 
-def _ours(cfg: ModelConfig) -> float:
-    return B * flops.train_flops_per_row(cfg, T, U if cfg.family == "encoder_decoder" else None)
+@pytest.fixture(scope="module")
+def compiled_steps():
+    """``{name: (cfg, step FLOPs, optimizer FLOPs)}`` from XLA, one compile per family.
+
+    The step is the trainer's own: ``steps.build`` (jitted, sharded, AdamW with
+    clipping, the real losses) on a one-device mesh, so the cost analysis is the
+    whole step's, not one shard's. The optimizer's elementwise update is measured
+    on its own (lowered HLO analysis of ``TrainState.apply_gradients``; it has no
+    matmuls for the compiler to rewrite).
+    """
+    mesh = partitioning.make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    out = {}
+    for name in STEP_CONFIGS:
+        cfg = dataclasses.replace(CONFIGS[name], max_seq_len=STEP_T)
+        run = steps.build(cfg, OptimizerConfig(), 100, 1, 0, mesh)
+        with jax.set_mesh(mesh), partitioning.axis_rules():
+            lowered = run.train.lower(run.abstract_state, _step_batch(cfg))
+            step = _flops_of(lowered.compile().cost_analysis())
+            update = jax.jit(lambda s, g, tx=run.tx: s.apply_gradients(g, tx))
+            opt = _flops_of(
+                update.lower(run.abstract_state, run.abstract_state.params).cost_analysis()
+            )
+        out[name] = (cfg, step, opt)
+    return out
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_flops_within_10_percent_of_xla_hlo_cost_analysis(name):
-    """XLA's HLO cost analysis of the lowered forward + backward (no compile)."""
-    cfg = CONFIGS[name]
-    xla = _flops_of(_lowered(cfg).cost_analysis())
-    assert _ours(cfg) == pytest.approx(xla, rel=0.10)
+@pytest.mark.parametrize("name", STEP_CONFIGS)
+def test_flops_within_10_percent_of_compiled_train_step(name, compiled_steps):
+    """Our per-step FLOPs (``train_flops_per_token x`` tokens in the batch) against
+    XLA's cost analysis of the compiled training step.
 
-
-def test_flops_within_10_percent_of_compiled_cost_analysis():
-    """The same against the optimised executable's cost analysis (one compile, GPT-2)."""
-    cfg = CONFIGS["gpt2"]
-    xla = _flops_of(_lowered(cfg).compile().cost_analysis())
-    assert _ours(cfg) == pytest.approx(xla, rel=0.10)
+    We count matmuls only, so the optimizer's elementwise update (AdamW, global-norm
+    clipping: ~20 FLOPs per parameter per step) is excluded from ours; it is
+    compared both ways: against the whole step (what the trainer's MFU divides by)
+    and against the step less the optimizer (like for like). Both hold within 10%;
+    the optimizer itself is under 5% of the step at these sizes, and a smaller share
+    at realistic batch sizes, where it is amortised over more tokens.
+    """
+    cfg, step, opt = compiled_steps[name]
+    target = STEP_U if cfg.family == "encoder_decoder" else None
+    ours = flops.train_flops_per_token(cfg, STEP_T, target) * STEP_B * STEP_T
+    assert 0 < opt < 0.05 * step, (opt, step)
+    assert ours == pytest.approx(step, rel=0.10)
+    assert ours == pytest.approx(step - opt, rel=0.10)
 
 
 def test_peak_table_and_specs():
