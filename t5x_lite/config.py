@@ -31,6 +31,13 @@ ARCHS = {
     "encoder_decoder": ("t5", "t5_v1_1"),
 }
 
+# Objectives each model family trains on (see DataConfig).
+FAMILY_OBJECTIVES = {
+    "decoder": ("causal_lm", "prefix_lm"),
+    "encoder": ("mlm",),
+    "encoder_decoder": ("span_corruption", "ul2"),
+}
+
 
 class ConfigError(ValueError):
     """A one-line error naming the config field (or file) at fault."""
@@ -349,12 +356,27 @@ def parse_ul2_mixture(spec: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """Optimizer chain and learning-rate schedule (see :mod:`t5x_lite.optim`).
+
+    Which fields each choice reads:
+
+    * ``b1``, ``b2``, ``eps``: AdamW only. Adafactor uses T5's fixed settings
+      (second-moment decay ``1 - t**-0.8``, epsilon 1e-30, no momentum, update
+      clipping at RMS 1, relative step size) and ignores them.
+    * ``min_lr_ratio``: the ``cosine`` and ``linear`` schedules (their value at
+      ``train.num_steps``); ``inverse_sqrt`` and ``constant`` ignore it.
+    * ``warmup_steps``, ``weight_decay`` (decoupled, masked by ``no_decay``),
+      ``grad_clip_norm``, ``z_loss``, ``label_smoothing``: both optimizers.
+    """
+
     name: str = "adamw"  # adamw | adafactor
     learning_rate: float = 3e-4
     schedule: str = "cosine"  # cosine | inverse_sqrt | constant | linear
     warmup_steps: int = 100
-    # Cosine decays to learning_rate * min_lr_ratio at train.num_steps.
+    # cosine / linear end at learning_rate * min_lr_ratio at train.num_steps (the
+    # inverse_sqrt and constant schedules ignore it).
     min_lr_ratio: float = 0.1
+    # AdamW moments and epsilon (adafactor ignores these three; see the docstring).
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -536,6 +558,7 @@ class Config:
         for name in ("data", "fsdp", "tensor"):
             v = getattr(self.mesh, name)
             _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
+        self._check_objective_fits_model()
         # Learned position tables (GPT-2, BERT, RoBERTa after its offset) hold
         # max_seq_len positions; T5 (relative) and Llama (RoPE) keep the same bound as
         # their documented context length.
@@ -556,6 +579,35 @@ class Config:
                 f"{self.model.max_seq_len}",
             )
         return self
+
+    def _check_objective_fits_model(self) -> None:
+        """``data.objective`` feeds ``model.family``; NSP/SOP iff ``model.sentence_head``.
+
+        E.g. ``model.family='decoder'`` with ``data.objective='mlm'`` -> "data.objective='mlm'
+        does not train model.family='decoder' (use one of causal_lm, prefix_lm)".
+        """
+        family, objective = self.model.family, self.data.objective
+        allowed = FAMILY_OBJECTIVES.get(family, ())
+        _check(
+            objective in allowed,
+            f"data.objective={objective!r} does not train model.family={family!r} "
+            f"(use one of {', '.join(allowed)})",
+        )
+        if family != "encoder":
+            return
+        sentence = self.data.sentence_objective
+        if self.model.sentence_head:
+            _check(
+                sentence in ("nsp", "sop"),
+                f"model.sentence_head=True needs data.sentence_objective='nsp' or 'sop' "
+                f"(got {sentence!r}); set model.sentence_head=False for MLM alone",
+            )
+        else:
+            _check(
+                sentence == "none",
+                f"data.sentence_objective={sentence!r} needs model.sentence_head=True "
+                "(without it the sentence labels would be dropped)",
+            )
 
 
 # --------------------------------------------------------------------------- dict <-> config

@@ -40,6 +40,8 @@ def make_cfg(
                 "arch": ARCH[family],
                 "vocab_size": vocab_size,
                 "max_seq_len": max(seq_len, 512),
+                # NSP / SOP labels are consumed by the encoder's sentence head.
+                "sentence_head": sentence != "none",
             },
             "data": {
                 "corpus": "kjv",
