@@ -8,19 +8,24 @@
 
 What it does, in order:
 
-1. *Checks, before anything is compiled or written*: the mesh fills the devices,
+1. *Checks, before anything is compiled or written*: the config (objective vs
+   model family, NSP/SOP vs sentence head, ...), the mesh fills the devices,
    ``train.batch_size`` splits over ``data x fsdp`` (per microbatch) and the
-   processes, and a workdir that already holds a run has the same model
-   (``config.json``) and tokenizer (``tokenizer.model``). Each problem is one
-   :class:`~t5x_lite.config.ConfigError` line; nothing in the workdir is touched.
-2. Writes the resolved ``config.json``; restores the latest checkpoint (train state
-   onto *this* run's mesh, data-iterator state) or initialises the state sharded.
+   processes, the devices can run the model (``attention_impl='cudnn'`` needs
+   GPUs), a workdir that already holds a run has the same model (``config.json``)
+   and tokenizer (``tokenizer.model``), and the corpus, tokenizer, lengths and both
+   data splits load. Each problem is one :class:`~t5x_lite.config.ConfigError`
+   line; the workdir is neither created nor touched.
+2. Creates the workdir and copies the tokenizer into it; restores the latest
+   checkpoint (train state onto *this* run's mesh, data-iterator state) or
+   initialises the state sharded, then writes the resolved ``config.json``.
 3. Steps to ``train.num_steps``: every ``log_every`` a record in ``metrics.jsonl`` and
    TensorBoard (loss = mean over the logging window, learning rate, tokens/s, MFU or
    achieved FLOP/s), every ``eval_every`` an evaluation on ``train.eval_batches``
    validation batches, every ``checkpoint.every_steps`` an async checkpoint, every
    ``plot_every`` fresh PNG plots.
-4. On SIGTERM / SIGINT: finishes the current step, saves a checkpoint at it, and
+4. On SIGTERM / SIGINT (unless ``checkpoint.save_on_preemption=False``, which keeps
+   the default signal behaviour): finishes the current step, saves a checkpoint at it, and
    returns with ``preempted=True`` (restarting on the same workdir resumes there
    and reproduces the uninterrupted run bit for bit on the same machine).
 5. At the end: final evaluation and checkpoint, plots, and for decoders a sampled
@@ -48,6 +53,7 @@ from t5x_lite.config import Config, ConfigError, to_dict
 from t5x_lite.progress import Progress
 
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"  # the copy pipeline.get_tokenizer keeps in a workdir
 CHECKPOINT_DIR = "checkpoints"
 # Model fields that may change between a run and its resumption (numerics and
 # memory, not the parameters' meaning or shapes).
@@ -77,6 +83,35 @@ def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple
             f"train.batch_size={rows} is not divisible by the {process_count} processes"
         )
     return data, fsdp, tensor
+
+
+def resolve(cfg: Config) -> tuple[Config, dict[str, Any] | None]:
+    """``(config to train, scaling-plan log or None)``: the plan applied, all validated.
+
+    With ``scaling.flops_budget > 0`` the planner replaces the model shape and
+    ``train.num_steps`` (``--print_config`` prints this resolved config).
+    """
+    plan_info = None
+    if cfg.scaling.flops_budget > 0:
+        from t5x_lite import scaling
+
+        cfg, plan_info = scaling.apply_plan(cfg)
+    return cfg.validate(), plan_info
+
+
+def check_backend(cfg: Config, devices: list[jax.Device]) -> None:
+    """One-line ConfigError for a model setting the devices cannot run.
+
+    ``model.attention_impl='cudnn'`` needs GPUs: on CPU devices it is refused here,
+    before compilation, instead of failing inside XLA.
+    """
+    platforms = sorted({d.platform for d in devices})
+    if cfg.model.attention_impl == "cudnn" and platforms != ["gpu"]:
+        raise ConfigError(
+            f"model.attention_impl='cudnn' needs GPU devices; this run has "
+            f"{', '.join(platforms)} (jax.default_backend()={jax.default_backend()!r}); "
+            "use model.attention_impl='xla'"
+        )
 
 
 def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
@@ -149,6 +184,7 @@ class _StopFlag:
     def __init__(self, enabled: bool) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self.enabled = enabled
         if enabled and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -283,24 +319,32 @@ def train(
     wall_start = time.perf_counter()
     from t5x_lite.data import pipeline
 
-    if cfg.scaling.flops_budget > 0:
-        from t5x_lite import scaling
-
-        cfg, plan_info = scaling.apply_plan(cfg)
-    else:
-        plan_info = None
-    cfg.validate()
+    cfg, plan_info = resolve(cfg)
     devices = list(devices if devices is not None else jax.devices())
     pidx, pcount = jax.process_index(), jax.process_count()
     mesh_shape = check_layout(cfg, len(devices), pcount)
+    check_backend(cfg, devices)
     check_workdir(cfg, workdir)
     peak = flops.peak_flops_per_device(cfg.train.peak_flops)
     primary = pidx == 0
     show = primary and (progress is not False)
     bar = cfg.train.progress_bar if progress is None else bool(progress)
 
+    # Checks that read files (lengths, tokenizer, corpus, splits) come before anything
+    # is written into the workdir: the tokenizer is read from the workdir only when a
+    # run there already holds one, and both data streams are built (and validated).
+    enc_dec = cfg.model.family == "encoder_decoder"
+    target_len = pipeline.lengths(cfg).target_len if enc_dec else None
+    run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
+    resuming_tokenizer = os.path.isfile(run_tokenizer)
+    tokenizer = pipeline.get_tokenizer(cfg, workdir if resuming_tokenizer else None)
+    iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
+    eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
+
+    # Every check passed: only now is the workdir created and the tokenizer copied in.
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = pipeline.get_tokenizer(cfg, workdir)
+    if not resuming_tokenizer:
+        pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
 
     mesh = partitioning.make_mesh(cfg.mesh, devices)
     run = steps.for_config(cfg, mesh)
@@ -325,16 +369,12 @@ def train(
         state = run.run(run.init, jax.random.key(cfg.train.seed))
     start_step = int(replicated_value(state.step))
 
-    iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
     if data_state is not None:
         iterator.set_state(data_state)
-    eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
     eval_global = [to_global(b, run.batch_sharding) for b in eval_local]
     if primary:  # only now: a start that fails above leaves the old config.json alone
         _write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
 
-    enc_dec = cfg.model.family == "encoder_decoder"
-    target_len = pipeline.lengths(cfg).target_len if enc_dec else None
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     flops_per_token = flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target_len)
 
@@ -344,7 +384,10 @@ def train(
         bar_.write(f"scaling plan: {plan_info}")
     if latest is not None:
         bar_.write(f"resumed from {ckpt.directory}/{latest} (restore {restore_s:.2f}s)")
-    stop = _StopFlag(handle_signals)
+    # save_on_preemption=False keeps the default signal behaviour (SIGTERM ends the
+    # process, Ctrl-C raises KeyboardInterrupt) instead of a handler that would only
+    # set a flag nobody acts on.
+    stop = _StopFlag(handle_signals and cfg.checkpoint.save_on_preemption)
 
     stats: dict[str, Any] = {}
     history: dict[int, float] = {}
@@ -421,7 +464,7 @@ def train(
             bar_.update(step, stats, logged)
             if on_step is not None:
                 on_step(step, m)
-            if cfg.checkpoint.save_on_preemption and stop.requested():
+            if stop.enabled and stop.requested():
                 preempted = True
                 bar_.write(f"signal {stop.signum}: saving a checkpoint at step {step}")
                 save(step)
