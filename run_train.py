@@ -35,7 +35,7 @@ DEFAULT_CONFIG = "configs/default.py"  # the no-flag run: a small GPT-2, ~10 min
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Preset: configs/<name>.py[:variant]; fields via --config.<field>=.",
+    "Preset: configs/<name>.py; fields via --config.<field>=.",
     lock_config=True,
 )
 _GIN_FILES = flags.DEFINE_multi_string(
@@ -54,7 +54,9 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _PRINT_CONFIG = flags.DEFINE_bool(
-    "print_config", False, "Print the resolved config as JSON and exit without training."
+    "print_config",
+    False,
+    "Print the resolved config (scaling plan applied) as JSON and exit without training.",
 )
 
 
@@ -88,7 +90,27 @@ def parse_flags(argv: list[str]) -> list[str]:
                         " (did you mean " + ".".join([*path[: path.index(bad)], m.group(1)]) + "?)"
                     )
                 sys.exit(f"error: unknown config field {'.'.join(path)}{hint}")
-        sys.exit(f"error: {_first_line(e)}")
+        sys.exit(f"error: {_flag_error_line(text)}")
+
+
+def _flag_error_line(text: str) -> str:
+    """One line for a flag error, keeping its cause when the text is a traceback.
+
+    ml_collections reports an exception inside a preset's ``get_config`` as
+    ``flag --config=X: Error whilst parsing config file:`` followed by a traceback;
+    its last line is the cause, e.g. ``TypeError: get_config() takes 0 positional
+    arguments but 1 was given`` for ``--config=configs/gpt2_tiny.py:big``.
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid flags"
+    if len(lines) == 1 or not any(line.startswith("Traceback") for line in lines):
+        return lines[0]
+    line = f"{lines[0].rstrip(':')}: {lines[-1]}"
+    m = re.match(r"flag --config=([^:\s]+):(\S+?):", lines[0])
+    if m and "get_config() takes 0 positional arguments" in lines[-1]:
+        line += f" ({m.group(1)} defines no variants; drop ':{m.group(2)}')"
+    return line
 
 
 def resolve_config():
@@ -154,7 +176,11 @@ def main(argv: list[str]) -> None:
 
             from t5x_lite.config import to_dict
 
-            print(json.dumps(to_dict(cfg), indent=2))
+            if cfg.scaling.flops_budget > 0:  # the shape and steps that would be trained
+                from t5x_lite import scaling
+
+                cfg, _ = scaling.apply_plan(cfg)
+            print(json.dumps(to_dict(cfg.validate()), indent=2))
             return
         _init_distributed()
         from t5x_lite import trainer

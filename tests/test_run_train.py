@@ -4,8 +4,10 @@ by a resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,6 +70,19 @@ def test_every_gin_file_parses_and_matches_its_preset():
     for path in GIN_FILES:
         name = os.path.basename(path)[:-4]
         assert gin_config.load([path]) == base.to_typed(base.load(name)), name
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_count_params_equals_the_initialised_tree(name):
+    """The analytic count of every preset = the element count of its (abstract) init."""
+    import jax
+
+    from t5x_lite import models
+
+    cfg = base.to_typed(base.load(name)).model
+    tree = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    elements = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+    assert models.count_params(cfg)["total"] == elements
 
 
 def test_published_shapes_of_the_base_presets():
@@ -150,13 +165,58 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
              "--config.train.batch_size=12"],
             "train.batch_size=12 is not divisible by mesh data*fsdp = 8*1 = 8",
         ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.data.objective=mlm"],
+            "data.objective='mlm' does not train model.family='decoder' (use one of "
+            "causal_lm, prefix_lm)",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.data.corpus=/nonexistent/corpus"],
+            "data.corpus='/nonexistent/corpus' is neither",
+        ),
+        (
+            ["--config=configs/roberta_tiny.py", "--config.data.sentence_objective=nsp"],
+            "data.sentence_objective='nsp' needs model.sentence_head=True",
+        ),
+        (
+            ["--config=configs/bert_tiny.py", "--config.data.sentence_objective=none"],
+            "model.sentence_head=True needs data.sentence_objective='nsp' or 'sop'",
+        ),
+        (
+            ["--config=configs/t5_tiny.py", "--config.data.target_len=10"],
+            "data.target_len=10 is below the 29 targets that span corruption makes",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.model.attention_impl=cudnn",
+             "--config.model.dtype=bfloat16"],
+            "model.attention_impl='cudnn' needs GPU devices; this run has cpu",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py:big"],
+            "TypeError: get_config() takes 0 positional arguments but 1 was given "
+            "(configs/gpt2_tiny.py defines no variants; drop ':big')",
+        ),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_error_and_writes_nothing(args, message, tmp_path):
-    workdir = tmp_path / "run"
+    workdir = tmp_path / "run"  # new: a failed start must not even create it
     proc = cli(*args, f"--workdir={workdir}")
     assert_one_line_error(proc, message)
     assert not workdir.exists()
+
+
+def test_print_config_shows_the_scaling_plan():
+    from t5x_lite.scaling import apply_plan
+
+    proc = cli("--config=configs/gpt2_tiny.py", "--config.scaling.flops_budget=1e13",
+               "--print_config")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    printed = C.from_dict(json.loads(proc.stdout))
+    preset = base.to_typed(base.load("gpt2_tiny"))
+    planned, _ = apply_plan(dataclasses.replace(preset, scaling=printed.scaling))
+    assert printed == planned
+    # The plan changed what is trained (not the preset's shape and steps).
+    assert (printed.model, printed.train.num_steps) != (preset.model, preset.train.num_steps)
 
 
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
