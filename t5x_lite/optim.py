@@ -8,6 +8,12 @@
     -> add_decayed_weights(weight_decay, mask=decay_mask)
     -> scale_by_learning_rate(schedule)
 
+Adafactor follows T5 (Shazeer & Stern 2018): factored second moments for matrices
+whose two largest dims are >= 128, decay ``1 - t**-0.8``, epsilon 1e-30, no
+momentum, updates clipped at RMS 1 and scaled by ``max(1e-3, RMS(param))``; with
+``weight_decay = 0`` and ``grad_clip_norm = 0`` it equals
+``optax.adafactor(schedule)``. ``optimizer.b1/b2/eps`` are AdamW's only.
+
 Every schedule warms up linearly over ``warmup_steps`` (``lr * (s + 1) / warmup``
 at step ``s``, so the first update is not zero) and then follows ``schedule``:
 
@@ -18,9 +24,9 @@ inverse_sqrt    ``lr * sqrt(warmup / s)`` after warmup (T5's rsqrt schedule)
 constant        ``lr``
 ==============  ===============================================================
 
-with ``min = lr * min_lr_ratio``. E.g. ``lr=1e-3, warmup_steps=10, num_steps=110``,
-cosine, ``min_lr_ratio=0.1``: step 0 -> 1e-4, step 9 -> 1e-3, step 60 -> 5.5e-4,
-step 110 -> 1e-4.
+with ``min = lr * min_lr_ratio`` (inverse_sqrt and constant ignore it). E.g.
+``lr=1e-3, warmup_steps=10, num_steps=110``, cosine, ``min_lr_ratio=0.1``: step 0
+-> 1e-4, step 9 -> 1e-3, step 60 -> 5.5e-4, step 110 -> 1e-4.
 
 Weight decay skips every parameter whose ``/``-joined path contains one of
 ``no_decay`` (by default biases, norm scales and embedding tables):

@@ -136,6 +136,68 @@ def test_adamw_chain_matches_torch_adamw():
     assert not np.allclose(params["dense"]["kernel"], w0)
 
 
+def _adafactor_reference(params: dict, grads: list[dict], lr: list[float]) -> dict:
+    """Adafactor (Shazeer & Stern 2018, Alg. 4/5) in numpy with T5's settings.
+
+    Second-moment decay ``beta_t = 1 - t^-0.8``, ``eps1 = 1e-30`` added to ``g^2``,
+    factored moments for matrices whose two dims are >= 128 (``V = r c^T / mean(r)``),
+    update clipping at RMS 1, relative step ``lr_t * max(1e-3, RMS(W))``, no momentum.
+    """
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    state: dict = {}
+    for t, (g_tree, rate) in enumerate(zip(grads, lr), start=1):
+        beta = 1.0 - t**-0.8
+        for k, g in g_tree.items():
+            g = np.asarray(g, np.float64)
+            g2 = g * g + 1e-30
+            if g.ndim == 2 and min(g.shape) >= 128:
+                r, c = state.get(k, (np.zeros(g.shape[0]), np.zeros(g.shape[1])))
+                r = beta * r + (1 - beta) * g2.mean(axis=1)
+                c = beta * c + (1 - beta) * g2.mean(axis=0)
+                state[k] = (r, c)
+                v = np.outer(r, c) / r.mean()
+            else:
+                v = beta * state.get(k, np.zeros_like(g)) + (1 - beta) * g2
+                state[k] = v
+            u = g / np.sqrt(v)
+            u = u / max(1.0, np.sqrt(np.mean(u * u)))
+            w[k] = w[k] - rate * max(1e-3, np.sqrt(np.mean(w[k] ** 2))) * u
+    return w
+
+
+def test_adafactor_chain_matches_optax_adafactor_and_a_numpy_reference():
+    """Our adafactor (no clipping, no decay) = optax.adafactor = the paper, 4 steps."""
+    cfg = C.OptimizerConfig(
+        name="adafactor", learning_rate=1e-2, warmup_steps=2, schedule="constant",
+        weight_decay=0.0, grad_clip_norm=0.0,
+    )  # fmt: skip
+    tx, schedule = optim.make_optimizer(cfg, num_steps=10)
+    ref_tx = optax.adafactor(learning_rate=schedule, decay_rate=0.8, clipping_threshold=1.0)
+    rng = np.random.default_rng(3)
+    shapes = {"factored": (256, 128), "small": (64, 32), "bias": (128,)}
+    p0 = {k: rng.normal(size=s).astype(np.float32) * 0.05 for k, s in shapes.items()}
+    grads = [
+        {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()} for _ in range(4)
+    ]
+    ours = {k: jnp.asarray(v) for k, v in p0.items()}
+    theirs = dict(ours)
+    s_ours, s_theirs = tx.init(ours), ref_tx.init(theirs)
+    for g in grads:
+        g = {k: jnp.asarray(v) for k, v in g.items()}
+        u, s_ours = tx.update(g, s_ours, ours)
+        ours = optax.apply_updates(ours, u)
+        u, s_theirs = ref_tx.update(g, s_theirs, theirs)
+        theirs = optax.apply_updates(theirs, u)
+    # The [256, 128] kernel keeps factored moments (a row and a column vector).
+    assert s_ours[0].v_row["factored"].shape in ((256,), (128,))
+    assert s_ours[0].v["factored"].shape == (1,)
+    hand = _adafactor_reference(p0, grads, [float(schedule(s)) for s in range(4)])
+    for k in shapes:
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ours[k], hand[k], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(ours[k], p0[k])
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -299,6 +361,25 @@ def test_checkpoint_restores_onto_another_mesh(fsdp8, tmp_path):
     assert kernel.sharding.mesh.shape == {"data": 2, "fsdp": 1, "tensor": 4}
     _, m2 = run2.run(run2.train, restored, random_batch(1))
     assert float(m2["loss"]) == pytest.approx(float(m_ref["loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_checkpoint_keep_holds_only_the_last_k_steps(async_save, tmp_path):
+    cfg = C.CheckpointConfig(keep=2, async_save=async_save)
+    directory = tmp_path / "ckpt"
+    ckpt = checkpoints.Checkpointer(str(directory), cfg)
+    for step in range(1, 6):
+        state = {"w": jnp.full((4,), float(step))}
+        ckpt.save(step, state, {"position": step}, {"mesh": [1, 1, 1]})
+    ckpt.close()
+    assert sorted(os.listdir(directory)) == ["4", "5"]
+    again = checkpoints.Checkpointer(str(directory), cfg, create=False)
+    assert again.all_steps() == [4, 5]
+    target = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+    restored, data_state, meta = again.restore(4, target)
+    again.close()
+    np.testing.assert_array_equal(restored["w"], np.full((4,), 4.0, np.float32))
+    assert data_state == {"position": 4} and meta["step"] == 4
 
 
 # --------------------------------------------------------------------------- checks
