@@ -16,7 +16,7 @@ from t5x_lite import flops
 from t5x_lite.config import ConfigError
 from t5x_lite.scaling import FITS, compute_optimal, load_fit
 from t5x_lite.scaling.__main__ import load_config, main
-from t5x_lite.scaling.report import write_report
+from t5x_lite.scaling.report import FIGURE_FILES, analyse, figures, write_report
 from t5x_lite.scaling.sweep import (
     CURVE_COLUMNS,
     RUN_COLUMNS,
@@ -173,13 +173,61 @@ def test_report_fits_recover_the_law(synthetic_report):
     assert abs(float(line.split("|")[2]) - true.a) < 0.03
 
 
-def test_plots_are_readable_pngs(synthetic_report):
-    import matplotlib.image
+def _legend_of(ax, fig):
+    legend = ax.get_legend() or (fig.legends[0] if fig.legends else None)
+    assert legend is not None, ax.get_title()
+    return legend
 
-    _, paths = synthetic_report
-    for name in ("isoflop", "frontier", "optimal.png", "optimal_non_embedding.png"):
-        path = paths[name]
-        assert path.endswith(".png") and os.path.getsize(path) > 30_000, path
+
+def test_plots_are_readable(synthetic_report):
+    """Every plot of the report: log x and y axes with labels, a legend whose entries
+    name both points and lines, runs drawn as scatter points and fitted lines spanning
+    them, every point inside the visible axes; and the PNG written from it."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import Collection
+    from matplotlib.lines import Line2D
+
+    out, paths = synthetic_report
+    rows = read_rows(os.path.join(out, "runs.csv"))
+    curves = read_rows(os.path.join(out, "curves.csv"))
+    figs = figures(rows, curves, analyse(rows, curves, bootstrap=0))
+    assert set(figs) == set(FIGURE_FILES)
+    try:
+        for key, fig in figs.items():
+            panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+            assert len(panels) == (1 if key == "frontier" else 2), key
+            for ax in panels:
+                where = (key, ax.get_title())
+                assert ax.get_xscale() == "log" and ax.get_yscale() == "log", where
+                assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), where
+                legend = _legend_of(ax, fig)
+                texts = [t.get_text().strip() for t in legend.get_texts()]
+                assert len(texts) >= 2 and all(texts), (where, texts)
+                handles = legend.legend_handles
+                assert any(isinstance(h, Line2D) and h.get_linestyle() != "None" for h in handles)
+                assert any(isinstance(h, Collection) for h in handles), where
+                points = np.concatenate(
+                    [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+                )  # [P, 2] every scatter point (runs, optima, envelope)
+                assert len(points) >= 4, where
+                lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) >= 10]
+                assert lines, where  # fitted curves
+                line_x = np.concatenate([np.asarray(ln.get_xdata(), float) for ln in lines])
+                assert line_x.min() <= points[:, 0].min() and line_x.max() >= points[:, 0].max()
+                (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+                assert np.all((points[:, 0] >= x0) & (points[:, 0] <= x1)), where
+                assert np.all((points[:, 1] >= y0) & (points[:, 1] <= y1)), where
+            if key == "frontier":
+                (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+                assert bar.get_yscale() == "log" and bar.get_ylabel() == "parameters N (total)"
+                assert any(ln.get_label().startswith("Approach 3") for ln in panels[0].get_lines())
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+    for key, name in FIGURE_FILES.items():
+        path = paths[key]
+        assert os.path.basename(path) == name and os.path.getsize(path) > 30_000, path
         img = matplotlib.image.imread(path)
         assert img.shape[0] >= 400 and img.shape[1] >= 700, (path, img.shape)
         assert img[..., :3].std() > 0.05  # not a blank canvas

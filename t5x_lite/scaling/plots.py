@@ -2,9 +2,12 @@
 
 Every plot has log axes, labelled axes, a legend, and its fitted lines drawn over the
 measured points. Inputs are the rows of ``runs.csv`` / ``curves.csv`` (see
-:mod:`t5x_lite.scaling.sweep`) and the fits of :mod:`t5x_lite.scaling.fits`::
+:mod:`t5x_lite.scaling.sweep`) and the fits of :mod:`t5x_lite.scaling.fits`. Each
+``*_figure`` function returns the matplotlib ``Figure`` (for inspection; close it
+with ``plt.close``); its ``*_plot`` twin writes that figure to a PNG and closes it::
 
     isoflop_plot(rows, {"total": a2_total, "non_embedding": a2_nonemb}, "isoflop.png")
+    fig = isoflop_figure(rows, {"total": a2_total})  # fig.axes[0].get_xscale() == "log"
 
 matplotlib is imported inside the functions (Agg backend, no display needed).
 """
@@ -59,7 +62,8 @@ def _count_axis(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _save(fig: Any, path: str) -> str:
+def save(fig: Any, path: str) -> str:
+    """Write ``fig`` to the PNG ``path`` (120 dpi) and close it; returns ``path``."""
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
     return path
@@ -68,6 +72,11 @@ def _save(fig: Any, path: str) -> str:
 def isoflop_plot(
     rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None], path: str
 ) -> str:
+    """Write :func:`isoflop_figure` to the PNG ``path``; returns ``path``."""
+    return save(isoflop_figure(rows, approach2), path)
+
+
+def isoflop_figure(rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None]) -> Any:
     """Final eval loss against N per budget, one panel per parameter kind in ``approach2``.
 
     Points are runs; lines the Approach 2 parabolas (``loss = c2 x^2 + c1 x + c0``,
@@ -123,7 +132,7 @@ def isoflop_plot(
         ncol=min(len(labels), 6),
         bbox_to_anchor=(0.5, 0.0),
     )
-    return _save(fig, path)
+    return fig
 
 
 def frontier_plot(
@@ -133,6 +142,16 @@ def frontier_plot(
     approach1: PowerLaws | None,
     path: str,
 ) -> str:
+    """Write :func:`frontier_figure` to the PNG ``path``; returns ``path``."""
+    return save(frontier_figure(rows, curves, fit, approach1), path)
+
+
+def frontier_figure(
+    rows: Sequence[dict[str, Any]],
+    curves: Sequence[dict[str, Any]],
+    fit: ChinchillaFit | None,
+    approach1: PowerLaws | None,
+) -> Any:
     """Loss against training compute ``C = 6 N D`` (N total): curves, runs, envelope, fit.
 
     Thin lines are training-loss curves coloured by model size; dots the final eval
@@ -204,7 +223,7 @@ def frontier_plot(
     lo = np.percentile(loss, 0) * 0.9
     ax.set_ylim(lo, max(loss.max(), lo) * 1.6)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def optimal_plot(
@@ -213,6 +232,15 @@ def optimal_plot(
     fits: dict[str, ChinchillaFit | None],
     path: str,
 ) -> str:
+    """Write :func:`optimal_figure` to the PNG ``path``; returns ``path``."""
+    return save(optimal_figure(budgets, laws, fits), path)
+
+
+def optimal_figure(
+    budgets: Sequence[float],
+    laws: dict[str, PowerLaws | None],
+    fits: dict[str, ChinchillaFit | None],
+) -> Any:
     """``N_opt`` and ``D_opt`` against ``C``: points and power laws of each approach.
 
     ``laws`` maps a label (e.g. "Approach 1") to its power laws (points drawn);
@@ -268,4 +296,4 @@ def optimal_plot(
         ax.legend(fontsize=8)
     axes[0].set_title("N_opt against compute (points: measured optima)")
     axes[1].set_title("D_opt against compute")
-    return _save(fig, path)
+    return fig

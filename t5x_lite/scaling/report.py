@@ -103,6 +103,40 @@ def analyse(
     return out
 
 
+# Keys of :func:`figures` (also the keys of their paths in ``write_report``'s result)
+# -> PNG file names.
+FIGURE_FILES = {
+    "isoflop": "isoflop.png",
+    "frontier": "frontier.png",
+    "optimal.png": "optimal.png",
+    "optimal_non_embedding.png": "optimal_non_embedding.png",
+}
+
+
+def figures(
+    rows: list[dict[str, Any]], curves: list[dict[str, Any]], result: dict[str, Any]
+) -> dict[str, Any]:
+    """The report's matplotlib Figures (keys of :data:`FIGURE_FILES`) from :func:`analyse`.
+
+    IsoFLOP profiles (both parameter kinds), the loss-compute frontier (total N) and
+    N_opt / D_opt against C for each kind. The caller closes them (``plots.save``).
+    """
+    budgets = sorted({float(r["budget"]) for r in rows})
+    out = {
+        "isoflop": plots.isoflop_figure(rows, {k: result[k]["approach2"] for k in KINDS}),
+        "frontier": plots.frontier_figure(
+            rows, curves, result["total"]["approach3"], result["total"]["approach1"]
+        ),
+    }
+    for kind, key in (("total", "optimal.png"), ("non_embedding", "optimal_non_embedding.png")):
+        out[key] = plots.optimal_figure(
+            budgets,
+            {"Approach 1": result[kind]["approach1"], "Approach 2": result[kind]["approach2"]},
+            {"Approach 3": result[kind]["approach3"]},
+        )
+    return out
+
+
 def write_report(out_dir: str, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
     """Fit, plot and write ``report.md`` in ``out_dir`` (see module doc); returns paths."""
     rows = read_rows(os.path.join(out_dir, RUNS_FILE))
@@ -113,24 +147,8 @@ def write_report(out_dir: str, bootstrap: int = 200, seed: int = 0) -> dict[str,
         fit = result[kind]["approach3"]
         if fit is not None:
             paths[f"fit_{kind}"] = save_fit(fit, os.path.join(out_dir, f"fit_{kind}.json"))
-    budgets = sorted({float(r["budget"]) for r in rows})
-    paths["isoflop"] = plots.isoflop_plot(
-        rows, {k: result[k]["approach2"] for k in KINDS}, os.path.join(out_dir, "isoflop.png")
-    )
-    paths["frontier"] = plots.frontier_plot(
-        rows,
-        curves,
-        result["total"]["approach3"],
-        result["total"]["approach1"],
-        os.path.join(out_dir, "frontier.png"),
-    )
-    for kind, name in (("total", "optimal.png"), ("non_embedding", "optimal_non_embedding.png")):
-        paths[name] = plots.optimal_plot(
-            budgets,
-            {"Approach 1": result[kind]["approach1"], "Approach 2": result[kind]["approach2"]},
-            {"Approach 3": result[kind]["approach3"]},
-            os.path.join(out_dir, name),
-        )
+    for key, fig in figures(rows, curves, result).items():
+        paths[key] = plots.save(fig, os.path.join(out_dir, FIGURE_FILES[key]))
     text = render(rows, result)
     paths["report"] = os.path.join(out_dir, "report.md")
     with open(paths["report"], "w") as f:
