@@ -1,16 +1,28 @@
 """Compute-optimal planner (t5x_lite.scaling.planner): budgets 1e12..1e24 give shapes
 with 6ND within 5% of the budget and N within 25% of N_opt; apply_plan rewrites a
-Config; budgets the grid cannot serve are one-line errors."""
+Config; budgets the grid cannot serve are one-line errors; the trainer trains the
+planned shape for the planned steps when a run sets scaling.flops_budget."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+from data_fixtures import make_cfg
 
-from t5x_lite import flops
-from t5x_lite.config import Config, ConfigError, DataConfig, ModelConfig, ScalingConfig, TrainConfig
+from t5x_lite import flops, trainer
+from t5x_lite.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ScalingConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
 from t5x_lite.scaling import FITS, apply_plan, compute_optimal, plan, save_fit
 
 BUDGETS = [float(c) for c in np.logspace(12, 24, 25)]  # every half decade
@@ -117,3 +129,35 @@ def test_bad_budgets_are_one_line_errors():
     _one_line("less than one step", MODELS["gpt2"], 1e12, 128, 1_000_000)
     cfg = Config(model=MODELS["gpt2"], scaling=ScalingConfig(flops_budget=-5.0))
     assert apply_plan(cfg) == (cfg, {})  # <= 0 means "no plan"
+
+
+def test_trainer_applies_the_plan(kjv_root, kjv_tokenizer, tmp_path, capsys):
+    """``scaling.flops_budget`` in a run config: the trainer trains, records and logs
+    the model shape and step count that ``apply_plan`` chooses for that budget."""
+    values = to_dict(make_cfg(kjv_root, seq_len=64, batch_size=64))
+    values["scaling"]["flops_budget"] = 5e10
+    values["train"].update(
+        eval_every=1000, eval_batches=1, log_every=1000, progress_bar=False, plot_every=1000
+    )
+    values["checkpoint"]["every_steps"] = 1000
+    cfg = from_dict(values)
+    planned, info = apply_plan(cfg)
+    # The plan replaces the preset's shape and step count (not a no-op here).
+    assert (planned.model.num_layers, planned.model.d_model) != (
+        cfg.model.num_layers,
+        cfg.model.d_model,
+    )
+    assert planned.train.num_steps != cfg.train.num_steps
+    assert 10 <= planned.train.num_steps <= 200  # a short run
+
+    result = trainer.train(cfg, str(tmp_path), sample=False)
+    saved = from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert saved.model == planned.model
+    assert saved.train.num_steps == planned.train.num_steps == info["num_steps"]
+    shape = (saved.model.num_layers, saved.model.d_model, saved.model.num_heads, saved.model.d_ff)
+    assert shape == (info["num_layers"], info["d_model"], info["num_heads"], info["d_ff"])
+    assert flops.param_counts(saved.model)["total"] == info["n_params_total"]
+    assert result["steps"] == info["num_steps"]
+    assert result["tokens_seen"] == info["n_tokens"] == info["num_steps"] * 64 * 64
+    log = [line for line in capsys.readouterr().out.splitlines() if "scaling plan" in line]
+    assert len(log) == 1 and f"'num_steps': {info['num_steps']}" in log[0], log
