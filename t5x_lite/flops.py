@@ -5,8 +5,9 @@ Conventions (those of Kaplan et al. 2020, Hoffmann et al. 2022 and PaLM's MFU):
 * a multiply-add is 2 FLOPs; the backward pass costs twice the forward, so training
   costs **3 x forward**;
 * only matrix multiplies count: embedding *lookups* (gathers), norms, activations,
-  softmax and the loss are left out (a few percent at the smallest sizes, checked
-  against XLA's cost analysis in ``tests/test_flops.py``);
+  softmax, the loss and the optimizer update are left out (3-7% of XLA's cost
+  analysis of the compiled training step of tiny models, checked for every family
+  in ``tests/test_flops.py``);
 * attention scores are counted over the full ``T x S`` matrix (causal masking is not
   halved, the PaLM convention); rematerialisation is not counted (model FLOPs, not
   hardware FLOPs).
