@@ -31,19 +31,13 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.hf import common
 
 MODEL_TYPES = ("bert", "roberta", "albert")
 ARCHS = ("bert", "roberta", "albert")
 
 _PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert."}
-_ACT_FROM_HF = {
-    "gelu": "gelu",
-    "gelu_new": "gelu_new",
-    "gelu_pytorch_tanh": "gelu_new",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
+_ACT_FROM_HF = common.ACTIVATIONS_IN
 
 Entry = tuple[tuple[str, ...], str, str, tuple[int, ...]]  # (ours, hf name, layout, hf shape)
 
@@ -287,14 +281,8 @@ def from_hf(
     cfg = _config_from_hf(hf_config, tensors, source)
     params: dict[str, Any] = {}
     for ours, name, layout, shape in _table(cfg):
-        found = next((a for a in _aliases(name) if a in tensors), None)
-        if found is None:
-            raise ConfigError(f"{source}: tensor {name!r} missing from model.safetensors")
-        x = np.asarray(tensors[found], dtype=np.float32)
-        if x.shape != shape:
-            raise ConfigError(
-                f"{source}: tensor {found!r} has shape {x.shape}, expected {shape} from config.json"
-            )
+        found = next((a for a in _aliases(name) if a in tensors), name)
+        x = common.take(tensors, found, shape, source)
         node = params
         for key in ours[:-1]:
             node = node.setdefault(key, {})

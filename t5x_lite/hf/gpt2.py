@@ -28,36 +28,17 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.hf import common
 
 MODEL_TYPES = ("gpt2",)
 ARCHS = ("gpt2",)
 
-# HF activation_function -> ModelConfig.activation (and back).
-_ACT_IN = {
-    "gelu_new": "gelu_new",
-    "gelu_pytorch_tanh": "gelu_new",
-    "gelu": "gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
+_ACT_IN = common.ACTIVATIONS_IN
+# ModelConfig.activation -> HF activation_function.
 _ACT_OUT = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 # Non-parameter buffers older checkpoints carry; the tied head duplicates wte.
 _IGNORED = re.compile(r"^(transformer\.h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$")
 _HF_BOS_EOS = 50256
-
-
-def _take(
-    tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str
-) -> np.ndarray:
-    if name not in tensors:
-        raise ConfigError(f"{source}: tensor {name!r} is missing from the safetensors weights")
-    x = np.asarray(tensors[name], np.float32)
-    if x.shape != shape:
-        raise ConfigError(
-            f"{source}: tensor {name!r} has shape {x.shape}, config.json implies {shape}"
-        )
-    return x
 
 
 def _config(hf: dict[str, Any], source: str) -> ModelConfig:
@@ -108,7 +89,7 @@ def from_hf(
     e, f, h, d, v = cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.head_size, cfg.vocab_size
 
     def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        return _take(tensors, name, shape, source)
+        return common.take(tensors, name, shape, source)
 
     def ln(prefix: str) -> dict[str, np.ndarray]:
         return {"scale": take(f"{prefix}.weight", (e,)), "bias": take(f"{prefix}.bias", (e,))}
@@ -157,12 +138,9 @@ def from_hf(
         }
     params["ln_f"] = ln("transformer.ln_f")
     expected |= {"transformer.ln_f.weight", "transformer.ln_f.bias"}
-    extra = sorted(k for k in tensors if k not in expected and not _IGNORED.match(k))
-    if extra:
-        raise ConfigError(
-            f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for GPT-2 with "
-            f"{cfg.num_layers} layers"
-        )
+    common.check_no_unexpected(
+        tensors, expected, source, f"GPT-2 with {cfg.num_layers} layers", _IGNORED.match
+    )
     return cfg, params
 
 

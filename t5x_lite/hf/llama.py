@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.hf import common
 
 MODEL_TYPES = ("llama",)
 ARCHS = ("llama",)
@@ -38,19 +39,6 @@ ARCHS = ("llama",)
 # Non-parameter buffers that older checkpoints carry.
 _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _HF_BOS, _HF_EOS = 1, 2
-
-
-def _take(
-    tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str
-) -> np.ndarray:
-    if name not in tensors:
-        raise ConfigError(f"{source}: tensor {name!r} is missing from the safetensors weights")
-    x = np.asarray(tensors[name], np.float32)
-    if x.shape != shape:
-        raise ConfigError(
-            f"{source}: tensor {name!r} has shape {x.shape}, config.json implies {shape}"
-        )
-    return x
 
 
 def _rope_theta(hf: dict[str, Any], where: str) -> float:
@@ -70,8 +58,12 @@ def _rope_theta(hf: dict[str, Any], where: str) -> float:
 
 def _config(hf: dict[str, Any], source: str) -> ModelConfig:
     where = f"{source}/config.json"
+    act = hf.get("hidden_act", "silu")
+    if act not in common.ACTIVATIONS_IN:
+        raise ConfigError(
+            f"{where}: hidden_act={act!r} is not supported (one of {sorted(common.ACTIVATIONS_IN)})"
+        )
     checks = {
-        "hidden_act": ("silu", "SwiGLU uses silu"),
         "attention_bias": (False, "Llama projections have no biases"),
         "mlp_bias": (False, "Llama projections have no biases"),
         "tie_word_embeddings": (False, "the llama arch has an untied lm_head"),
@@ -98,7 +90,7 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             d_ff=int(hf.get("intermediate_size", 11008)),
             max_seq_len=int(hf.get("max_position_embeddings", 2048)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            activation="silu",
+            activation=common.ACTIVATIONS_IN[act],
             rope_theta=theta,
             pad_token_id=int(hf.get("pad_token_id") or 0),
             dropout_rate=0.0,
@@ -119,7 +111,7 @@ def from_hf(
 
     def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
         expected.add(name)
-        return _take(tensors, name, shape, source)
+        return common.take(tensors, name, shape, source)
 
     params: dict[str, Any] = {"wte": {"embedding": take("model.embed_tokens.weight", (v, e))}}
     for i in range(cfg.num_layers):
@@ -147,12 +139,9 @@ def from_hf(
         }
     params["ln_f"] = {"scale": take("model.norm.weight", (e,))}
     params["lm_head"] = {"kernel": take("lm_head.weight", (v, e)).T}
-    extra = sorted(n for n in tensors if n not in expected and not _IGNORED.match(n))
-    if extra:
-        raise ConfigError(
-            f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for Llama with "
-            f"{cfg.num_layers} layers"
-        )
+    common.check_no_unexpected(
+        tensors, expected, source, f"Llama with {cfg.num_layers} layers", _IGNORED.match
+    )
     # Contiguous copies, so that the params do not alias the transposed HF buffers.
     params = _map(params, np.ascontiguousarray)
     return cfg, params
@@ -201,7 +190,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "head_dim": cfg.head_size,
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        "hidden_act": "silu",
+        "hidden_act": cfg.activation,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "rope_theta": cfg.rope_theta,  # read by transformers < 5
         "attention_bias": False,

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.hf import common
 
 MODEL_TYPES = ("t5",)
 ARCHS = ("t5", "t5_v1_1")
@@ -131,17 +132,6 @@ def _to_hf(x: np.ndarray, kind: str, cfg: ModelConfig) -> np.ndarray:
     return x
 
 
-def _take(tensors: dict[str, np.ndarray], name: str, shape: tuple[int, ...], source: str):
-    if name not in tensors:
-        raise ConfigError(f"{source}: tensor {name!r} is missing from the safetensors weights")
-    x = np.asarray(tensors[name], np.float32)
-    if x.shape != shape:
-        raise ConfigError(
-            f"{source}: tensor {name!r} has shape {x.shape}, config.json implies {shape}"
-        )
-    return x
-
-
 def _head_flags(hf: dict[str, Any]) -> tuple[bool, str, bool]:
     """``(scaled, field that says so, head tied to shared in the file)``."""
     tied = hf.get("tie_word_embeddings", True) is not False
@@ -215,17 +205,17 @@ def from_hf(
         ),
         "shared.weight",
     )
-    shared = _take(tensors, emb_name, (v, e), source)
+    shared = common.take(tensors, emb_name, (v, e), source)
     params: dict[str, Any] = {"token_embedder": {"embedding": shared}}
     expected = {emb_name}
     for hf_name, path, kind, shape in _layout(cfg):
-        _set(params, path, _to_ours(_take(tensors, hf_name, shape, source), kind, cfg))
+        _set(params, path, _to_ours(common.take(tensors, hf_name, shape, source), kind, cfg))
         expected.add(hf_name)
 
     _, _, tied_in_file = _head_flags(hf_config)
     if cfg.arch == "t5":
         if "lm_head.weight" in tensors:
-            head = _take(tensors, "lm_head.weight", (v, e), source)
+            head = common.take(tensors, "lm_head.weight", (v, e), source)
             if not np.array_equal(head, shared):
                 raise ConfigError(
                     f"{source}: tensor 'lm_head.weight' differs from {emb_name!r}; an untied "
@@ -234,18 +224,19 @@ def from_hf(
                 )
     else:
         if "lm_head.weight" in tensors or not tied_in_file:
-            head = _take(tensors, "lm_head.weight", (v, e), source)
+            head = common.take(tensors, "lm_head.weight", (v, e), source)
         else:
             head = shared  # transformers 5 ties the head when the file has none
         _set(params, ("decoder", "logits_dense", "kernel"), np.ascontiguousarray(head.T))
     expected.add("lm_head.weight")
 
-    extra = sorted(k for k in tensors if k not in expected and k not in _IGNORED)
-    if extra:
-        raise ConfigError(
-            f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for T5 with "
-            f"{cfg.num_layers}+{cfg.decoder_layers} layers"
-        )
+    common.check_no_unexpected(
+        tensors,
+        expected,
+        source,
+        f"T5 with {cfg.num_layers}+{cfg.decoder_layers} layers",
+        _IGNORED.__contains__,
+    )
     return cfg, params
 
 
