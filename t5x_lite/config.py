@@ -105,9 +105,14 @@ class ModelConfig:
     # Compute dtype of activations and matmuls; params stay in param_dtype.
     dtype: str = "float32"
     param_dtype: str = "float32"
-    # Implementation passed to jax.nn.dot_product_attention: xla | cudnn.
+    # Implementation passed to jax.nn.dot_product_attention: xla | cudnn (cudnn needs
+    # dtype bfloat16 or float16).
     attention_impl: str = "xla"
-    # Rematerialisation of each layer: none | full | dots (save matmul outputs).
+    # Rematerialisation of each layer (t5x_lite.layers.remat), one meaning for every
+    # family: none | full (recompute the whole layer in the backward pass) | dots (save
+    # the outputs of matmuls without batch dimensions, i.e. the weight projections, and
+    # recompute attention and elementwise ops:
+    # jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims).
     remat_policy: str = "none"
 
     # ---- derived quantities (never stored separately) ----
@@ -145,6 +150,12 @@ class ModelConfig:
             )
         else:
             _check(self.head_dim > 0, f"model.head_dim={self.head_dim} must be positive")
+            _check(
+                self.arch in ("t5", "t5_v1_1", "llama")
+                or self.num_heads * self.head_dim == self.d_model,
+                f"model.head_dim={self.head_dim} x model.num_heads={self.num_heads} != "
+                f"model.d_model={self.d_model}; only arch t5, t5_v1_1 and llama allow that",
+            )
         _check(
             self.num_heads % self.kv_heads == 0,
             f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads="
@@ -176,6 +187,11 @@ class ModelConfig:
         _check(
             self.attention_impl in ("xla", "cudnn"),
             f"model.attention_impl={self.attention_impl!r} is not one of xla, cudnn",
+        )
+        _check(
+            self.attention_impl != "cudnn" or self.dtype in ("bfloat16", "float16"),
+            f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 "
+            f"(got {self.dtype!r})",
         )
         _check(
             self.remat_policy in ("none", "full", "dots"),

@@ -11,6 +11,7 @@ This module imports only jax, flax, numpy and the config.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -131,6 +132,35 @@ class Embed(nn.Module):
 # --------------------------------------------------------------------------- norms
 
 
+def _normalize(
+    module: nn.Module,
+    x: Array,
+    eps: float,
+    center: bool,
+    use_bias: bool,
+    dtype: Any,
+    param_dtype: Any,
+) -> Array:
+    """Shared body of :class:`LayerNorm` and :class:`RMSNorm`, in float32.
+
+    ``x [..., E]`` -> ``[..., E]``: ``c = x - mean(x)`` when ``center`` else ``x``;
+    ``y = c / sqrt(mean(c²) + eps) * scale (+ bias)``. E.g. ``x = [1, 3]``, scale 1,
+    eps 0: centred ``[-1, 1]``; uncentred ``[1, 3] / sqrt(5) = [0.447, 1.342]``.
+    ``scale`` (ones) and ``bias`` (zeros) are ``[E]`` params in ``param_dtype``.
+    """
+    d = x.shape[-1]
+    scale = param_with_axes(module, "scale", nn.initializers.ones, (d,), ("embed",), param_dtype)
+    xf = x.astype(jnp.float32)
+    if center:
+        xf = xf - xf.mean(-1, keepdims=True)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
+    y = y * scale.astype(jnp.float32)
+    if use_bias:
+        bias = param_with_axes(module, "bias", nn.initializers.zeros, (d,), ("embed",), param_dtype)
+        y = y + bias.astype(jnp.float32)
+    return y.astype(dtype)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with ``scale`` and ``bias`` over the last dim, computed in float32."""
 
@@ -141,16 +171,7 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        d = x.shape[-1]
-        scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",))
-        xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
-        if self.use_bias:
-            bias = param_with_axes(self, "bias", nn.initializers.zeros, (d,), ("embed",))
-            y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
+        return _normalize(self, x, self.eps, True, self.use_bias, self.dtype, self.param_dtype)
 
 
 class RMSNorm(nn.Module):
@@ -162,11 +183,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        d = x.shape[-1]
-        scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",))
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        return _normalize(self, x, self.eps, False, False, self.dtype, self.param_dtype)
 
 
 # --------------------------------------------------------------------------- activations
@@ -358,15 +375,27 @@ class MultiHeadAttention(nn.Module):
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         init = normal(self.init_std)
         q = DenseGeneral(
-            (self.num_heads, self.head_dim), ("embed",), ("heads", "kv"),
-            kernel_init=normal(self.query_init_std or self.init_std), name="query", **common,
+            (self.num_heads, self.head_dim),
+            ("embed",),
+            ("heads", "kv"),
+            kernel_init=normal(self.query_init_std or self.init_std),
+            name="query",
+            **common,
         )(x)
         k = DenseGeneral(
-            (kh, self.head_dim), ("embed",), (kv_axis, "kv"), kernel_init=init, name="key",
+            (kh, self.head_dim),
+            ("embed",),
+            (kv_axis, "kv"),
+            kernel_init=init,
+            name="key",
             **common,
         )(kv)
         v = DenseGeneral(
-            (kh, self.head_dim), ("embed",), (kv_axis, "kv"), kernel_init=init, name="value",
+            (kh, self.head_dim),
+            ("embed",),
+            (kv_axis, "kv"),
+            kernel_init=init,
+            name="value",
             **common,
         )(kv)
         if rope is not None:
@@ -380,8 +409,12 @@ class MultiHeadAttention(nn.Module):
         )
         out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
         return DenseGeneral(
-            (e,), ("heads", "kv"), ("embed",),
-            kernel_init=normal(self.out_init_std or self.init_std), name="out", **common,
+            (e,),
+            ("heads", "kv"),
+            ("embed",),
+            kernel_init=normal(self.out_init_std or self.init_std),
+            name="out",
+            **common,
         )(out)
 
 
@@ -403,3 +436,34 @@ def apply_rope(x: Array, positions: Array, theta: float = 10000.0) -> Array:
     x1, x2 = xf[..., : d // 2], xf[..., d // 2 :]
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- remat
+
+# "dots": save the outputs of matmuls without dot_general batch dimensions, i.e. the
+# weight projections (q/k/v/out, MLP, tied logits); recompute the attention logits
+# and probabilities (batched over B and H) and elementwise ops in the backward pass.
+REMAT_POLICIES: dict[str, Any] = {
+    "full": None,  # save only the layer's inputs
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def remat(layer_cls: type[nn.Module], policy: str) -> type[nn.Module]:
+    """``layer_cls`` rematerialised per ``policy`` (none | full | dots); the one wrapper
+    every family uses.
+
+    ``none`` returns ``layer_cls`` unchanged; ``full`` recomputes the whole layer in
+    the backward pass; ``dots`` keeps weight-matmul outputs (see
+    :data:`REMAT_POLICIES`). The layer's ``__call__`` must take a Python bool
+    ``deterministic`` argument, passed positionally; it is made static.
+    E.g. ``remat(Block, "dots")(cfg, name="layers_0")(x, mask, positions, True)``.
+    """
+    if policy == "none":
+        return layer_cls
+    names = list(inspect.signature(layer_cls.__call__).parameters)  # ["self", "x", ...]
+    return nn.remat(
+        layer_cls,
+        policy=REMAT_POLICIES[policy],
+        static_argnums=(names.index("deterministic"),),
+    )

@@ -47,3 +47,34 @@ def test_mesh_resolution():
         C.MeshConfig(data=-1, fsdp=3, tensor=1).resolve(8)
     with pytest.raises(C.ConfigError, match="only one of"):
         C.MeshConfig(data=-1, fsdp=-1, tensor=1).resolve(8)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"arch": "gpt2", "d_model": 64, "num_heads": 4, "head_dim": 32},
+         "model.head_dim=32 x model.num_heads=4 != model.d_model=64"),
+        ({"family": "encoder", "arch": "bert", "d_model": 64, "num_heads": 4, "head_dim": 8},
+         "model.head_dim=8 x model.num_heads=4 != model.d_model=64"),
+        ({"attention_impl": "cudnn"},
+         "model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 (got 'float32')"),
+    ],
+)  # fmt: skip
+def test_model_shape_and_attention_constraints(model, message):
+    with pytest.raises(C.ConfigError) as err:
+        C.ModelConfig(**model).validate()
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"arch": "gpt2", "d_model": 64, "num_heads": 4, "head_dim": 16},  # 4 x 16 == 64
+        {"arch": "llama", "d_model": 48, "num_heads": 4, "head_dim": 16},
+        {"family": "encoder_decoder", "arch": "t5", "d_model": 24, "num_heads": 3, "head_dim": 10},
+        {"attention_impl": "cudnn", "dtype": "bfloat16"},
+        {"attention_impl": "cudnn", "dtype": "float16"},
+    ],
+)
+def test_model_shape_and_attention_constraints_allow(model):
+    assert C.ModelConfig(**model).validate()

@@ -22,7 +22,8 @@ gpt2       token (``wte``) + learned positions (``wpe``); pre-LN blocks ``layers
            LayerNorm ``ln_1`` / ``ln_2`` (biases), attention ``attn`` (query, key, value,
            out; biases), GELU MLP ``mlp`` (wi, wo); final ``ln_f``; logits = H · wteᵀ.
 llama      token (``wte``); blocks with RMSNorm ``ln_1`` / ``ln_2``, RoPE grouped-query
-           attention ``attn`` (no biases), SwiGLU ``mlp`` (wi_0 gate, wi_1 up, wo down);
+           attention ``attn`` (no biases), gated ``mlp`` (wi_0 gate, wi_1 up, wo down;
+           ``cfg.activation`` on the gate: silu gives SwiGLU, as presets and HF set);
            final RMSNorm ``ln_f``; untied ``lm_head`` kernel ``[E, V]``.
 =========  ============================================================================
 
@@ -56,10 +57,13 @@ def _is_llama(cfg: ModelConfig) -> bool:
 
 
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
-    dtype = layers.dtype_of(cfg.dtype)
-    if _is_llama(cfg):
-        return layers.RMSNorm(eps=cfg.norm_eps, dtype=dtype, name=name)
-    return layers.LayerNorm(eps=cfg.norm_eps, dtype=dtype, name=name)
+    kw = dict(
+        eps=cfg.norm_eps,
+        dtype=layers.dtype_of(cfg.dtype),
+        param_dtype=layers.dtype_of(cfg.param_dtype),
+        name=name,
+    )
+    return layers.RMSNorm(**kw) if _is_llama(cfg) else layers.LayerNorm(**kw)
 
 
 class Block(nn.Module):
@@ -103,7 +107,7 @@ class Block(nn.Module):
         h = _norm(cfg, "ln_2")(x)
         h = layers.Mlp(
             d_ff=cfg.d_ff,
-            act="silu" if llama else cfg.activation,
+            act=cfg.activation,
             gated=llama,
             use_bias=not llama,
             dtype=dtype,
@@ -114,18 +118,6 @@ class Block(nn.Module):
         )(h, deterministic=deterministic)
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         return layers.constrain(x + h, ("batch", "act_length", "act_embed"))
-
-
-def _block_class(cfg: ModelConfig) -> type[nn.Module]:
-    """``Block``, rematerialised per ``cfg.remat_policy`` (none | full | dots)."""
-    if cfg.remat_policy == "none":
-        return Block
-    policy = None
-    if cfg.remat_policy == "dots":
-        # Keep weight matmul outputs; recompute attention and elementwise ops.
-        policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    # Argument 4 (self = 0) is the Python bool ``deterministic``.
-    return nn.remat(Block, policy=policy, static_argnums=(4,))
 
 
 class Model(nn.Module):
@@ -167,7 +159,7 @@ class Model(nn.Module):
         x = layers.constrain(x, ("batch", "act_length", "act_embed"))
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
-        block = _block_class(cfg)
+        block = layers.remat(Block, cfg.remat_policy)
         for i in range(cfg.num_layers):
             x = block(cfg, name=f"layers_{i}")(x, mask, positions, deterministic)
         x = _norm(cfg, "ln_f")(x)  # [B, T, E]

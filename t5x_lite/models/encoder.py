@@ -34,8 +34,6 @@ This module imports only jax, flax and the config (via :mod:`t5x_lite.layers`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -87,10 +85,6 @@ def positions_of(cfg: ModelConfig, batch: dict[str, Array], length: int) -> Arra
     return layers.default_positions(batch, length).astype(jnp.int32)
 
 
-def _remat_policy(name: str) -> Any:
-    return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}[name]
-
-
 class EncoderLayer(nn.Module):
     """Post-LN Transformer layer ``[B, T, E] -> [B, T, E]`` (BERT / ALBERT layout)."""
 
@@ -113,7 +107,7 @@ class EncoderLayer(nn.Module):
             name="attention",
         )(x, mask=mask, deterministic=deterministic)  # [B, T, E]
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, name="attention_norm")(x + h)
+        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="attention_norm")(x + h)
         x = layers.constrain(x, _HIDDEN)
         h = layers.Mlp(
             cfg.d_ff,
@@ -125,7 +119,7 @@ class EncoderLayer(nn.Module):
             name="mlp",
         )(x, deterministic=deterministic)  # [B, T, E]
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, name="mlp_norm")(x + h)
+        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="mlp_norm")(x + h)
         return layers.constrain(x, _HIDDEN)
 
 
@@ -173,7 +167,7 @@ class Model(nn.Module):
             std,
             name="position_embeddings",
         )(pos)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, name="embed_norm")(x)
+        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if cfg.arch == "albert":
             # [B, T, Em] -> [B, T, E]
@@ -184,11 +178,7 @@ class Model(nn.Module):
 
         # ---- layers
         mask = layers.self_attention_mask(batch, t, causal=False)  # [B|1, 1, T, T]
-        layer_cls = EncoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(
-                EncoderLayer, policy=_remat_policy(cfg.remat_policy), static_argnums=(3,)
-            )
+        layer_cls = layers.remat(EncoderLayer, cfg.remat_policy)
         if cfg.share_layers:
             shared = layer_cls(cfg, name="layer")
             for _ in range(cfg.num_layers):
@@ -200,7 +190,7 @@ class Model(nn.Module):
         # ---- MLM head: [B, T, E] -> [B, T, Em] -> [B, T, V]
         h = layers.DenseGeneral((em,), ("embed",), ("mlp",), name="mlm_dense", **dense)(x)
         h = layers.activation(head_activation(cfg))(h)
-        h = layers.LayerNorm(cfg.norm_eps, dtype=dt, name="mlm_norm")(h)
+        h = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="mlm_norm")(h)
         bias = layers.param_with_axes(
             self, "mlm_bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), pdt
         )

@@ -310,17 +310,6 @@ class DecoderLayer(nn.Module):
         return layers.constrain(y + drop(h, deterministic=deterministic), _RESIDUAL)
 
 
-def _remat(cls: type[nn.Module], cfg: ModelConfig, deterministic_argnum: int) -> Any:
-    """``cls`` rematerialised per ``cfg.remat_policy`` (none | full | dots)."""
-    if cfg.remat_policy == "none":
-        return cls
-    policy = None
-    if cfg.remat_policy == "dots":
-        # Keep weight matmul outputs; recompute attention and elementwise ops.
-        policy = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
-    return nn.remat(cls, policy=policy, static_argnums=(deterministic_argnum,))
-
-
 def _relpos(cfg: ModelConfig, bidirectional: bool) -> RelativePositionBias:
     return RelativePositionBias(
         num_heads=cfg.num_heads,
@@ -348,7 +337,7 @@ class Encoder(nn.Module):
         x = layers.constrain(self.shared_embedding(ids), _RESIDUAL)  # [B, S, E]
         x = drop(x, deterministic=deterministic)
         bias = _relpos(cfg, bidirectional=True)(positions, positions)  # [B|1, H, S, S]
-        layer = _remat(EncoderLayer, cfg, 4)  # self=0, x, mask, bias, deterministic=4
+        layer = layers.remat(EncoderLayer, cfg.remat_policy)
         for i in range(cfg.num_layers):
             x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
         x = _norm(cfg, "encoder_norm")(x)
@@ -380,7 +369,7 @@ class Decoder(nn.Module):
         y = layers.constrain(self.shared_embedding(ids), _RESIDUAL)  # [B, T, E]
         y = drop(y, deterministic=deterministic)
         bias = _relpos(cfg, bidirectional=False)(positions, positions)  # [B|1, H, T, T]
-        layer = _remat(DecoderLayer, cfg, 6)  # self=0, y, enc, masks, bias, deterministic=6
+        layer = layers.remat(DecoderLayer, cfg.remat_policy)
         for i in range(cfg.decoder_layers):
             y = layer(cfg, name=f"layers_{i}")(y, encoded, self_mask, enc_mask, bias, deterministic)
         y = _norm(cfg, "decoder_norm")(y)
