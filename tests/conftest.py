@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
@@ -14,3 +16,39 @@ if ROOT not in sys.path:
 
 # Data-layer session fixtures (kjv prepared once per session in a tmp dir).
 from data_fixtures import kjv_root, kjv_tokenizer  # noqa: E402, F401
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def check_sharded_matches_host(model, params, batch, mesh, atol=1e-5):
+    """Forward of ``model`` with sharded params and batch == with host copies.
+
+    ``params`` live in their shardings on ``mesh`` (``models.init_sharded``); the
+    batch is placed with ``partitioning.batch_sharding`` and the jitted forward runs
+    under the mesh and the logical-axis rules. The reference is the same forward on
+    host numpy copies, outside any mesh. Every output (``logits``, ...) must agree
+    within ``atol``; returns the sharded outputs for further checks.
+    """
+    import jax
+    import numpy as np
+
+    from t5x_lite import partitioning
+
+    def forward(p, b):
+        return model.apply({"params": p}, b)
+
+    with jax.set_mesh(mesh), partitioning.axis_rules():
+        sharded = jax.jit(forward)(params, jax.device_put(batch, partitioning.batch_sharding(mesh)))
+    host = jax.jit(forward)(jax.tree.map(np.asarray, params), batch)
+    assert sorted(sharded) == sorted(host)
+    for key in host:
+        np.testing.assert_allclose(
+            np.asarray(sharded[key]), np.asarray(host[key]), atol=atol, rtol=0, err_msg=key
+        )
+    return sharded
+
+
+@pytest.fixture(scope="session")
+def sharded_vs_host():
+    """:func:`check_sharded_matches_host`, for tests of every model family."""
+    return check_sharded_matches_host

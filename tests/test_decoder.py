@@ -85,23 +85,37 @@ def _logits(cfg: ModelConfig, params, batch) -> np.ndarray:
     return np.asarray(_jit_logits(cfg, params, batch))
 
 
+_CASES: dict[str, dict] = {}
+
+
+def _case(arch: str, tmp_path_factory) -> dict:
+    """Torch model saved with save_pretrained, imported, and its logits (built once)."""
+    if arch not in _CASES:
+        model = _torch_model(arch, seed=1)
+        path = str(tmp_path_factory.mktemp(f"hf_{arch}"))
+        model.save_pretrained(path)
+        cfg, params = convert.import_hf(path)
+        batch = _batch()
+        _CASES[arch] = {
+            "arch": arch,
+            "model": model,
+            "path": path,
+            "cfg": cfg,
+            "params": params,
+            "batch": batch,
+            "ref": _torch_logits(model, batch),
+        }
+    return _CASES[arch]
+
+
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def hf_case(request, tmp_path_factory):
-    arch = request.param
-    model = _torch_model(arch, seed=1)
-    path = str(tmp_path_factory.mktemp(f"hf_{arch}"))
-    model.save_pretrained(path)
-    cfg, params = convert.import_hf(path)
-    batch = _batch()
-    return {
-        "arch": arch,
-        "model": model,
-        "path": path,
-        "cfg": cfg,
-        "params": params,
-        "batch": batch,
-        "ref": _torch_logits(model, batch),
-    }
+    return _case(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def llama_case(tmp_path_factory):
+    return _case("llama", tmp_path_factory)
 
 
 # --------------------------------------------------------------------------- HF parity
@@ -236,7 +250,7 @@ _SHARDED = {
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_sharded_init_and_forward(arch):
+def test_sharded_init_and_forward(arch, sharded_vs_host):
     cfg, expected = _SHARDED[arch]
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
     params = models.init_sharded(cfg, jax.random.key(0), mesh)
@@ -251,18 +265,7 @@ def test_sharded_init_and_forward(arch):
     ids = np.random.RandomState(3).randint(0, cfg.vocab_size, (4, 16)).astype(np.int32)
     mask = np.ones_like(ids)
     mask[1, 10:] = 0
-    batch = {"input_ids": ids, "attention_mask": mask}
-    model = decoder.Model(cfg)
-
-    def forward(p, b):
-        return model.apply({"params": p}, b)["logits"]
-
-    with jax.set_mesh(mesh), partitioning.axis_rules():
-        batch_sh = jax.device_put(batch, partitioning.batch_sharding(mesh))
-        sharded = jax.jit(forward)(params, batch_sh)
-    host_params = jax.tree_util.tree_map(np.asarray, params)
-    unsharded = jax.jit(forward)(host_params, batch)
-    np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded), atol=1e-5, rtol=0)
+    sharded_vs_host(decoder.Model(cfg), params, {"input_ids": ids, "attention_mask": mask}, mesh)
 
 
 # --------------------------------------------------------------------------- counts
@@ -300,16 +303,21 @@ def test_non_embedding_count_by_hand():
 # --------------------------------------------------------------------------- training knobs
 
 
-def test_remat_and_dropout_keep_values_and_gradients():
+@pytest.fixture(scope="module")
+def dropout_case():
+    """llama_tiny with dropout: a loss-and-gradient function and its values without remat."""
     cfg = dataclasses.replace(_preset("llama_tiny"), dropout_rate=0.1)
     batch = {"input_ids": np.arange(2 * 8, dtype=np.int32).reshape(2, 8)}
     params = jax.jit(functools.partial(models.init_params, cfg))(jax.random.key(0))
-    rngs = {"dropout": jax.random.key(5)}
+    # rbg keys: same semantics as threefry for dropout, a fraction of the compile time.
+    key = jax.random.key(5, impl="rbg")
 
     @functools.partial(jax.jit, static_argnums=1)
     def loss_and_grad(p, c):
         def loss(p):
-            out = decoder.Model(c).apply({"params": p}, batch, deterministic=False, rngs=rngs)
+            out = decoder.Model(c).apply(
+                {"params": p}, batch, deterministic=False, rngs={"dropout": key}
+            )
             return jnp.mean(out["logits"] ** 2)
 
         return jax.value_and_grad(loss)(p)
@@ -317,15 +325,20 @@ def test_remat_and_dropout_keep_values_and_gradients():
     ref_loss, ref_grad = loss_and_grad(params, cfg)
     eval_loss = jnp.mean(_jit_logits(cfg, params, batch) ** 2)
     assert abs(float(eval_loss) - float(ref_loss)) > 1e-4 * float(ref_loss)  # dropout is active
-    for policy in ("full", "dots"):
-        out_loss, out_grad = loss_and_grad(params, dataclasses.replace(cfg, remat_policy=policy))
-        np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-5)
-        # Recomputation reorders float sums: compare each gradient at its own scale.
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max(), rtol=1e-4),
-            out_grad,
-            ref_grad,
-        )
+    return cfg, params, loss_and_grad, ref_loss, ref_grad
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_and_dropout_keep_values_and_gradients(dropout_case, policy):
+    cfg, params, loss_and_grad, ref_loss, ref_grad = dropout_case
+    out_loss, out_grad = loss_and_grad(params, dataclasses.replace(cfg, remat_policy=policy))
+    np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-5)
+    # Recomputation reorders float sums: compare each gradient at its own scale.
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max(), rtol=1e-4),
+        out_grad,
+        ref_grad,
+    )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(hf_case):
@@ -339,6 +352,33 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(hf_case):
     valid = batch["attention_mask"].astype(bool)
     err = np.abs(np.asarray(out) - hf_case["ref"])[valid]
     assert err.max() < 0.1 * np.abs(hf_case["ref"]).max()
+
+
+@pytest.mark.parametrize("name", ["gpt2_tiny", "llama_tiny"])
+def test_bfloat16_param_dtype_applies_to_every_param(name):
+    cfg = dataclasses.replace(_preset(name), param_dtype="bfloat16")
+    init = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    dtypes = {
+        jax.tree_util.keystr(k): x.dtype for k, x in jax.tree_util.tree_leaves_with_path(init)
+    }
+    assert any("ln_f" in k and "scale" in k for k in dtypes)  # norms are in the tree
+    assert set(dtypes.values()) == {jnp.dtype("bfloat16")}, dtypes
+
+
+def test_llama_activation_is_configurable(llama_case, tmp_path):
+    """``model.activation`` reaches the gated MLP; the export carries it as hidden_act."""
+    hf_case = llama_case
+    cfg = dataclasses.replace(hf_case["cfg"], activation="gelu")
+    batch, valid = hf_case["batch"], hf_case["batch"]["attention_mask"].astype(bool)
+    ours = _logits(cfg, hf_case["params"], batch)
+    assert np.abs(ours - hf_case["ref"])[valid].max() > 1e-2  # silu vs gelu differ
+    out = str(tmp_path / "gelu")
+    convert.export_hf(cfg, hf_case["params"], out)
+    loaded = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager")
+    assert loaded.config.hidden_act == "gelu"
+    ref = _torch_logits(loaded.eval(), batch)
+    np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=0)
+    assert convert.import_hf(out)[0] == cfg
 
 
 # --------------------------------------------------------------------------- bad input

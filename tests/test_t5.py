@@ -276,7 +276,7 @@ _SPECS = {
 }
 
 
-def test_sharded_init_and_forward():
+def test_sharded_init_and_forward(sharded_vs_host):
     cfg = _preset("t5_tiny")
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
     params = models.init_sharded(cfg, jax.random.key(0), mesh)
@@ -297,17 +297,7 @@ def test_sharded_init_and_forward():
     }
     batch["attention_mask"][1, 10:] = 0
     batch["decoder_attention_mask"][2, 5:] = 0
-    model = models.build(cfg)
-
-    def forward(p, b):
-        return model.apply({"params": p}, b)["logits"]
-
-    with jax.set_mesh(mesh), partitioning.axis_rules():
-        batch_sh = jax.device_put(batch, partitioning.batch_sharding(mesh))
-        sharded = jax.jit(forward)(params, batch_sh)
-    host_params = jax.tree_util.tree_map(np.asarray, params)
-    unsharded = jax.jit(forward)(host_params, batch)
-    np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded), atol=1e-5, rtol=0)
+    sharded_vs_host(models.build(cfg), params, batch, mesh)
 
 
 # --------------------------------------------------------------------------- counts
@@ -350,7 +340,9 @@ def test_count_params_equals_transformers(name):
 # --------------------------------------------------------------------------- training knobs
 
 
-def test_remat_and_dropout_keep_values_and_gradients():
+@pytest.fixture(scope="module")
+def dropout_case():
+    """t5_tiny with dropout: a loss-and-gradient function and its values without remat."""
     cfg = dataclasses.replace(_preset("t5_tiny"), dropout_rate=0.1)
     batch = {
         "input_ids": np.arange(2 * 8, dtype=np.int32).reshape(2, 8),
@@ -374,16 +366,29 @@ def test_remat_and_dropout_keep_values_and_gradients():
     ref_loss, ref_grad = grad_fn(params, key, cfg)
     other_loss, _ = grad_fn(params, other_key, cfg)
     assert abs(float(other_loss) - float(ref_loss)) > 1e-3  # dropout is active
-    for policy in ("full", "dots"):
-        remat_cfg = dataclasses.replace(cfg, remat_policy=policy)
-        out_loss, out_grad = grad_fn(params, key, remat_cfg)
-        np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-5)
-        # Recomputation reorders float32 sums: compare at each leaf's own scale.
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6 * np.abs(b).max(), rtol=1e-4),
-            out_grad,
-            ref_grad,
-        )
+    return cfg, params, key, grad_fn, ref_loss, ref_grad
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_and_dropout_keep_values_and_gradients(dropout_case, policy):
+    cfg, params, key, grad_fn, ref_loss, ref_grad = dropout_case
+    out_loss, out_grad = grad_fn(params, key, dataclasses.replace(cfg, remat_policy=policy))
+    np.testing.assert_allclose(out_loss, ref_loss, rtol=1e-5)
+    # Recomputation reorders float32 sums: compare at each leaf's own scale.
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6 * np.abs(b).max(), rtol=1e-4),
+        out_grad,
+        ref_grad,
+    )
+
+
+def test_bfloat16_param_dtype_applies_to_every_param():
+    cfg = dataclasses.replace(_preset("t5_tiny"), param_dtype="bfloat16")
+    init = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    leaves = jax.tree_util.tree_leaves_with_path(init)
+    dtypes = {jax.tree_util.keystr(k): x.dtype for k, x in leaves}
+    assert any("decoder_norm" in k for k in dtypes)  # norms are in the tree
+    assert set(dtypes.values()) == {jnp.dtype("bfloat16")}, dtypes
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(gated_case):
