@@ -1,0 +1,244 @@
+"""Train-step benchmark on synthetic batches: step time, tokens/s and MFU as one JSON line.
+
+Runs the trainer's own jitted, sharded step (:func:`t5x_lite.steps.for_config`) on
+random token batches of the preset's family shape, with no data pipeline,
+checkpoints or logging, so it isolates the compiled step::
+
+    python -m t5x_lite.bench --config configs/gpt2_small.py --batch 32 --seq 1024 \\
+        --dtype bfloat16 --steps 20
+
+prints e.g. ``{"config": "configs/gpt2_small.py", ..., "step_s": 0.21,
+"tokens_per_s": 156000.0, "mfu": 0.41, ...}``. Timing: the first step (compile) is
+reported as ``compile_s``; ``--warmup`` more steps run untimed; then ``--steps``
+steps are dispatched back to back and timed until the last one finishes
+(``step_s`` = that time / steps). ``tokens_per_s`` counts ``batch x seq`` input
+tokens per step and ``mfu`` = ``flops.train_flops_per_token x tokens_per_s /
+(devices x peak)`` with the peak from ``--peak_flops`` (``auto``: from the device
+kind; null on a CPU, where ``achieved_flops_per_s`` is still given).
+
+Synthetic batches (all rows full, one document per row):
+
+* decoder: ``input_ids``, ``labels``, ``loss_weights``, ``segment_ids``, ``positions``;
+* encoder: the same with 15% of positions weighted (MLM), ``token_type_ids`` when
+  the model has segment embeddings, ``next_sentence_label`` with a sentence head;
+* encoder_decoder: ``--seq`` encoder tokens and ``--target_len`` decoder tokens
+  (default: the preset's ``data.target_len``, else ``seq // 4``, close to span
+  corruption's 114 targets for 512 inputs).
+
+Imports only jax, flax, optax, numpy and t5x_lite's config / models / partitioning
+/ steps / optim / losses / flops (no tfds, grain or gin; absl only as flax imports
+it). Reading a preset file runs its ``get_config()``, which needs ``ml_collections``
+(the presets build ConfigDicts): on a machine without it, install or carry its wheel
+(``pip install ml_collections``), or pass a JSON config (``config.json`` of a run
+directory, or ``python run_train.py --config=... --print_config > cfg.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5x_lite import config as C
+from t5x_lite import flops, partitioning, steps
+
+
+def load_values(path: str) -> dict[str, Any]:
+    """Nested config dict of a preset ``.py`` (its ``get_config()``) or a ``.json`` file."""
+    if not os.path.isfile(path):
+        raise C.ConfigError(f"config file not found: {path}")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return json.load(f)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:  # presets import ``configs.base``
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location("_bench_preset", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        raise C.ConfigError(
+            f"{path} needs the {e.name!r} package (presets build ml_collections ConfigDicts): "
+            "install it, or pass a JSON config (run_train.py --print_config > cfg.json)"
+        ) from None
+    return module.get_config().to_dict()
+
+
+def bench_config(values: dict[str, Any], args: argparse.Namespace) -> C.Config:
+    """The preset with the benchmark's batch, lengths, dtype and mesh applied."""
+    values = {k: dict(v) for k, v in values.items()}
+    values["data"]["seq_len"] = args.seq
+    if args.target_len is not None:
+        values["data"]["target_len"] = args.target_len
+    values["train"].update(batch_size=args.batch, microbatches=args.microbatches)
+    values["train"]["num_steps"] = 1 + args.warmup + args.steps
+    for key, value in (
+        ("dtype", args.dtype),
+        ("attention_impl", args.attention_impl),
+        ("remat_policy", args.remat),
+    ):
+        if value is not None:
+            values["model"][key] = value
+    data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+    values["mesh"] = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    values["scaling"] = {}
+    return C.from_dict(values)
+
+
+def target_length(cfg: C.Config) -> int | None:
+    if cfg.model.family != "encoder_decoder":
+        return None
+    return cfg.data.target_len or max(cfg.data.seq_len // 4, 2)
+
+
+def synthetic_batch(cfg: C.Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random full rows of the family's batch layout (see the module docstring).
+
+    E.g. a decoder with ``batch 2, seq 4``: ``input_ids`` ``[2, 4]`` ids in
+    ``[1, vocab)``, ``segment_ids`` all 1, ``positions`` ``[[0, 1, 2, 3]] * 2``.
+    """
+    rng = np.random.default_rng(seed)
+    m, b, t = cfg.model, cfg.train.batch_size, cfg.data.seq_len
+    vocab = cfg.data.tokenizer_vocab_size or m.vocab_size
+
+    def ids(length: int) -> np.ndarray:
+        return rng.integers(1, vocab, (b, length), dtype=np.int32)
+
+    def row(length: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.ones((b, length), np.int32), np.tile(np.arange(length, dtype=np.int32), (b, 1))
+
+    seg, pos = row(t)
+    batch = {"input_ids": ids(t), "segment_ids": seg, "positions": pos}
+    if m.family == "decoder":
+        batch["labels"] = ids(t)
+        batch["loss_weights"] = np.ones((b, t), np.float32)
+    elif m.family == "encoder":
+        batch["labels"] = ids(t)
+        batch["loss_weights"] = (rng.random((b, t)) < 0.15).astype(np.float32)
+        if m.type_vocab_size:
+            batch["token_type_ids"] = np.zeros((b, t), np.int32)
+        if m.sentence_head:
+            batch["next_sentence_label"] = rng.integers(0, 2, (b,), dtype=np.int32)
+    else:
+        u = target_length(cfg)
+        dseg, dpos = row(u)
+        batch.update(
+            decoder_input_ids=ids(u),
+            decoder_segment_ids=dseg,
+            decoder_positions=dpos,
+            labels=ids(u),
+            loss_weights=np.ones((b, u), np.float32),
+        )
+    return batch
+
+
+def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str, Any]:
+    """Compile, warm up and time ``num_steps`` train steps of ``cfg``; the JSON record."""
+    devices = jax.devices()
+    if cfg.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+        raise C.ConfigError(
+            f"model.attention_impl='cudnn' needs GPU devices; the backend is "
+            f"{jax.default_backend()!r} (use --attention_impl xla)"
+        )
+    cfg.mesh.resolve(len(devices))
+    mesh = partitioning.make_mesh(cfg.mesh, devices)
+    run_ = steps.for_config(cfg, mesh)
+    with jax.set_mesh(mesh):
+        batch = jax.device_put(synthetic_batch(cfg), run_.batch_sharding)
+    state = run_.run(run_.init, jax.random.key(cfg.train.seed))
+    jax.block_until_ready(state)
+
+    t0 = time.perf_counter()
+    state, metrics = run_.run(run_.train, state, batch)
+    first_loss = float(jax.device_get(metrics["loss"]))
+    compile_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, metrics = run_.run(run_.train, state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        state, metrics = run_.run(run_.train, state, batch)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / num_steps
+
+    target_len = target_length(cfg)
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    per_token = flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target_len)
+    tps = tokens / step_s
+    peak = flops.peak_flops_per_device(peak_spec)
+    memory = getattr(devices[0], "memory_stats", lambda: None)() or {}
+    return {
+        "family": cfg.model.family,
+        "arch": cfg.model.arch,
+        "params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
+        "batch": cfg.train.batch_size,
+        "seq": cfg.data.seq_len,
+        "target_len": target_len,
+        "dtype": cfg.model.dtype,
+        "attention_impl": cfg.model.attention_impl,
+        "remat_policy": cfg.model.remat_policy,
+        "microbatches": cfg.train.microbatches,
+        "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))),
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "backend": jax.default_backend(),
+        "compile_s": round(compile_s, 3),
+        "steps": num_steps,
+        "step_s": step_s,
+        "tokens_per_s": tps,
+        "flops_per_token": per_token,
+        "achieved_flops_per_s": per_token * tps,
+        "peak_flops_per_device": peak,
+        "mfu": per_token * tps / (peak * len(devices)) if peak else None,
+        "peak_bytes_in_use": memory.get("peak_bytes_in_use"),
+        "loss_first": first_loss,
+        "loss_last": float(jax.device_get(metrics["loss"])),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m t5x_lite.bench", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--config",
+        "--preset",
+        dest="config",
+        required=True,
+        help="configs/<name>.py (needs ml_collections) or a config .json",
+    )
+    p.add_argument("--batch", type=int, default=8, help="global batch, rows")
+    p.add_argument("--seq", type=int, default=128, help="input tokens per row")
+    p.add_argument("--target_len", type=int, default=None, help="encoder-decoder targets")
+    p.add_argument("--dtype", default=None, help="model compute dtype (default: the preset's)")
+    p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: the preset's)")
+    p.add_argument("--remat", default=None, help="none | full | dots (default: the preset's)")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (-1 fills)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after the compile")
+    p.add_argument("--peak_flops", default="auto", help="per-device peak: auto, a name, a number")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.steps < 1 or args.warmup < 0:
+            raise C.ConfigError(f"--steps={args.steps} must be >= 1 and --warmup >= 0")
+        cfg = bench_config(load_values(args.config), args)
+        record = {"config": args.config, **run(cfg, args.steps, args.warmup, args.peak_flops)}
+    except (C.ConfigError, ValueError) as e:
+        text = str(e).strip()
+        sys.exit(f"error: {text.splitlines()[0] if text else type(e).__name__}")
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
