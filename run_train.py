@@ -35,7 +35,7 @@ DEFAULT_CONFIG = "configs/default.py"  # the no-flag run: a small GPT-2, ~10 min
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Preset: configs/<name>.py; fields via --config.<field>=.",
+    "Preset: configs/<name>.py[:variant[,variant]]; fields via --config.<field>=.",
     lock_config=True,
 )
 _GIN_FILES = flags.DEFINE_multi_string(
@@ -63,8 +63,13 @@ _PRINT_CONFIG = flags.DEFINE_bool(
 def _config_name() -> str:
     if _GIN_FILES.value:
         return os.path.splitext(os.path.basename(_GIN_FILES.value[-1]))[0]
-    path = flags.FLAGS["config"].config_filename if flags.FLAGS["config"].present else None
-    return os.path.splitext(os.path.basename(path or DEFAULT_CONFIG))[0]
+    path = _preset_path() if flags.FLAGS["config"].present else DEFAULT_CONFIG
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _preset_path() -> str:
+    """The preset file of ``--config=PATH[:variant]`` (ml_collections keeps the variant)."""
+    return flags.FLAGS["config"].config_filename.split(":", 1)[0]
 
 
 def _first_line(e: BaseException) -> str:
@@ -98,19 +103,15 @@ def _flag_error_line(text: str) -> str:
 
     ml_collections reports an exception inside a preset's ``get_config`` as
     ``flag --config=X: Error whilst parsing config file:`` followed by a traceback;
-    its last line is the cause, e.g. ``TypeError: get_config() takes 0 positional
-    arguments but 1 was given`` for ``--config=configs/gpt2_tiny.py:big``.
+    its last line is the cause, e.g. ``ConfigError: unknown preset variant 'big'
+    (known: ...)`` for ``--config=configs/gpt2_tiny.py:big``.
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return "invalid flags"
     if len(lines) == 1 or not any(line.startswith("Traceback") for line in lines):
         return lines[0]
-    line = f"{lines[0].rstrip(':')}: {lines[-1]}"
-    m = re.match(r"flag --config=([^:\s]+):(\S+?):", lines[0])
-    if m and "get_config() takes 0 positional arguments" in lines[-1]:
-        line += f" ({m.group(1)} defines no variants; drop ':{m.group(2)}')"
-    return line
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 def resolve_config():
@@ -124,7 +125,7 @@ def resolve_config():
 
         return gin_config.load(_GIN_FILES.value, _GIN_BINDINGS.value)
     if flags.FLAGS["config"].present:
-        path = flags.FLAGS["config"].config_filename
+        path = _preset_path()
         if not os.path.isfile(path):
             raise C.ConfigError(f"config file not found: {path}")
         try:

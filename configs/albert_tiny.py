@@ -4,8 +4,9 @@ layer shared across 2 applications, MLM + sentence-order prediction on kjv."""
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="encoder",
             arch="albert",

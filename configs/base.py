@@ -4,6 +4,10 @@ Every preset in this folder is ``get_config()`` returning :func:`make` of its
 sections; defaults come from the typed dataclasses in :mod:`t5x_lite.config`, so a
 preset lists only what differs. Fields whose default is ``None`` become typed
 placeholders so that ``--config.model.head_dim=64`` works from the command line.
+
+Every preset takes an optional variant, ``--config=configs/<name>.py:<variant>``, a
+comma-separated list of names from :data:`VARIANTS` applied in order, e.g.
+``configs/gpt2_tiny.py:smoke,bf16``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,35 @@ import ml_collections
 from ml_collections import config_dict
 
 from t5x_lite import config as C
+
+# Named variants a preset can be loaded with (``configs/<name>.py:<variant>[,<variant>]``).
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    # A quick end-to-end check of a preset: 20 steps, small evaluations.
+    "smoke": {
+        "train": {"num_steps": 20, "log_every": 5, "eval_every": 10, "eval_batches": 1},
+        "checkpoint": {"every_steps": 10},
+    },
+    # bfloat16 compute with float32 master params (accelerators).
+    "bf16": {"model": {"dtype": "bfloat16"}},
+    # All devices on fsdp: parameters and optimizer state sharded ZeRO-3 style.
+    "fsdp": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}},
+    # Megatron-style model parallelism on every device.
+    "tensor": {"mesh": {"data": 1, "fsdp": 1, "tensor": -1}},
+    # Rematerialise each layer (trade compute for activation memory).
+    "remat": {"model": {"remat_policy": "full"}},
+}
+
+
+def apply_variant(cfg: ml_collections.ConfigDict, variant: str | None) -> None:
+    """Apply ``variant`` (comma-separated names from :data:`VARIANTS`) to ``cfg`` in place."""
+    for name in filter(None, (variant or "").split(",")):
+        if name not in VARIANTS:
+            raise C.ConfigError(
+                f"unknown preset variant {name!r} (known: {', '.join(sorted(VARIANTS))})"
+            )
+        for section, values in VARIANTS[name].items():
+            for key, value in values.items():
+                cfg[section][key] = value
 
 
 def _section(cls: type, overrides: dict[str, Any] | None) -> ml_collections.ConfigDict:
@@ -47,8 +80,12 @@ def make(
     mesh: dict[str, Any] | None = None,
     checkpoint: dict[str, Any] | None = None,
     scaling: dict[str, Any] | None = None,
+    variant: str | None = None,
 ) -> ml_collections.ConfigDict:
-    """A locked ConfigDict with all seven sections (unknown fields are errors)."""
+    """A locked ConfigDict with all seven sections (unknown fields are errors).
+
+    ``variant`` names entries of :data:`VARIANTS` applied after the preset's values.
+    """
     cfg = ml_collections.ConfigDict()
     cfg.model = _section(C.ModelConfig, model)
     cfg.data = _section(C.DataConfig, data)
@@ -57,15 +94,16 @@ def make(
     cfg.mesh = _section(C.MeshConfig, mesh)
     cfg.checkpoint = _section(C.CheckpointConfig, checkpoint)
     cfg.scaling = _section(C.ScalingConfig, scaling)
+    apply_variant(cfg, variant)
     cfg.lock()
     return cfg
 
 
-def load(name: str) -> ml_collections.ConfigDict:
-    """``get_config()`` of ``configs/<name>.py``."""
+def load(name: str, variant: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(variant)`` of ``configs/<name>.py``."""
     import importlib
 
-    return importlib.import_module(f"configs.{name}").get_config()
+    return importlib.import_module(f"configs.{name}").get_config(variant)
 
 
 def to_typed(cfg: ml_collections.ConfigDict) -> C.Config:

@@ -18,8 +18,9 @@ at most 30522 ids with ``data.tokenizer``.
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="encoder",
             arch="bert",

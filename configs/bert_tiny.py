@@ -3,8 +3,9 @@
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="encoder",
             arch="bert",

@@ -11,8 +11,9 @@ checkpoint every 200 steps; plots refreshed every 50.
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder",
             arch="gpt2",

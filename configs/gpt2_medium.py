@@ -21,8 +21,9 @@ at most 50257 ids with ``data.tokenizer``.
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder",
             arch="gpt2",

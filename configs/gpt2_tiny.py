@@ -3,8 +3,9 @@
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder", arch="gpt2", vocab_size=2048, d_model=64, num_heads=4,
             num_layers=2, d_ff=256, max_seq_len=128, norm_eps=1e-5, activation="gelu_new",

@@ -23,8 +23,9 @@ at most 32000 ids with ``data.tokenizer``.
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder",
             arch="llama",

@@ -7,8 +7,9 @@ and an untied LM head; causal LM on kjv.
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder",
             arch="llama",

@@ -8,8 +8,9 @@ position table starts ``pad_token_id + 1`` rows in, hence ``position_offset=1``
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="encoder",
             arch="roberta",

@@ -15,8 +15,9 @@ from configs import base
 CORPUS = "/usr/share/doc/python3.11/html/_sources"
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="decoder",
             arch="gpt2",

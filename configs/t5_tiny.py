@@ -7,8 +7,9 @@ MLP, no biases, untied LM head; trained with T5's span-corruption objective on k
 from configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
     return base.make(
+        variant=variant,
         model=dict(
             family="encoder_decoder",
             arch="t5_v1_1",

@@ -193,8 +193,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
         ),
         (
             ["--config=configs/gpt2_tiny.py:big"],
-            "TypeError: get_config() takes 0 positional arguments but 1 was given "
-            "(configs/gpt2_tiny.py defines no variants; drop ':big')",
+            "unknown preset variant 'big' (known: bf16, fsdp, remat, smoke, tensor)",
         ),
     ],
 )  # fmt: skip
@@ -203,6 +202,18 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(args, message, tmp_pat
     proc = cli(*args, f"--workdir={workdir}")
     assert_one_line_error(proc, message)
     assert not workdir.exists()
+
+
+def test_preset_variants_apply_in_order():
+    proc = cli("--config=configs/gpt2_tiny.py:smoke,bf16,fsdp", "--print_config")
+    assert proc.returncode == 0, proc.stderr
+    printed = C.from_dict(json.loads(proc.stdout))
+    preset = base.to_typed(base.load("gpt2_tiny"))
+    assert preset.train.num_steps != 20 and preset.model.dtype == "float32"
+    assert printed.train.num_steps == 20 and printed.checkpoint.every_steps == 10
+    assert printed.model.dtype == "bfloat16"
+    assert (printed.mesh.data, printed.mesh.fsdp, printed.mesh.tensor) == (1, -1, 1)
+    assert printed.model == dataclasses.replace(preset.model, dtype="bfloat16")
 
 
 def test_print_config_shows_the_scaling_plan():
