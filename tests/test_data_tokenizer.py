@@ -133,8 +133,11 @@ def test_vocab_too_large_or_small_for_the_corpus(tmp_path):
         pipeline.get_tokenizer(small)
     # A smaller tokenizer is named by its own field.
     part = make_cfg(tmp_path / "d3", corpus=str(src), vocab_size=8192, tokenizer_vocab_size=4096)
-    with pytest.raises(ConfigError, match=r"vocabulary of data.tokenizer_vocab_size=4096: .*<= "):
+    hint = r": .*<= 364\. \(data.tokenizer_vocab_size <= 464 with the sentinels\)$"
+    with pytest.raises(ConfigError, match=r"vocabulary of data.tokenizer_vocab_size=4096" + hint):
         pipeline.get_tokenizer(part)
+    at_limit = make_cfg(tmp_path / "d3", corpus=str(src), vocab_size=8192, tokenizer_vocab_size=464)
+    assert pipeline.get_tokenizer(at_limit).vocab_size == 464  # the hint is exact
 
 
 def test_unigram_tokenizer_has_the_same_layout(tmp_path):

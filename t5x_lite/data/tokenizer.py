@@ -6,8 +6,11 @@ Layout of a vocabulary trained here (``vocab_size`` V, byte fallback on)::
     7 [NLU] | 8 [NLG] | 9 [S2S]  (UL2 mode tokens) | 10..265 <0x00>..<0xFF> (bytes)
     266 .. V-101 learned pieces | V-100 .. V-1 <extra_id_99> .. <extra_id_0>
 
-so ``sentinel_id(0) == V - 1`` as in T5. Normalisation is the identity and whitespace
-is kept, so any Unicode string round-trips: ``decode(encode(s)) == s``.
+so ``sentinel_id(0) == V - 1`` as in T5. ``V`` is ``data.tokenizer_vocab_size`` (default
+``model.vocab_size``); a model with more embedding rows than ``V`` leaves the rest
+unused, and the sentinels stay at the top of the *tokenizer's* ids. Normalisation is
+the identity and whitespace is kept, so any Unicode string round-trips:
+``decode(encode(s)) == s``.
 
 An existing ``.model`` file is accepted as is: it must pad with id 0 and have an EOS
 piece; reserved pieces it lacks ([CLS], sentinels, ...) get ids above its own pieces
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -188,8 +192,8 @@ def train_sentencepiece(
     one-line ConfigError naming ``data.corpus`` and ``field`` (the config field the size
     came from: ``model.vocab_size`` or ``data.tokenizer_vocab_size``), e.g.
     ``data.corpus='kjv' cannot train a SentencePiece vocabulary of
-    data.tokenizer_vocab_size=50257: ... Please set it to a value <= 34546.`` (kjv's BPE
-    limit is 34646 ids with the 100 sentinels).
+    data.tokenizer_vocab_size=50257: ... Please set it to a value <= 34546.
+    (data.tokenizer_vocab_size <= 34646 with the sentinels)``.
     """
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
@@ -226,9 +230,11 @@ def train_sentencepiece(
         )
     except RuntimeError as e:
         msg = " ".join(str(e).split())
+        limit = re.search(r"value <= (\d+)", msg)  # SentencePiece counts pieces, not sentinels
+        hint = f" ({field} <= {int(limit[1]) + NUM_SENTINELS} with the sentinels)" if limit else ""
         raise ConfigError(
             f"data.corpus={corpus!r} cannot train a SentencePiece vocabulary of "
-            f"{field}={vocab_size}: {msg[-200:]}"
+            f"{field}={vocab_size}: {msg[-200:]}{hint}"
         ) from None
     model = pb.ModelProto()
     model.ParseFromString(buf.getvalue())
