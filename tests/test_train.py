@@ -37,7 +37,10 @@ def overrides(data_dir: str, mesh: dict) -> dict:
     """The short-run settings every test here applies on top of a preset."""
     return {
         "data": {"seq_len": 64, "data_dir": data_dir},
-        "optimizer": {"learning_rate": 3e-3, "warmup_steps": 5},
+        # At 3e-3 the float32 reduction orders of the two layouts drift apart to 1.4e-5
+        # relative by step 27 for gpt2_tiny (measured); at 2e-3 they stay within 3e-7 for
+        # every family while the loss still drops by more than 1 nat.
+        "optimizer": {"learning_rate": 2e-3, "warmup_steps": 5},
         "train": {
             "batch_size": 16,
             "num_steps": STEPS,
