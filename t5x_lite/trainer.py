@@ -235,6 +235,17 @@ def evaluate(run: steps.Steps, params: Any, batches: list[dict[str, jax.Array]])
     return losses.summarize(total) if total else {}
 
 
+def sampleable_ids(tokenizer: Any) -> np.ndarray:
+    """``[tokenizer.vocab_size]`` bool: ids a text continuation may contain.
+
+    Reserved pieces (pad, BOS, [CLS], [SEP], [MASK], UL2 mode tokens, sentinels) are
+    excluded; EOS stays, since sampling it ends the continuation.
+    """
+    allowed = ~np.asarray(tokenizer.special_mask, bool)[: int(tokenizer.vocab_size)].copy()
+    allowed[tokenizer.eos_id] = True
+    return allowed
+
+
 def sample_ids(
     run: steps.Steps,
     params: Any,
@@ -254,7 +265,8 @@ def sample_ids(
     ``top_k`` most likely tokens. Only ids below ``tokenizer.vocab_size`` are candidates:
     a model whose embedding table is larger than the tokenizer (``model.vocab_size`` >
     ``data.tokenizer_vocab_size``) has logits for ids that decode to nothing, and those
-    are masked out. Sampling stops before EOS.
+    are masked out, and so are the tokenizer's reserved pieces (pad, [MASK], sentinels,
+    ...: ``tokenizer.special_mask``) other than EOS. Sampling stops before EOS.
     """
     prompt_ids = list(tokenizer.encode(prompt))[-(seq_len - 1) :]
     ids = list(prompt_ids)
@@ -262,6 +274,7 @@ def sample_ids(
     rng = np.random.default_rng(seed)
     limit = int(tokenizer.vocab_size)
     pad = max(getattr(tokenizer, "pad_id", 0), 0)
+    reserved = ~sampleable_ids(tokenizer)  # [V_tokenizer] bool
     replicated = NamedSharding(run.mesh, PartitionSpec())
     for _ in range(num_tokens):
         window = ids[-seq_len:]
@@ -270,6 +283,7 @@ def sample_ids(
         batch = {"input_ids": jax.make_array_from_process_local_data(replicated, buf)}
         # [V_model] -> [V_tokenizer]: ids past the tokenizer's vocabulary are never drawn.
         logits = replicated_value(run.run(run.logits, params, batch))[0, len(window) - 1, :limit]
+        logits = np.where(reserved, -np.inf, logits.astype(np.float64))
         if temperature <= 0:
             nxt = int(np.argmax(logits))
         else:

@@ -296,6 +296,13 @@ def test_training_with_a_tokenizer_smaller_than_the_model(tmp_path):
     # sampler must skip them all (each would otherwise be drawn with p ~ 1/2).
     assert len(out["sample_ids"]) >= 16
     assert max(out["sample_ids"]) < 2048
+    tok = Tokenizer(workdir / "tokenizer.model")
+    allowed = trainer.sampleable_ids(tok)
+    assert allowed.shape == (2048,) and all(allowed[i] for i in out["sample_ids"])
+    assert allowed[tok.eos_id] and allowed[tok.encode("LORD")[0]]
+    for i in (tok.pad_id, tok.bos_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.sentinel_id(0),
+              tok.sentinel_id(99), *tok.mode_ids.values()):  # fmt: skip
+        assert not allowed[i], i
     assert out["sample"].startswith("In the beginning")
 
 
