@@ -382,42 +382,82 @@ def test_ul2_denoisers_and_chunk_length():
         ul2.chunk_length(16, 3, "X:1", 100)
 
 
-def test_ul2_rows_mode_tokens_and_reconstruction():
-    modes = {"R": 7, "X": 8, "S": 9}
-    raw = np.random.default_rng(4).integers(10, 900, size=(600, 100)).astype(np.int32)
-    inputs, targets, choice = ul2.ul2_rows(
-        raw,
-        11,
-        np.arange(600),
-        mixture="R:0.4,S:0.2,X:0.4",
-        seq_len=104,
-        target_len=104,
-        sentinel_ids=SENTINELS,
-        mode_ids=modes,
-        eos_id=1,
-    )
-    table = ul2.denoisers("R:0.4,S:0.2,X:0.4")
-    kinds = np.array([table[c][0] for c in choice])
-    assert abs((kinds == "S").mean() - 0.2) < 0.05 and abs((kinds == "R").mean() - 0.4) < 0.06
-    for i in range(60):
-        assert inputs[i, 0] == modes[kinds[i]]
-        inp = [t for t in inputs[i, 1:].tolist() if t]
-        tgt = [t for t in targets[i].tolist() if t]
-        if kinds[i] == "S":
-            assert inp[:-1] + tgt[:-1] == raw[i].tolist() and inp[-1] == tgt[-1] == 1
-        else:
-            assert _reconstruct(inp, tgt, set(SENTINELS)) == raw[i].tolist()
-    s = ul2.ul2_rows(
-        np.array([[10, 11, 12, 13]]),
-        0,
-        np.array([0]),
-        mixture="S:1",
-        seq_len=6,
-        target_len=5,
-        sentinel_ids=SENTINELS,
-        mode_ids=modes,
-        eos_id=1,
-    )
-    split = [t for t in s[0][0].tolist() if t][1:-1]
-    assert s[0][0].tolist() == [9, *split, 1] + [0] * (6 - len(split) - 2)
-    assert s[1][0].tolist()[: 5 - len(split)] == [*range(10 + len(split), 14), 1]
+MODES = {"R": 7, "X": 8, "S": 9}
+
+
+def test_ul2_packed_rows_hand_checked_example():
+    # The docstring's example: two S examples (4 raw tokens split 2 + 2, 3 split 1 + 2).
+    plan = ul2.Plan(np.array([[0, 0]]), np.array([[4, 3]]), np.array([[2, 1]]))
+    b = ul2.ul2_rows(
+        np.array([[10, 11, 12, 13, 14, 15, 16]]), 0, np.array([0]), plan, mixture="S:1",
+        seq_len=8, target_len=7, sentinel_ids=SENTINELS, mode_ids=MODES, eos_id=1,
+    )  # fmt: skip
+    expected = {
+        "input_ids": [9, 10, 11, 1, 9, 14, 1, 0],
+        "segment_ids": [1, 1, 1, 1, 2, 2, 2, 0],
+        "positions": [0, 1, 2, 3, 0, 1, 2, 0],
+        "labels": [12, 13, 1, 15, 16, 1, 0],
+        "decoder_input_ids": [0, 12, 13, 0, 15, 16, 0],
+        "decoder_segment_ids": [1, 1, 1, 2, 2, 2, 0],
+        "decoder_positions": [0, 1, 2, 0, 1, 2, 0],
+        "loss_weights": [1, 1, 1, 1, 1, 1, 0],
+    }
+    assert set(b) == set(expected)
+    for k, v in expected.items():
+        assert b[k].tolist() == [v], k
+    assert b["loss_weights"].dtype == np.float32 and b["input_ids"].dtype == np.int32
+
+
+def test_ul2_plan_fills_rows_and_segments_reconstruct():
+    mix, seq, tgt = "R:0.4,S:0.2,X:0.4", 104, 104
+    rows = np.arange(400)
+    plan = ul2.plan_rows(5, rows, mixture=mix, seq_len=seq, target_len=tgt, max_spans=100)
+    # Row-keyed: any subset of rows gets the same plan (restores, process layouts).
+    sub = ul2.plan_rows(5, rows[7:9], mixture=mix, seq_len=seq, target_len=tgt, max_spans=100)
+    s = sub.denoiser.shape[1]
+    np.testing.assert_array_equal(sub.length, plan.length[7:9, :s])
+    assert (plan.length[7:9, s:] == 0).all()
+    used = plan.length.sum(axis=1)
+    raw = np.random.default_rng(4).integers(10, 900, size=(400, int(used.max()))).astype(np.int32)
+    b = ul2.ul2_rows(
+        raw, 11, rows, plan, mixture=mix, seq_len=seq, target_len=tgt,
+        sentinel_ids=SENTINELS, mode_ids=MODES, eos_id=1,
+    )  # fmt: skip
+    assert (b["segment_ids"] > 0).mean() >= 0.9  # packed: the encoder rows are full
+    assert ((plan.denoiser >= 0).sum(axis=1) >= 2).mean() > 0.5  # several examples per row
+    table = ul2.denoisers(mix)
+    kinds = np.array([table[d][0] for d in plan.denoiser[plan.denoiser >= 0]])
+    assert abs((kinds == "S").mean() - 0.2) < 0.06 and abs((kinds == "R").mean() - 0.4) < 0.06
+    sent = set(SENTINELS.tolist())
+    for r in range(100):
+        seg, dseg = b["segment_ids"][r], b["decoder_segment_ids"][r]
+        k = int((plan.denoiser[r] >= 0).sum())
+        assert seg.max() == dseg.max() == k
+        np.testing.assert_array_equal(b["labels"][r] != 0, dseg > 0)
+        np.testing.assert_array_equal(b["loss_weights"][r] > 0, dseg > 0)
+        pieces = []
+        for i in range(1, k + 1):
+            inp = b["input_ids"][r][seg == i].tolist()
+            out = b["labels"][r][dseg == i].tolist()
+            kind = table[plan.denoiser[r, i - 1]][0]
+            assert inp[0] == MODES[kind] and inp[-1] == out[-1] == 1  # mode token, EOS
+            assert b["positions"][r][seg == i].tolist() == list(range(len(inp)))
+            assert b["decoder_positions"][r][dseg == i].tolist() == list(range(len(out)))
+            assert b["decoder_input_ids"][r][dseg == i].tolist() == [0, *out[:-1]]
+            if kind == "S":
+                pieces += inp[1:-1] + out[:-1]
+            else:
+                pieces += _reconstruct(inp[1:], out, sent)
+        assert pieces == raw[r, : used[r]].tolist()  # every example is its stream piece
+    with pytest.raises(ValueError, match="run past"):
+        ids, seg, pos = (np.zeros((1, 4), np.int32) for _ in range(3))
+        packing.place_segments(ids, seg, pos, [0], np.array([3]), np.ones((1, 2)), [2], 1)
+
+
+def test_ul2_row_offsets_tile_the_stream():
+    kw = dict(mixture="R:0.4,S:0.2,X:0.4", seq_len=64, target_len=64, max_spans=100)
+    offsets, width = ul2.row_offsets(3, 5000, **kw)
+    used = ul2.plan_rows(3, np.arange(len(offsets) + 1), **kw).length.sum(axis=1)
+    np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(used)[:-2]]))
+    assert offsets[-1] + width <= 5000 < offsets[-1] + used[-2] + width
+    assert width <= 128 and used.min() >= ul2.MIN_EXAMPLE

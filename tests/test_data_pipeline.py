@@ -66,6 +66,50 @@ def test_acceptance_statistics_at_seq_len_512(kjv_root, kjv_tokenizer, objective
         assert (b["decoder_input_ids"][:, 0] == 0).all()
 
 
+def test_ul2_packed_rows_at_seq_len_512(kjv_root, kjv_tokenizer):
+    from test_data_objectives import _reconstruct
+
+    tok = kjv_tokenizer
+    cfg = make_cfg(kjv_root, "ul2", seq_len=512, batch_size=32)
+    batches = _take(pipeline.train_iterator(cfg, tok), 10)
+    s = stats.batch_stats(batches, tok)
+    assert s["non_pad_fraction"] >= 0.9 and s["target_non_pad_fraction"] >= 0.4
+    assert s["examples_per_row"] >= 1.5
+    assert min(s["denoiser_fractions"].values()) > 0.1
+    # Rows of epoch 0 against the stream they read: every segment starts with a mode
+    # token and its inputs + targets give back its piece of the stream, in order.
+    source = pipeline.batch_source(cfg, tok, cfg.data.train_split)
+    rows = np.arange(0, source.rows_per_epoch, source.rows_per_epoch // 24)
+    b = source((np.zeros_like(rows), rows))
+    order, cum_end = source.layout(0)
+    ids, _ = pipeline.packing.stream_window(
+        source.store.tokens,
+        source.doc_starts,
+        order,
+        cum_end,
+        source.row_starts[rows],
+        source.width,
+    )
+    modes, sent = set(tok.mode_ids.values()), set(tok.sentinel_ids.tolist())
+    for r in range(len(rows)):
+        seg, dseg = b["segment_ids"][r], b["decoder_segment_ids"][r]
+        pieces = []
+        for i in range(1, seg.max() + 1):
+            inp = b["input_ids"][r][seg == i].tolist()
+            out = b["labels"][r][dseg == i].tolist()
+            assert inp[0] in modes and b["decoder_input_ids"][r][dseg == i][0] == 0
+            if inp[0] == tok.mode_ids["S"]:
+                pieces += inp[1:-1] + out[:-1]
+            else:
+                pieces += _reconstruct(inp[1:], out, sent)
+        assert pieces == ids[r, : len(pieces)].tolist()
+        if r + 1 < len(rows) and rows[r + 1] == rows[r] + 1:
+            assert source.row_starts[rows[r]] + len(pieces) == source.row_starts[rows[r + 1]]
+    used = np.diff(source.row_starts)
+    assert (used > 0).all() and used.max() <= source.width
+    print(f"ul2 512: inputs {s['non_pad_fraction']:.3f} targets {s['target_non_pad_fraction']:.3f}")
+
+
 @pytest.mark.parametrize("kind", ["nsp", "sop"])
 def test_sentence_pairs_positives_and_layout(kjv_root, kjv_tokenizer, kind):
     cfg = make_cfg(kjv_root, "mlm", kind, seq_len=64, batch_size=256)

@@ -111,3 +111,37 @@ def shift_right(labels: np.ndarray, segment_ids: np.ndarray, start_id: int = 0) 
     first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     out = np.where(first, start_id, out)
     return np.where(segment_ids > 0, out, 0).astype(labels.dtype)
+
+
+def place_segments(
+    ids: np.ndarray,
+    segment_ids: np.ndarray,
+    positions: np.ndarray,
+    rows: np.ndarray,
+    offsets: np.ndarray,
+    values: np.ndarray,
+    lengths: np.ndarray,
+    segment: int | np.ndarray,
+) -> None:
+    """Write ``values[k, :lengths[k]]`` into row ``rows[k]`` of ``ids`` from column
+    ``offsets[k]`` (in place), with segment id ``segment`` and positions 0, 1, ...
+
+    Packs variable-length examples into rows side by side (UL2's encoder and decoder
+    rows); raises ValueError when one would run past the row.
+
+    >>> ids, seg, pos = (np.zeros((1, 6), np.int32) for _ in range(3))
+    >>> place_segments(ids, seg, pos, np.array([0]), np.array([2]), np.array([[7, 8, 9]]),
+    ...                np.array([2]), 3)
+    >>> ids.tolist(), seg.tolist(), pos.tolist()
+    ([[0, 0, 7, 8, 0, 0]], [[0, 0, 3, 3, 0, 0]], [[0, 0, 0, 1, 0, 0]])
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(rows) and int((np.asarray(offsets) + lengths).max()) > ids.shape[1]:
+        raise ValueError(f"segments run past a row of {ids.shape[1]} tokens")
+    t = np.arange(values.shape[1])
+    keep = t[None, :] < lengths[:, None]  # [g, n]
+    r = np.broadcast_to(np.asarray(rows)[:, None], keep.shape)[keep]
+    c = (np.asarray(offsets, dtype=np.int64)[:, None] + t[None, :])[keep]
+    ids[r, c] = values[keep]
+    segment_ids[r, c] = np.broadcast_to(np.asarray(segment)[..., None], keep.shape)[keep]
+    positions[r, c] = np.broadcast_to(t, keep.shape)[keep]

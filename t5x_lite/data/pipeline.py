@@ -59,7 +59,9 @@ positions decoder_input_ids decoder_segment_ids decoder_positions labels loss_we
 
 Span corruption derives ``target_len`` with T5's ``random_spans_helper`` so that rows
 are full (seq_len 512 -> 568 raw tokens, 114 targets); UL2 uses ``target_len =
-seq_len`` unless set.
+seq_len`` unless set and packs several denoiser examples per row, one segment each on
+both sides (:mod:`t5x_lite.data.ul2`): its rows take a varying number of stream tokens,
+at offsets fixed once per split.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ class BatchSource:
             self.width, _ = span_corruption.random_spans_helper(
                 seq, data.noise_density, data.mean_noise_span_length, tok.num_sentinels
             )
-        else:  # ul2
+        else:  # ul2: packed rows of several examples, variable stream offsets
             self.width = ul2.chunk_length(seq, self.target_len, data.ul2_mixture, tok.num_sentinels)
         if self.width:
             self.doc_starts = np.asarray(store.doc_starts)
@@ -234,6 +236,12 @@ class BatchSource:
             total = int(self.lengths.sum())
             self.rows_per_epoch = max((total - self.extra) // self.width, 0)
             self.tokens_per_epoch = total
+            self.row_starts: np.ndarray | None = None
+            if self.objective == "ul2":
+                self.row_starts, self.width = ul2.row_offsets(
+                    self.plan_key(), total, **self._ul2_lengths()
+                )
+                self.rows_per_epoch = len(self.row_starts)
         else:
             self.rows_per_epoch = len(self.chunks)
             self.tokens_per_epoch = store.num_tokens
@@ -252,6 +260,18 @@ class BatchSource:
 
     def key(self, epoch: int, purpose: str) -> int:
         return rng.derive_key(self.data.seed, self.split, int(epoch), purpose)
+
+    def plan_key(self) -> int:
+        """UL2's row plans: the same every epoch, so rows per epoch are too."""
+        return rng.derive_key(self.data.seed, self.split, "ul2-plan")
+
+    def _ul2_lengths(self) -> dict[str, Any]:
+        return {
+            "mixture": self.data.ul2_mixture,
+            "seq_len": self.input_len,
+            "target_len": self.target_len,
+            "max_spans": self.tok.num_sentinels,
+        }
 
     def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order [D], cum_end [D])`` of the epoch's document stream (cached)."""
@@ -309,7 +329,7 @@ class BatchSource:
             self.doc_starts,
             order,
             cum_end,
-            rows * self.width,
+            rows * self.width if self.row_starts is None else self.row_starts[rows],
             self.width + self.extra,
             self.prefix,
             self.suffix,
@@ -341,19 +361,20 @@ class BatchSource:
             )
             inputs = packing.pad_to(inputs, self.input_len)
             targets = packing.pad_to(targets, self.target_len)
-        else:
-            inputs, targets, _ = ul2.ul2_rows(
-                ids,
-                self.key(epoch, "ul2"),
-                rows,
-                mixture=data.ul2_mixture,
-                seq_len=self.input_len,
-                target_len=self.target_len,
-                sentinel_ids=tok.sentinel_ids,
-                mode_ids=tok.mode_ids,
-                eos_id=tok.eos_id,
-            )
-        return encoder_decoder_batch(inputs, targets)
+            return encoder_decoder_batch(inputs, targets)
+        lens = self._ul2_lengths()
+        return ul2.ul2_rows(
+            ids,
+            self.key(epoch, "ul2"),
+            rows,
+            ul2.plan_rows(self.plan_key(), rows, **lens),
+            mixture=lens["mixture"],
+            seq_len=self.input_len,
+            target_len=self.target_len,
+            sentinel_ids=tok.sentinel_ids,
+            mode_ids=tok.mode_ids,
+            eos_id=tok.eos_id,
+        )
 
     def _mask(self, ids: np.ndarray, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
         data, tok = self.data, self.tok

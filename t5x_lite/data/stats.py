@@ -38,7 +38,9 @@ def batch_stats(
     ``random_token_fraction`` (shown as another token), ``unchanged_fraction``.
     Span corruption: ``noise_density`` = target tokens that are neither sentinel nor
     EOS over those plus the input tokens that are neither sentinel, EOS nor mode
-    token; ``mean_noise_span_length`` = noise tokens per sentinel.
+    token; ``mean_noise_span_length`` = noise tokens per sentinel. Encoder-decoder rows
+    may be packed (UL2): ``denoiser_fractions`` and ``examples_per_row`` count segments
+    by their first token, and S (prefix LM) segments are left out of the span figures.
     """
     out: dict[str, float | int | dict] = {}
     ids = _cat(batches, "input_ids")
@@ -51,16 +53,27 @@ def batch_stats(
         out["target_non_pad_fraction"] = _frac(dreal.sum(), dreal.size)
         sentinel = np.isin(labels, tokenizer.sentinel_ids)
         mode_ids = np.array(list(tokenizer.mode_ids.values()))
-        first = ids[:, 0]
-        is_s = first == tokenizer.mode_ids["S"]  # UL2 prefix-LM rows have no spans
-        kinds = {k: _frac((first == i).sum(), len(first)) for k, i in tokenizer.mode_ids.items()}
+        # Packed rows (UL2): each segment starts with its mode token; S segments have no spans.
+        pos = _cat(batches, "positions")
+        seg = _cat(batches, "segment_ids")
+        start = np.arange(ids.shape[1]) - pos  # [B, T] column of each token's segment start
+        lead = np.take_along_axis(ids, np.maximum(start, 0), axis=1)
+        first = real & (pos == 0)
+        out["examples_per_row"] = _frac(first.sum(), ids.shape[0])
+        lead_of = np.zeros((ids.shape[0], int(seg.max()) + 1), dtype=ids.dtype)  # [B, S+1]
+        lead_of[np.nonzero(first)[0], seg[first]] = ids[first]
+        dseg = _cat(batches, "decoder_segment_ids")
+        dlead = np.take_along_axis(lead_of, dseg, axis=1)
+        s_id = tokenizer.mode_ids["S"]
+        kinds = {
+            k: _frac((ids[first] == i).sum(), first.sum()) for k, i in tokenizer.mode_ids.items()
+        }
         if any(kinds.values()):
             out["denoiser_fractions"] = kinds
-        span_rows = ~is_s
-        noise = (dreal & ~sentinel & (labels != tokenizer.eos_id))[span_rows]
+        noise = dreal & ~sentinel & (labels != tokenizer.eos_id) & (dlead != s_id)
         in_sent = np.isin(ids, tokenizer.sentinel_ids) | np.isin(ids, mode_ids)
-        kept = (real & ~in_sent & (ids != tokenizer.eos_id))[span_rows]
-        spans = sentinel[span_rows].sum()
+        kept = real & ~in_sent & (ids != tokenizer.eos_id) & (lead != s_id)
+        spans = (sentinel & (dlead != s_id)).sum()
         out["noise_density"] = _frac(noise.sum(), noise.sum() + kept.sum())
         out["mean_noise_span_length"] = _frac(noise.sum(), spans)
         out["noise_tokens"] = int(noise.sum())

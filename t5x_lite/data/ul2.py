@@ -1,8 +1,9 @@
-"""UL2's mixture of denoisers (Tay et al., 2022) for the encoder-decoder.
+"""UL2's mixture of denoisers (Tay et al., 2022) for the encoder-decoder, packed.
 
-Every row is one chunk of ``chunk_length`` raw tokens, given to one denoiser drawn
-from ``data.ul2_mixture`` (e.g. ``"R:0.4,S:0.2,X:0.4"``); within a kind the variants
-below are equally likely. The inputs start with the kind's mode token, as in the paper:
+Each example is a piece of the raw token stream given to one denoiser drawn from
+``data.ul2_mixture`` (e.g. ``"R:0.4,S:0.2,X:0.4"``); within a kind the variants below
+are equally likely. The inputs of an example start with the kind's mode token, as in
+the paper:
 
 ====  ========  ==========================================================
 kind  mode      variants (mean span length, noise density)
@@ -12,19 +13,29 @@ X     [NLG]     (3, 0.5), (8, 0.5), (64, 0.15), (64, 0.5): extreme corruption
 S     [S2S]     prefix LM: inputs = a random-length prefix, targets = the rest
 ====  ========  ==========================================================
 
-``chunk_length`` is the largest length for which every variant fits the encoder
-(``seq_len``) and decoder (``target_len``) rows; the denoisers differ in their
-input/target ratios, so a row's padding depends on its denoiser (the inspection CLI
-reports it).
+Packing. Every encoder row (``seq_len``) and its decoder row (``target_len``) hold
+several examples, each its own segment on both sides. A row's *plan* is drawn
+greedily, example after example, as a pure function of ``(seed, split, row)``
+(:func:`plan_rows`): draw a denoiser, give it the largest raw length that fits the
+room left on both sides (at most :func:`chunk_length`, the length every denoiser fits
+in an empty row), and stop at the first draw that fits fewer than ``MIN_EXAMPLE``
+tokens. Span lengths follow T5's arithmetic (:func:`corrupted_lengths`), so a plan
+fixes every example's input and target length exactly. Row ``r`` reads
+``stream[offset[r] : offset[r] + consumed[r]]`` (:func:`row_offsets`); as the plans do
+not depend on the epoch, neither do the offsets nor the number of rows per epoch,
+while the stream's document order, the noise spans and the rows' shuffle do.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import numpy as np
 
 from t5x_lite.config import ConfigError, parse_ul2_mixture
 from t5x_lite.data import rng
-from t5x_lite.data.packing import pad_to
+from t5x_lite.data.packing import place_segments, shift_right
 from t5x_lite.data.span_corruption import corrupted_lengths, span_corruption
 
 VARIANTS: dict[str, tuple[tuple[float, float], ...]] = {
@@ -32,6 +43,7 @@ VARIANTS: dict[str, tuple[tuple[float, float], ...]] = {
     "X": ((3.0, 0.5), (8.0, 0.5), (64.0, 0.15), (64.0, 0.5)),
     "S": ((0.0, 0.0),),
 }
+MIN_EXAMPLE = 8  # raw tokens: a row ends at the first drawn example that fits fewer
 
 
 def denoisers(mixture: str) -> list[tuple[str, float, float, float]]:
@@ -48,7 +60,7 @@ def denoisers(mixture: str) -> list[tuple[str, float, float, float]]:
 
 
 def chunk_length(seq_len: int, target_len: int, mixture: str, max_spans: int) -> int:
-    """Largest raw chunk every denoiser of ``mixture`` turns into rows that fit."""
+    """Largest raw example every denoiser of ``mixture`` turns into rows that fit."""
 
     def fits(n: int) -> bool:
         for kind, mean, density, _ in denoisers(mixture):
@@ -73,10 +85,132 @@ def chunk_length(seq_len: int, target_len: int, mixture: str, max_spans: int) ->
     return n
 
 
+class Plan(NamedTuple):
+    """Examples of each row, ``[B, S]`` (S = the most examples of any row; unused = -1/0).
+
+    ``denoiser`` indexes :func:`denoisers` (-1: no example), ``length`` is the raw
+    tokens the example takes from the stream, ``split`` the prefix length of an S
+    example (0 otherwise).
+    """
+
+    denoiser: np.ndarray
+    length: np.ndarray
+    split: np.ndarray
+
+
+@functools.lru_cache(maxsize=16)
+def _fit_tables(
+    mixture: str, seq_len: int, target_len: int, max_spans: int
+) -> tuple[int, tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None, ...]]:
+    """``(cap, per denoiser (in_len [cap+1], tgt_len [cap+1], max_n_in [seq_len+1],
+    max_n_tgt [target_len+1]))``; ``None`` for S (its fit is closed-form)."""
+    cap = chunk_length(seq_len, target_len, mixture, max_spans)
+    tables = []
+    for kind, mean, density, _ in denoisers(mixture):
+        if kind == "S":
+            tables.append(None)
+            continue
+        n = np.arange(cap + 1)
+        lens = np.array([corrupted_lengths(max(int(k), 2), density, mean, max_spans) for k in n])
+        in_len = lens[:, 0] + 1  # the mode token
+        tgt_len = lens[:, 1]
+        # Largest n whose (running-max) lengths fit a room: one lookup per room size.
+        top_in, top_tgt = np.maximum.accumulate(in_len), np.maximum.accumulate(tgt_len)
+        max_in = np.searchsorted(top_in, np.arange(seq_len + 1), "right") - 1
+        max_tgt = np.searchsorted(top_tgt, np.arange(target_len + 1), "right") - 1
+        tables.append((in_len, tgt_len, max_in, max_tgt))
+    return cap, tuple(tables)
+
+
+def plan_rows(
+    key: int, rows: np.ndarray, *, mixture: str, seq_len: int, target_len: int, max_spans: int
+) -> Plan:
+    """The greedy plan of each row in ``rows`` (see the module docstring).
+
+    Every example's inputs (mode token and EOS included) and targets (EOS included)
+    fit: per row, inputs sum to at most ``seq_len`` and targets to ``target_len``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    table = denoisers(mixture)
+    cdf = np.cumsum([d[3] for d in table])
+    cap, fit = _fit_tables(mixture, seq_len, target_len, max_spans)
+    b = len(rows)
+    room_in = np.full(b, seq_len, dtype=np.int64)
+    room_t = np.full(b, target_len, dtype=np.int64)
+    active = np.ones(b, dtype=bool)
+    den, length, split = [], [], []
+    slot = 0
+    while active.any():
+        u = rng.uniform(rng.derive_key(key, "denoiser", slot), rows)
+        choice = np.minimum(np.searchsorted(cdf, u, side="right"), len(table) - 1)
+        n = np.zeros(b, dtype=np.int64)
+        in_len = np.zeros(b, dtype=np.int64)
+        t_len = np.zeros(b, dtype=np.int64)
+        cut = np.zeros(b, dtype=np.int64)
+        for j, tab in enumerate(fit):
+            sel = np.flatnonzero(choice == j)
+            if not len(sel):
+                continue
+            ri, rt = room_in[sel], room_t[sel]
+            if tab is None:  # S: [S2S] prefix EOS | rest EOS, prefix and rest >= 1
+                nj = np.where((ri >= 3) & (rt >= 2), np.minimum(cap, ri - 2 + rt - 1), 0)
+                lo = np.maximum(1, nj - (rt - 1))
+                hi = np.minimum(nj - 1, ri - 2)
+                span = np.maximum(hi - lo + 1, 1)
+                c = lo + rng.randint(rng.derive_key(key, "split", slot), rows[sel], span)
+                n[sel], cut[sel] = nj, c
+                in_len[sel], t_len[sel] = c + 2, nj - c + 1
+            else:
+                tin, ttgt, max_in, max_tgt = tab
+                nj = np.minimum(np.minimum(max_in[ri], max_tgt[rt]), cap)
+                nj = np.maximum(nj, 0)
+                n[sel] = nj
+                in_len[sel], t_len[sel] = tin[nj], ttgt[nj]
+        ok = active & (n >= MIN_EXAMPLE)
+        room_in -= np.where(ok, in_len, 0)
+        room_t -= np.where(ok, t_len, 0)
+        den.append(np.where(ok, choice, -1))
+        length.append(np.where(ok, n, 0))
+        split.append(np.where(ok, cut, 0))
+        active = ok
+        slot += 1
+    if slot > 1:  # the last slot is empty in every row
+        den, length, split = den[:-1], length[:-1], split[:-1]
+    return Plan(*(np.stack(x, axis=1) for x in (den, length, split)))
+
+
+def row_offsets(
+    key: int, num_tokens: int, *, mixture: str, seq_len: int, target_len: int, max_spans: int
+) -> tuple[np.ndarray, int]:
+    """``(offsets [R], width)``: row ``r`` starts at ``offsets[r]`` of a stream of
+    ``num_tokens`` and takes at most ``width`` tokens; ``R`` counts the rows whose
+    ``width`` window lies inside the stream."""
+    block = 1 << 15
+    parts, total, start = [], 0, 0
+    while total < num_tokens:
+        plan = plan_rows(
+            key,
+            np.arange(start, start + block),
+            mixture=mixture,
+            seq_len=seq_len,
+            target_len=target_len,
+            max_spans=max_spans,
+        )
+        used = plan.length.sum(axis=1)
+        parts.append(used)
+        total += int(used.sum())
+        start += block
+    used = np.concatenate(parts)
+    width = int(used.max())
+    offsets = np.concatenate([[0], np.cumsum(used)[:-1]]).astype(np.int64)
+    return offsets[offsets + width <= num_tokens], width
+
+
 def ul2_rows(
-    chunks: np.ndarray,
+    tokens: np.ndarray,
     key: int,
     rows: np.ndarray,
+    plan: Plan,
     *,
     mixture: str,
     seq_len: int,
@@ -84,53 +218,82 @@ def ul2_rows(
     sentinel_ids: np.ndarray,
     mode_ids: dict[str, int],
     eos_id: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Denoise ``[B, n]`` raw chunks: ``(inputs [B, seq_len], targets [B, target_len],
-    denoiser index [B])``, padded with 0.
+) -> dict[str, np.ndarray]:
+    """Packed encoder-decoder rows from ``[B, W]`` raw windows and their ``plan``.
 
-    Example (S denoiser, ``[S2S]`` = 9, EOS = 1, a prefix of 2 drawn)::
+    Example ([S2S] = 9, EOS = 1; a hand-made plan of two S examples, 4 raw tokens
+    split 2 + 2, then 3 split 1 + 2; ``seq_len=8``, ``target_len=7``)::
 
-        chunk [[10, 11, 12, 13]] -> inputs [[9, 10, 11, 1, 0, ...]], targets [[12, 13, 1, 0, ...]]
+        tokens              [[10, 11, 12, 13, 14, 15, 16]]
+        input_ids           [[9, 10, 11, 1, 9, 14, 1, 0]]
+        segment_ids         [[1, 1, 1, 1, 2, 2, 2, 0]]
+        positions           [[0, 1, 2, 3, 0, 1, 2, 0]]
+        labels              [[12, 13, 1, 15, 16, 1, 0]]
+        decoder_input_ids   [[0, 12, 13, 0, 15, 16, 0]]
+        decoder_segment_ids [[1, 1, 1, 2, 2, 2, 0]]
+        decoder_positions   [[0, 1, 2, 0, 1, 2, 0]]
+        loss_weights        [[1, 1, 1, 1, 1, 1, 0]]
+
+    R and X examples are T5 span corruption of their piece (sentinels numbered from
+    ``<extra_id_0>`` in every example), keyed by ``(key, denoiser, length, slot)`` and
+    counted by row.
     """
     rows = np.asarray(rows, dtype=np.int64)
     table = denoisers(mixture)
-    cdf = np.cumsum([d[3] for d in table])
-    choice = np.minimum(
-        np.searchsorted(cdf, rng.uniform(rng.derive_key(key, "denoiser"), rows), side="right"),
-        len(table) - 1,
-    )
-    b, n = chunks.shape
-    inputs = np.zeros((b, seq_len), dtype=np.int32)
-    targets = np.zeros((b, target_len), dtype=np.int32)
-    for j, (kind, mean, density, _) in enumerate(table):
-        sel = np.flatnonzero(choice == j)
-        if not len(sel):
-            continue
-        mode = np.full((len(sel), 1), mode_ids[kind], dtype=np.int32)
-        if kind == "S":
-            split = 1 + rng.randint(rng.derive_key(key, "split"), rows[sel], n - 1)  # [b']
-            t = np.arange(n)
-            pre = np.where(t[None, :] < split[:, None], chunks[sel], 0)
-            inp = np.concatenate([mode, pre, np.zeros_like(mode)], axis=1)
-            inp[np.arange(len(sel)), split + 1] = eos_id
-            # targets: chunk[split:] + EOS, left-aligned
-            idx = np.minimum(split[:, None] + t[None, :], n - 1)
-            rest = np.take_along_axis(chunks[sel], idx, 1)
-            tgt = np.where(t[None, :] < (n - split)[:, None], rest, 0)
-            tgt = np.concatenate([tgt, np.zeros_like(mode)], axis=1)
-            tgt[np.arange(len(sel)), n - split] = eos_id
-            inputs[sel] = pad_to(inp[:, :seq_len], seq_len)
-            targets[sel] = pad_to(tgt[:, :target_len], target_len)
-        else:
-            inp, tgt, _ = span_corruption(
-                chunks[sel],
-                rng.derive_key(key, "spans", j),
-                rows[sel],
-                noise_density=density,
-                mean_noise_span_length=mean,
-                sentinel_ids=sentinel_ids,
-                eos_id=eos_id,
-            )
-            inputs[sel] = pad_to(np.concatenate([mode, inp], axis=1), seq_len)
-            targets[sel] = pad_to(tgt, target_len)
-    return inputs, targets, choice
+    b = tokens.shape[0]
+    out = {
+        "input_ids": np.zeros((b, seq_len), np.int32),
+        "segment_ids": np.zeros((b, seq_len), np.int32),
+        "positions": np.zeros((b, seq_len), np.int32),
+        "labels": np.zeros((b, target_len), np.int32),
+        "decoder_segment_ids": np.zeros((b, target_len), np.int32),
+        "decoder_positions": np.zeros((b, target_len), np.int32),
+    }
+    raw_off = np.zeros(b, dtype=np.int64)
+    in_off = np.zeros(b, dtype=np.int64)
+    t_off = np.zeros(b, dtype=np.int64)
+    for slot in range(plan.denoiser.shape[1]):
+        d, n = plan.denoiser[:, slot], plan.length[:, slot]
+        for j, nn in sorted({(int(x), int(y)) for x, y in zip(d, n) if x >= 0}):
+            sel = np.flatnonzero((d == j) & (n == nn))
+            idx = raw_off[sel, None] + np.arange(nn)
+            chunk = np.take_along_axis(tokens[sel], idx, axis=1)  # [g, nn]
+            kind, mean, density, _ = table[j]
+            mode = np.full((len(sel), 1), mode_ids[kind], dtype=np.int32)
+            eos = np.full((len(sel), 1), eos_id, dtype=np.int32)
+            if kind == "S":
+                cut = plan.split[sel, slot]  # [g]
+                t = np.arange(nn)
+                inp = np.concatenate([mode, np.where(t < cut[:, None], chunk, eos_id), eos], 1)
+                in_len = cut + 2
+                rest = np.take_along_axis(chunk, np.minimum(cut[:, None] + t, nn - 1), 1)
+                tgt = np.concatenate([np.where(t < (nn - cut)[:, None], rest, eos_id), eos], 1)
+                t_len = nn - cut + 1
+            else:
+                inp, tgt, _ = span_corruption(
+                    chunk,
+                    rng.derive_key(key, "spans", j, nn, slot),
+                    rows[sel],
+                    noise_density=density,
+                    mean_noise_span_length=mean,
+                    sentinel_ids=sentinel_ids,
+                    eos_id=eos_id,
+                )
+                inp = np.concatenate([mode, inp], axis=1)
+                in_len = np.full(len(sel), inp.shape[1])
+                t_len = np.full(len(sel), tgt.shape[1])
+            place_segments(
+                out["input_ids"], out["segment_ids"], out["positions"],
+                sel, in_off[sel], inp, in_len, slot + 1,
+            )  # fmt: skip
+            place_segments(
+                out["labels"], out["decoder_segment_ids"], out["decoder_positions"],
+                sel, t_off[sel], tgt, t_len, slot + 1,
+            )  # fmt: skip
+            raw_off[sel] += nn
+            in_off[sel] += in_len
+            t_off[sel] += t_len
+    dseg = out["decoder_segment_ids"]
+    out["decoder_input_ids"] = shift_right(out["labels"], dseg)
+    out["loss_weights"] = (dseg > 0).astype(np.float32)
+    return out
