@@ -177,6 +177,42 @@ def test_restored_iterator_yields_the_uninterrupted_batches(
         pipeline.train_iterator(mismatched, kjv_tokenizer).set_state(state)
 
 
+def test_restore_under_another_ul2_mixture_is_a_config_error(kjv_root, kjv_tokenizer):
+    cfg = make_cfg(kjv_root, "ul2", seq_len=64, batch_size=8)
+    other = make_cfg(kjv_root, "ul2", seq_len=64, batch_size=8, ul2_mixture="R:1.0")
+    it = pipeline.train_iterator(cfg, kjv_tokenizer)
+    first, second = _take(it, 2)
+    state = json.loads(json.dumps(it.get_state()))
+    third = next(it)
+    assert state["data.ul2_mixture"] == "R:0.4,S:0.2,X:0.4"
+    # The other mixture gives other rows, so a silent restore would change the data.
+    assert not _equal(first, next(pipeline.train_iterator(other, kjv_tokenizer)))
+    with pytest.raises(C.ConfigError) as err:
+        pipeline.train_iterator(other, kjv_tokenizer).set_state(state)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg == (
+        "data iterator state was saved with data.ul2_mixture='R:0.4,S:0.2,X:0.4', "
+        "the config has 'R:1.0'"
+    )
+    # Settings the ul2 rows do not depend on are not recorded and do not block a restore.
+    assert "data.mlm_probability" not in state and "data.prefetch_batches" not in state
+    unrelated = make_cfg(kjv_root, "ul2", seq_len=64, batch_size=8, mlm_probability=0.3)
+    restored = pipeline.train_iterator(unrelated, kjv_tokenizer)
+    restored.set_state(state)
+    assert _equal(next(restored), third)
+    # A state saved before the mixture and text_key were recorded still restores.
+    old = {k: v for k, v in state.items() if k not in ("data.ul2_mixture", "data.text_key")}
+    old_restored = pipeline.train_iterator(cfg, kjv_tokenizer)
+    old_restored.set_state(old)
+    assert _equal(next(old_restored), third) and not _equal(third, second)
+    # ... but a key recorded from the start may not be missing.
+    with pytest.raises(C.ConfigError, match=r"saved with data.seed=None, the config has 0"):
+        pipeline.train_iterator(cfg, kjv_tokenizer).set_state(
+            {k: v for k, v in state.items() if k != "data.seed"}
+        )
+
+
 @pytest.mark.parametrize("objective, sentence", [("mlm", "none"), ("mlm", "sop")])
 def test_processes_are_disjoint_and_union_the_single_stream(
     kjv_root, kjv_tokenizer, objective, sentence

@@ -445,10 +445,35 @@ def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
 # --------------------------------------------------------------------------- iterators
 
 
+# Settings each objective's rows depend on beyond the common ones (fields another
+# objective ignores stay out, so changing them does not block a restore).
+_OBJECTIVE_FIELDS: dict[str, tuple[str, ...]] = {
+    "causal_lm": (),
+    "prefix_lm": ("prefix_fraction",),
+    "mlm": ("mlm_probability", "mask_token_rate", "random_token_rate", "whole_word_masking"),
+    "span_corruption": ("noise_density", "mean_noise_span_length"),
+    "ul2": ("ul2_mixture",),
+}
+# Keys that states saved before they were recorded lack: a missing one is "not
+# recorded" and not checked (every other key must be present and equal).
+_LATER_KEYS = frozenset(
+    {"data.text_key"} | {f"data.{f}" for fs in _OBJECTIVE_FIELDS.values() for f in fs}
+)
+
+
 def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
+    """The settings that shape the training stream, keyed by config path.
+
+    Left out: data_dir (a cache location), eval_split, on_bad_utf8 (skip or stop, never
+    other rows), prefetch_batches, tokenizer paths and sizes (tokenizer_sha256 covers
+    them). E.g. a ul2 config gives ``{"data.corpus": "kjv", ..., "data.ul2_mixture":
+    "R:0.4,S:0.2,X:0.4", "train.batch_size": 16, "tokenizer_sha256": "ab12..."}``.
+    """
     d = cfg.data
+    extra = {f"data.{f}": getattr(d, f) for f in _OBJECTIVE_FIELDS[d.objective]}
     return {
         "data.corpus": d.corpus,
+        "data.text_key": d.text_key,
         "data.objective": d.objective,
         "data.sentence_objective": d.sentence_objective,
         "data.seq_len": d.seq_len,
@@ -458,6 +483,7 @@ def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
         "data.num_workers": d.num_workers,  # grain's state layout depends on it
         "train.batch_size": cfg.train.batch_size,
         "tokenizer_sha256": tokenizer.sha256,
+        **extra,
     }
 
 
@@ -483,6 +509,8 @@ class DataIterator:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ConfigError(f"data iterator state has an unknown format: {str(state)[:80]}")
         for k, v in self._fingerprint.items():
+            if k in _LATER_KEYS and k not in state:
+                continue  # saved before this setting was recorded
             if state.get(k) != v:
                 raise ConfigError(
                     f"data iterator state was saved with {k}={state.get(k)!r}, the config has {v!r}"
