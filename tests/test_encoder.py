@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -299,6 +300,96 @@ def test_missing_tensor_names_it(hf_dirs, tmp_path):
         ConfigError, match=r"'cls\.seq_relationship\.weight' is missing from the safetensors"
     ) as err:
         import_hf(str(bad))
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def _with_tensors(hf_dirs, model: str, dst, edit) -> str:
+    """A copy of ``hf_dirs[model]`` whose safetensors dict went through ``edit(tensors)``."""
+    _, _, path = hf_dirs[model]
+    tensors = load_file(os.path.join(path, "model.safetensors"))
+    edit(tensors)
+    dst.mkdir()
+    save_file(tensors, str(dst / "model.safetensors"))
+    with open(os.path.join(path, "config.json")) as f:
+        (dst / "config.json").write_text(f.read())
+    return str(dst)
+
+
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("bert_mlm", "classifier.weight"),  # a ...ForSequenceClassification head
+        # A relative-position BERT's table, in a file whose config says 'absolute'.
+        ("bert_pretraining", "bert.encoder.layer.0.attention.self.distance_embedding.weight"),
+        ("roberta_mlm", "classifier.out_proj.weight"),  # RobertaForSequenceClassification
+        # A third layer group for an unshared 2-layer ALBERT.
+        ("albert_mlm", "albert.encoder.albert_layer_groups.2.albert_layers.0.ffn.bias"),
+    ],
+)
+def test_unexpected_tensor_names_it(hf_dirs, tmp_path, model, extra):
+    bad = _with_tensors(
+        hf_dirs, model, tmp_path / "bad", lambda t: t.update({extra: np.ones((3, 4), np.float32)})
+    )
+    with pytest.raises(
+        ConfigError, match=re.escape(f"unexpected tensor '{extra}' (1 in all)")
+    ) as err:
+        import_hf(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def _add_allowed_extras(model: str, t: dict) -> None:
+    """What older transformers saved: index buffers, tied decoder copies, an unused pooler."""
+    p, head = {
+        "bert": ("bert.", "cls.predictions."),
+        "roberta": ("roberta.", "lm_head."),
+        "albert": ("albert.", "predictions."),
+    }[model.split("_")[0]]
+    n_pos = t[p + "embeddings.position_embeddings.weight"].shape[0]
+    t[p + "embeddings.position_ids"] = np.arange(n_pos, dtype=np.int64)[None]
+    t[p + "embeddings.token_type_ids"] = np.zeros((1, n_pos), np.int64)
+    t[head + "decoder.weight"] = t[p + "embeddings.word_embeddings.weight"].copy()
+    t[head + "decoder.bias"] = t[head + "bias"].copy()
+    if model.endswith("_mlm"):
+        d = COMMON["hidden_size"]
+        pooler = p + ("pooler." if model.startswith("albert") else "pooler.dense.")
+        t[pooler + "weight"] = np.ones((d, d), np.float32)
+        t[pooler + "bias"] = np.ones((d,), np.float32)
+
+
+@pytest.mark.parametrize("model", list(_hf_models()))
+def test_allowed_extras_still_import(hf_dirs, imported, tmp_path, model):
+    path = _with_tensors(
+        hf_dirs, model, tmp_path / "old", functools.partial(_add_allowed_extras, model)
+    )
+    cfg, params = import_hf(path)
+    want_cfg, want = imported[model]  # the same weights without the extras
+    assert cfg == want_cfg and not (cfg.sentence_head and model.endswith("_mlm"))
+    assert jax.tree.structure(params) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(got, ref)
+    ref_model = hf_dirs[model][1]
+    np.testing.assert_array_equal(
+        params["word_embeddings"]["embedding"],
+        ref_model.get_input_embeddings().weight.detach().numpy(),
+    )
+
+
+@pytest.mark.parametrize(
+    "model, copy, of",
+    [
+        ("bert_mlm", "cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+        ("roberta_mlm", "lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+        ("albert_pretraining", "predictions.decoder.bias", "predictions.bias"),
+    ],
+)
+def test_untied_decoder_copy_is_error(hf_dirs, tmp_path, model, copy, of):
+    def edit(t: dict) -> None:
+        t[copy] = t[of].copy()
+        t[copy][0] += 1e-3
+
+    bad = _with_tensors(hf_dirs, model, tmp_path / "untied", edit)
+    with pytest.raises(ConfigError, match=re.escape(f"'{copy}' differs from '{of}'")) as err:
+        import_hf(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 

@@ -18,6 +18,13 @@ RoBERTa keeps HF's position table (``pad_token_id + 1`` leading rows), so its
 ``num_hidden_groups`` = 1 (one shared layer, ``share_layers``) or = ``num_layers``
 (unshared); ``inner_group_num`` must be 1.
 
+A tensor in the file that the encoder does not read is a one-line ConfigError
+(e.g. ``classifier.weight`` of a sequence-classification file, or the
+``distance_embedding`` table of a relative-position variant), except the extras
+real checkpoints carry that we legitimately drop (:func:`_tolerated`): index
+buffers, the tied decoder and its bias when they equal what we read, and an
+unused pooler.
+
 Everything here is numpy: a missing or misshapen tensor is a one-line ConfigError
 naming it, raised before any JAX array is built.
 """
@@ -37,6 +44,8 @@ MODEL_TYPES = ("bert", "roberta", "albert")
 ARCHS = ("bert", "roberta", "albert")
 
 _PREFIX = {"bert": "bert.", "roberta": "roberta.", "albert": "albert."}
+_HEAD = {"bert": "cls.predictions.", "roberta": "lm_head.", "albert": "predictions."}
+_NAME = {"bert": "BERT", "roberta": "RoBERTa", "albert": "ALBERT"}
 _ACT_FROM_HF = common.ACTIVATIONS_IN
 
 Entry = tuple[tuple[str, ...], str, str, tuple[int, ...]]  # (ours, hf name, layout, hf shape)
@@ -134,7 +143,7 @@ def _table(cfg: ModelConfig) -> list[Entry]:
     else:
         for i in range(cfg.num_layers):
             t += _layer(cfg, (f"layers_{i}",), f"{p}encoder.layer.{i}.")
-    head = {"bert": "cls.predictions.", "roberta": "lm_head.", "albert": "predictions."}[cfg.arch]
+    head = _HEAD[cfg.arch]
     dense = head + ("transform.dense" if cfg.arch == "bert" else "dense")
     norm = (
         head
@@ -280,14 +289,68 @@ def from_hf(
     """
     cfg = _config_from_hf(hf_config, tensors, source)
     params: dict[str, Any] = {}
+    expected: set[str] = set()
     for ours, name, layout, shape in _table(cfg):
         found = next((a for a in _aliases(name) if a in tensors), name)
         x = common.take(tensors, found, shape, source)
+        expected.add(found)
         node = params
         for key in ours[:-1]:
             node = node.setdefault(key, {})
         node[ours[-1]] = np.ascontiguousarray(_to_ours(x, layout, cfg))
+    tolerated = _tolerated(cfg, tensors, params, source)
+    what = f"{_NAME[cfg.arch]} with {cfg.num_layers} layers" + (
+        "" if cfg.sentence_head else " and no sentence head"
+    )
+    common.check_no_unexpected(tensors, expected, source, what, tolerated.__contains__)
     return cfg, params
+
+
+def _tolerated(
+    cfg: ModelConfig, tensors: Mapping[str, Any], params: Mapping[str, Any], source: str
+) -> set[str]:
+    """Names real HF checkpoints carry that ``cfg``'s encoder legitimately does not read.
+
+    The allow-list (``P`` = ``bert.`` / ``roberta.`` / ``albert.``, ``H`` = the MLM
+    head, ``cls.predictions.`` / ``lm_head.`` / ``predictions.``):
+
+    * ``P embeddings.position_ids``, ``P embeddings.token_type_ids``: index buffers
+      that transformers < 4.31 saved (bert-base-uncased, roberta-base, albert-base-v2);
+    * ``H decoder.weight`` [V, E_emb]: the tied MLM decoder, saved by older
+      transformers; it must equal the word embeddings, else the file is untied (a
+      one-line ConfigError: we cannot represent it);
+    * ``H decoder.bias`` [V]: a copy of ``H bias``; must equal it (when ``H bias``
+      is absent the decoder bias is what :func:`from_hf` reads, see :func:`_aliases`);
+    * the pooler (``P pooler.dense.*``, ALBERT ``P pooler.*``) when the model has no
+      sentence head: only the NSP/SOP classifier uses it, and roberta-base's
+      ``RobertaForMaskedLM`` file ships one.
+
+    E.g. an old ``bert-base-cased`` BertForMaskedLM file gives
+    ``{"bert.embeddings.position_ids", "cls.predictions.decoder.weight", ...}``.
+    transformers 5 saves none of these (checked for every class read here).
+    """
+    p, head = _PREFIX[cfg.arch], _HEAD[cfg.arch]
+    ok = {p + "embeddings.position_ids", p + "embeddings.token_type_ids"}
+    if not cfg.sentence_head:
+        pooler = p + ("pooler." if cfg.arch == "albert" else "pooler.dense.")
+        ok |= {pooler + "weight", pooler + "bias"}
+    copies = {
+        head + "decoder.weight": (
+            p + "embeddings.word_embeddings.weight",
+            params["word_embeddings"]["embedding"],
+        ),
+        head + "decoder.bias": (head + "bias", params["mlm_bias"]),
+    }
+    for name, (of, value) in copies.items():
+        if name in tensors and of in tensors:
+            copy = common.take(tensors, name, value.shape, source)
+            if not np.array_equal(copy, value):
+                raise ConfigError(
+                    f"{source}: tensor {name!r} differs from {of!r}; only a tied MLM "
+                    "decoder (an exact copy) is supported"
+                )
+            ok.add(name)
+    return ok
 
 
 # --------------------------------------------------------------------------- export
