@@ -121,8 +121,26 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:
-        # ids [B, T] int -> [B, T, E]
-        return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+        """``ids [B, T]`` int -> ``[B, T, E]``: row ``ids[b, t]`` of the table.
+
+        E.g. a table ``[[0, 1], [2, 3], [4, 5]]`` and ``ids [[2, 0]]`` give
+        ``[[[4, 5], [0, 1]]]``. The table is first all-gathered along its ``embed``
+        axis (fsdp), its row axis left as the parameter has it (``vocab`` on
+        tensor where it divides), and the gathered rows are constrained to
+        ``(batch, act_length, act_embed)``. Gathering straight from the
+        fsdp-sharded table yields rows split over ``embed`` on the very mesh
+        axis that also splits the batch, a layout XLA can only leave by
+        replicating the whole activation ("Involuntary full rematerialization"
+        on data x fsdp x tensor meshes). Gathering from the all-gathered table,
+        as MaxText / T5X do, leaves the values unchanged.
+        """
+        # rows: left as the parameter has them (vocab on tensor where it divides)
+        rows = jax.sharding.PartitionSpec.UNCONSTRAINED
+        table = constrain(jnp.asarray(self.embedding, self.dtype), (rows, None))  # [V, E]
+        x = jnp.take(table, ids, axis=0)  # [B, T, E]
+        if x.ndim == 3:
+            x = constrain(x, ("batch", "act_length", "act_embed"))
+        return x
 
     def attend(self, x: Array) -> Array:
         # x [B, T, E] -> logits [B, T, V] = x · Wᵀ
