@@ -30,8 +30,11 @@ def dtype_of(name: str) -> jnp.dtype:
     return DTYPES[name]
 
 
-def constrain(x: Array, axes: Sequence[str | None]) -> Array:
-    """Sharding constraint by logical names (a no-op outside a mesh + rules context)."""
+def constrain(x: Array, axes: Sequence[Any]) -> Array:
+    """Sharding constraint by logical names (a no-op outside a mesh + rules context).
+
+    Entries are logical names, None (replicated) or ``PartitionSpec.UNCONSTRAINED``.
+    """
     return nn.with_logical_constraint(x, tuple(axes))
 
 
