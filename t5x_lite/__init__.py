@@ -1,3 +1,7 @@
 """t5x_lite: pretraining and fine-tuning of BERT, GPT and T5 families in JAX/Flax."""
 
+# Fill the objective table (t5x_lite.config.objectives): each objective module of the
+# data layer registers its row when imported; these modules need only numpy.
+from t5x_lite.data import lm, mlm, sentence_pairs, span_corruption, ul2  # noqa: F401
+
 __version__ = "0.1.0"

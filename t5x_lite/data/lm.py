@@ -6,10 +6,14 @@ wider than ``seq_len`` so that every position has its next token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from t5x_lite.config import objectives
 from t5x_lite.data import rng
 from t5x_lite.data.packing import segments_and_positions
+from t5x_lite.data.rows import Layout, RowBuilder
 
 
 def causal_lm(ids: np.ndarray, slot: np.ndarray) -> dict[str, np.ndarray]:
@@ -67,3 +71,40 @@ def prefix_lm(ids: np.ndarray, slot: np.ndarray, prefix_len: np.ndarray) -> dict
     out["loss_weights"] = out["loss_weights"] * (t[None, :] + 1 >= prefix_len[:, None])
     out["loss_weights"] = out["loss_weights"].astype(np.float32)
     return out
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def _lm_layout(data: Any, tok: Any) -> Layout:
+    # Documents end in EOS; one extra stream token gives the last position its label.
+    return Layout(prefix=(), suffix=(tok.eos_id,), width=data.seq_len, extra=1)
+
+
+def _causal_rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):
+    return causal_lm(ids, slot)
+
+
+def _prefix_rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):
+    data = src.data
+    plen = prefix_lengths(src.key(epoch, "prefix"), rows, data.seq_len, data.prefix_fraction)
+    return prefix_lm(ids, slot, plen)
+
+
+objectives.register(
+    objectives.ObjectiveSpec(
+        name="causal_lm",
+        families=("decoder",),
+        min_seq_len=2,
+        builder=RowBuilder(layout=_lm_layout, rows=_causal_rows),
+    )
+)
+objectives.register(
+    objectives.ObjectiveSpec(
+        name="prefix_lm",
+        families=("decoder",),
+        min_seq_len=3,
+        fields=("prefix_fraction",),
+        builder=RowBuilder(layout=_lm_layout, rows=_prefix_rows),
+    )
+)

@@ -15,9 +15,14 @@ masking), identical across processes and restores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from t5x_lite.config import objectives
 from t5x_lite.data import rng
+from t5x_lite.data.packing import segments_and_positions
+from t5x_lite.data.rows import Layout, RowBuilder
 
 
 def mask_tokens(
@@ -84,3 +89,49 @@ def mask_tokens(
         "labels": ids.astype(np.int32),
         "loss_weights": selected.astype(np.float32),
     }
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def mask_batch(src: Any, ids: np.ndarray, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`mask_tokens` with the settings of ``src.data`` and ``src.tok``."""
+    data, tok = src.data, src.tok
+    return mask_tokens(
+        ids,
+        src.key(epoch, "mlm"),
+        rows,
+        special_mask=tok.special_mask,
+        normal_ids=tok.normal_ids,
+        mask_id=tok.mask_id,
+        probability=data.mlm_probability,
+        mask_rate=data.mask_token_rate,
+        random_rate=data.random_token_rate,
+        word_start_mask=tok.word_start_mask if data.whole_word_masking else None,
+    )
+
+
+def _layout(data: Any, tok: Any) -> Layout:
+    # Each document as [CLS] doc [SEP], packed.
+    return Layout(prefix=(tok.cls_id,), suffix=(tok.sep_id,), width=data.seq_len)
+
+
+def _rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):
+    segment_ids, positions = segments_and_positions(slot)
+    return {
+        **mask_batch(src, ids, epoch, rows),
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "token_type_ids": np.zeros_like(ids),
+    }
+
+
+objectives.register(
+    objectives.ObjectiveSpec(
+        name="mlm",
+        families=("encoder",),
+        min_seq_len=4,
+        fields=("mlm_probability", "mask_token_rate", "random_token_rate", "whole_word_masking"),
+        builder=RowBuilder(layout=_layout, rows=_rows),
+    )
+)

@@ -70,6 +70,23 @@ def stream_window(
     return ids.astype(np.int32), slot
 
 
+def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
+    """Position of each token inside its run of equal segment ids (0 for padding too).
+
+    The one numpy definition of packed positions (the models' jax twin is
+    :func:`t5x_lite.layers.segment_positions`).
+
+    >>> segment_positions(np.array([[1, 1, 1, 2, 2, 0]])).tolist()
+    [[0, 1, 2, 0, 1, 0]]
+    """
+    b, t = segment_ids.shape
+    new = np.ones((b, t), dtype=bool)
+    new[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    idx = np.arange(t, dtype=np.int32)
+    run_start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    return np.where(segment_ids > 0, idx - run_start, 0).astype(np.int32)
+
+
 def segments_and_positions(slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Segment ids (1, 2, ... per run of equal slots) and positions restarting per run.
 
@@ -77,13 +94,31 @@ def segments_and_positions(slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> seg.tolist(), pos.tolist()
     ([[1, 1, 2, 2, 2, 3]], [[0, 1, 0, 1, 2, 0]])
     """
-    b, t = slot.shape
-    new = np.ones((b, t), dtype=bool)
+    new = np.ones(slot.shape, dtype=bool)
     new[:, 1:] = slot[:, 1:] != slot[:, :-1]
     segment_ids = np.cumsum(new, axis=1, dtype=np.int32)
-    idx = np.arange(t, dtype=np.int32)
-    run_start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
-    return segment_ids, (idx - run_start).astype(np.int32)
+    return segment_ids, segment_positions(segment_ids)
+
+
+def encoder_decoder_batch(inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Encoder/decoder arrays of one-example rows (padding = id 0).
+
+    >>> b = encoder_decoder_batch(np.array([[7, 99, 1, 0]]), np.array([[99, 8, 1]]))
+    >>> b["decoder_input_ids"].tolist(), b["segment_ids"].tolist()
+    ([[0, 99, 8]], [[1, 1, 1, 0]])
+    """
+    seg = (inputs != 0).astype(np.int32)
+    dseg = (targets != 0).astype(np.int32)
+    return {
+        "input_ids": inputs.astype(np.int32),
+        "segment_ids": seg,
+        "positions": segment_positions(seg),
+        "decoder_input_ids": shift_right(targets, dseg),
+        "decoder_segment_ids": dseg,
+        "decoder_positions": segment_positions(dseg),
+        "labels": targets.astype(np.int32),
+        "loss_weights": dseg.astype(np.float32),
+    }
 
 
 def pad_to(x: np.ndarray, width: int, value: int = 0) -> np.ndarray:

@@ -72,47 +72,22 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from t5x_lite.config import Config, ConfigError, DataConfig
-from t5x_lite.data import lm, mlm, packing, rng, sentence_pairs, span_corruption, ul2
+from t5x_lite.config import Config, ConfigError, DataConfig, RowLengths, objectives, row_lengths
+from t5x_lite.data import packing, rng
 from t5x_lite.data.corpora import data_dir_of, open_corpus, split_sentences
+from t5x_lite.data.iterator_state import DataIterator, fingerprint
 from t5x_lite.data.token_store import TokenizedSplit, load_or_build
 from t5x_lite.data.tokenizer import Tokenizer, train_sentencepiece
 
-STATE_FORMAT = 1
-_FAMILY = {
-    "causal_lm": "decoder",
-    "prefix_lm": "decoder",
-    "mlm": "encoder",
-    "span_corruption": "encoder_decoder",
-    "ul2": "encoder_decoder",
-}
 
-
-class Lengths(NamedTuple):
-    input_len: int
-    target_len: int
-
-
-def lengths(cfg: Config) -> Lengths:
-    """``(input_len, target_len)`` of the rows ``cfg`` produces."""
-    data = cfg.data
-    if data.objective == "span_corruption":
-        _, derived = span_corruption.random_spans_helper(
-            data.seq_len, data.noise_density, data.mean_noise_span_length
-        )
-        if data.target_len is not None and data.target_len < derived:
-            raise ConfigError(
-                f"data.target_len={data.target_len} is below the {derived} targets that "
-                f"span corruption makes from data.seq_len={data.seq_len}"
-            )
-        return Lengths(data.seq_len, data.target_len or derived)
-    if data.objective == "ul2":
-        return Lengths(data.seq_len, data.target_len or data.seq_len)
-    return Lengths(data.seq_len, data.seq_len)
+def lengths(cfg: Config) -> RowLengths:
+    """``(input_len, target_len)`` of the rows ``cfg`` produces (the objective table's
+    :func:`t5x_lite.config.row_lengths`)."""
+    return row_lengths(cfg.data)
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -208,47 +183,29 @@ class BatchSource:
 
     def __init__(self, data: DataConfig, tok: Tokenizer, store: TokenizedSplit, split: str):
         self.data, self.tok, self.store, self.split = data, tok, store, split
-        self.objective = data.objective
-        self.sentence = data.sentence_objective
-        self.input_len, self.target_len = lengths_of(data)
-        self.prefix: tuple[int, ...] = ()
-        self.suffix: tuple[int, ...] = ()
-        self.extra = 0
-        seq = data.seq_len
-        if self.objective in ("causal_lm", "prefix_lm"):
-            self.suffix, self.width, self.extra = (tok.eos_id,), seq, 1
-        elif self.objective == "mlm" and self.sentence == "none":
-            self.prefix, self.suffix, self.width = (tok.cls_id,), (tok.sep_id,), seq
-        elif self.objective == "mlm":
-            self.chunks = sentence_pairs.make_chunks(
-                np.asarray(store.sentence_starts), np.asarray(store.doc_sentences), seq - 3
-            )
-            self.width = 0
-        elif self.objective == "span_corruption":
-            self.width, _ = span_corruption.random_spans_helper(
-                seq, data.noise_density, data.mean_noise_span_length, tok.num_sentinels
-            )
-        else:  # ul2: packed rows of several examples, variable stream offsets
-            self.width = ul2.chunk_length(seq, self.target_len, data.ul2_mixture, tok.num_sentinels)
+        spec = objectives.spec(
+            data.objective if data.sentence_objective == "none" else data.sentence_objective
+        )
+        self.builder = spec.builder
+        self.input_len, self.target_len = row_lengths(data)
+        self.prefix, self.suffix, self.width, self.extra = self.builder.layout(data, tok)
+        self.row_starts: np.ndarray | None = None
         if self.width:
             self.doc_starts = np.asarray(store.doc_starts)
             self.lengths = packing.stream_lengths(self.doc_starts, self.prefix, self.suffix)
             total = int(self.lengths.sum())
             self.rows_per_epoch = max((total - self.extra) // self.width, 0)
             self.tokens_per_epoch = total
-            self.row_starts: np.ndarray | None = None
-            if self.objective == "ul2":
-                self.row_starts, self.width = ul2.row_offsets(
-                    self.plan_key(), total, **self._ul2_lengths()
-                )
+            if self.builder.row_offsets is not None:
+                self.row_starts, self.width = self.builder.row_offsets(self, total)
                 self.rows_per_epoch = len(self.row_starts)
         else:
-            self.rows_per_epoch = len(self.chunks)
+            self.rows_per_epoch = self.builder.chunk_rows(self)
             self.tokens_per_epoch = store.num_tokens
         if self.rows_per_epoch == 0:
             raise ConfigError(
                 f"split {split!r} of data.corpus={data.corpus!r} ({store.num_tokens} tokens) "
-                f"is too small for one row of data.seq_len={seq}"
+                f"is too small for one row of data.seq_len={data.seq_len}"
             )
         self.shuffle_seed = rng.derive_key(data.seed, split, "rows") % (2**32)
         self._layouts: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -260,18 +217,6 @@ class BatchSource:
 
     def key(self, epoch: int, purpose: str) -> int:
         return rng.derive_key(self.data.seed, self.split, int(epoch), purpose)
-
-    def plan_key(self) -> int:
-        """UL2's row plans: the same every epoch, so rows per epoch are too."""
-        return rng.derive_key(self.data.seed, self.split, "ul2-plan")
-
-    def _ul2_lengths(self) -> dict[str, Any]:
-        return {
-            "mixture": self.data.ul2_mixture,
-            "seq_len": self.input_len,
-            "target_len": self.target_len,
-            "max_spans": self.tok.num_sentinels,
-        }
 
     def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order [D], cum_end [D])`` of the epoch's document stream (cached)."""
@@ -306,23 +251,9 @@ class BatchSource:
         return out
 
     def rows(self, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The batch of ``rows`` of ``epoch``."""
-        tok, data = self.tok, self.data
+        """The batch of ``rows`` of ``epoch`` (the objective's row builder)."""
         if not self.width:
-            pairs = sentence_pairs.pair_rows(
-                self.store.tokens,
-                np.asarray(self.store.sentence_starts),
-                np.asarray(self.store.doc_sentences),
-                self.chunks,
-                self.key(epoch, "pairs"),
-                rows,
-                kind=self.sentence,
-                seq_len=data.seq_len,
-                cls_id=tok.cls_id,
-                sep_id=tok.sep_id,
-            )
-            out = self._mask(pairs.pop("input_ids"), epoch, rows)
-            return {**out, **pairs}
+            return self.builder.rows(self, epoch, rows)
         order, cum_end = self.layout(epoch)
         ids, slot = packing.stream_window(
             self.store.tokens,
@@ -334,87 +265,7 @@ class BatchSource:
             self.prefix,
             self.suffix,
         )
-        if self.objective == "causal_lm":
-            return lm.causal_lm(ids, slot)
-        if self.objective == "prefix_lm":
-            key = self.key(epoch, "prefix")
-            plen = lm.prefix_lengths(key, rows, data.seq_len, data.prefix_fraction)
-            return lm.prefix_lm(ids, slot, plen)
-        if self.objective == "mlm":
-            segment_ids, positions = packing.segments_and_positions(slot)
-            out = self._mask(ids, epoch, rows)
-            return {
-                **out,
-                "segment_ids": segment_ids,
-                "positions": positions,
-                "token_type_ids": np.zeros_like(ids),
-            }
-        if self.objective == "span_corruption":
-            inputs, targets, _ = span_corruption.span_corruption(
-                ids,
-                self.key(epoch, "spans"),
-                rows,
-                noise_density=data.noise_density,
-                mean_noise_span_length=data.mean_noise_span_length,
-                sentinel_ids=tok.sentinel_ids,
-                eos_id=tok.eos_id,
-            )
-            inputs = packing.pad_to(inputs, self.input_len)
-            targets = packing.pad_to(targets, self.target_len)
-            return encoder_decoder_batch(inputs, targets)
-        lens = self._ul2_lengths()
-        return ul2.ul2_rows(
-            ids,
-            self.key(epoch, "ul2"),
-            rows,
-            ul2.plan_rows(self.plan_key(), rows, **lens),
-            mixture=lens["mixture"],
-            seq_len=self.input_len,
-            target_len=self.target_len,
-            sentinel_ids=tok.sentinel_ids,
-            mode_ids=tok.mode_ids,
-            eos_id=tok.eos_id,
-        )
-
-    def _mask(self, ids: np.ndarray, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
-        data, tok = self.data, self.tok
-        return mlm.mask_tokens(
-            ids,
-            self.key(epoch, "mlm"),
-            rows,
-            special_mask=tok.special_mask,
-            normal_ids=tok.normal_ids,
-            mask_id=tok.mask_id,
-            probability=data.mlm_probability,
-            mask_rate=data.mask_token_rate,
-            random_rate=data.random_token_rate,
-            word_start_mask=tok.word_start_mask if data.whole_word_masking else None,
-        )
-
-
-def encoder_decoder_batch(inputs: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Encoder/decoder arrays of one-example rows (padding = id 0).
-
-    >>> b = encoder_decoder_batch(np.array([[7, 99, 1, 0]]), np.array([[99, 8, 1]]))
-    >>> b["decoder_input_ids"].tolist(), b["segment_ids"].tolist()
-    ([[0, 99, 8]], [[1, 1, 1, 0]])
-    """
-    seg = (inputs != 0).astype(np.int32)
-    dseg = (targets != 0).astype(np.int32)
-    return {
-        "input_ids": inputs.astype(np.int32),
-        "segment_ids": seg,
-        "positions": (np.cumsum(seg, axis=1, dtype=np.int32) - 1) * seg,
-        "decoder_input_ids": packing.shift_right(targets, dseg),
-        "decoder_segment_ids": dseg,
-        "decoder_positions": (np.cumsum(dseg, axis=1, dtype=np.int32) - 1) * dseg,
-        "labels": targets.astype(np.int32),
-        "loss_weights": dseg.astype(np.float32),
-    }
-
-
-def lengths_of(data: DataConfig) -> Lengths:
-    return lengths(Config(data=data))
+        return self.builder.rows(self, epoch, rows, ids, slot)
 
 
 @functools.lru_cache(maxsize=8)
@@ -427,10 +278,10 @@ def _source(data: DataConfig, tok_path: str, tok_sha: str, split: str) -> BatchS
 
 def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
     """The (cached) :class:`BatchSource` of ``split`` under ``cfg``."""
-    family = _FAMILY[cfg.data.objective]
-    if cfg.model.family != family:
+    families = objectives.spec(cfg.data.objective).families
+    if cfg.model.family not in families:
         raise ConfigError(
-            f"data.objective={cfg.data.objective!r} feeds model.family={family!r}, "
+            f"data.objective={cfg.data.objective!r} feeds model.family={families[0]!r}, "
             f"not {cfg.model.family!r}"
         )
     if tokenizer.vocab_size > cfg.model.vocab_size:
@@ -443,79 +294,6 @@ def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
 
 
 # --------------------------------------------------------------------------- iterators
-
-
-# Settings each objective's rows depend on beyond the common ones (fields another
-# objective ignores stay out, so changing them does not block a restore).
-_OBJECTIVE_FIELDS: dict[str, tuple[str, ...]] = {
-    "causal_lm": (),
-    "prefix_lm": ("prefix_fraction",),
-    "mlm": ("mlm_probability", "mask_token_rate", "random_token_rate", "whole_word_masking"),
-    "span_corruption": ("noise_density", "mean_noise_span_length"),
-    "ul2": ("ul2_mixture",),
-}
-# Keys that states saved before they were recorded lack: a missing one is "not
-# recorded" and not checked (every other key must be present and equal).
-_LATER_KEYS = frozenset(
-    {"data.text_key"} | {f"data.{f}" for fs in _OBJECTIVE_FIELDS.values() for f in fs}
-)
-
-
-def _fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
-    """The settings that shape the training stream, keyed by config path.
-
-    Left out: data_dir (a cache location), eval_split, on_bad_utf8 (skip or stop, never
-    other rows), prefetch_batches, tokenizer paths and sizes (tokenizer_sha256 covers
-    them). E.g. a ul2 config gives ``{"data.corpus": "kjv", ..., "data.ul2_mixture":
-    "R:0.4,S:0.2,X:0.4", "train.batch_size": 16, "tokenizer_sha256": "ab12..."}``.
-    """
-    d = cfg.data
-    extra = {f"data.{f}": getattr(d, f) for f in _OBJECTIVE_FIELDS[d.objective]}
-    return {
-        "data.corpus": d.corpus,
-        "data.text_key": d.text_key,
-        "data.objective": d.objective,
-        "data.sentence_objective": d.sentence_objective,
-        "data.seq_len": d.seq_len,
-        "data.target_len": lengths(cfg).target_len,
-        "data.seed": d.seed,
-        "data.train_split": d.train_split,
-        "data.num_workers": d.num_workers,  # grain's state layout depends on it
-        "train.batch_size": cfg.train.batch_size,
-        "tokenizer_sha256": tokenizer.sha256,
-        **extra,
-    }
-
-
-class DataIterator:
-    """Infinite iterator of numpy batches with a checkpointable state."""
-
-    def __init__(self, dataset: Any, fingerprint: dict[str, Any]):
-        self._iter = dataset.__iter__()
-        self._fingerprint = fingerprint
-
-    def __iter__(self) -> DataIterator:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iter)
-
-    def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable state: grain's position plus the stream's settings."""
-        return {"format": STATE_FORMAT, "grain": self._iter.get_state(), **self._fingerprint}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (from :meth:`get_state` of a matching config)."""
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ConfigError(f"data iterator state has an unknown format: {str(state)[:80]}")
-        for k, v in self._fingerprint.items():
-            if k in _LATER_KEYS and k not in state:
-                continue  # saved before this setting was recorded
-            if state.get(k) != v:
-                raise ConfigError(
-                    f"data iterator state was saved with {k}={state.get(k)!r}, the config has {v!r}"
-                )
-        self._iter.set_state(state["grain"])
 
 
 def _dataset(
@@ -584,7 +362,7 @@ def train_iterator(
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults suffice)
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
-    return DataIterator(it_ds, _fingerprint(cfg, tokenizer))
+    return DataIterator(it_ds, fingerprint(cfg, tokenizer))
 
 
 def eval_batches(

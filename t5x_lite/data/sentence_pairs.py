@@ -17,9 +17,13 @@ from ``(key, row)`` (:mod:`t5x_lite.data.rng`), fresh each epoch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from t5x_lite.config import objectives
 from t5x_lite.data import rng
+from t5x_lite.data.rows import Layout, RowBuilder
 
 NUM_DRAWS = 6  # uniforms per row
 
@@ -155,3 +159,52 @@ def pair_rows(
         "attention_mask": (ids != 0).astype(np.int32),
         "next_sentence_label": np.asarray([o[2] for o in out], dtype=np.int32),
     }
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def _layout(data: Any, tok: Any) -> Layout:
+    return Layout(prefix=(), suffix=(), width=0)  # pairs of sentence chunks, no stream
+
+
+def _chunk_rows(src: Any) -> int:
+    store = src.store
+    src.chunks = make_chunks(
+        np.asarray(store.sentence_starts), np.asarray(store.doc_sentences), src.data.seq_len - 3
+    )
+    return len(src.chunks)
+
+
+def _pair_rows(src: Any, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+    from t5x_lite.data.mlm import mask_batch
+
+    store, tok = src.store, src.tok
+    pairs = pair_rows(
+        store.tokens,
+        np.asarray(store.sentence_starts),
+        np.asarray(store.doc_sentences),
+        src.chunks,
+        src.key(epoch, "pairs"),
+        rows,
+        kind=src.data.sentence_objective,
+        seq_len=src.data.seq_len,
+        cls_id=tok.cls_id,
+        sep_id=tok.sep_id,
+    )
+    return {**mask_batch(src, pairs.pop("input_ids"), epoch, rows), **pairs}
+
+
+for _kind in ("nsp", "sop"):
+    objectives.register(
+        objectives.ObjectiveSpec(
+            name=_kind,
+            families=("encoder",),
+            min_seq_len=8,
+            kind="sentence",
+            requires="mlm",
+            builder=RowBuilder(
+                layout=_layout, rows=_pair_rows, chunk_rows=_chunk_rows
+            ),
+        )
+    )

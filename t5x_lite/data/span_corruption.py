@@ -15,9 +15,13 @@ Everything is vectorised over rows: all rows of a call share the same lengths.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from t5x_lite.data import rng
+from t5x_lite.config import ConfigError, objectives
+from t5x_lite.data import packing, rng
+from t5x_lite.data.rows import Layout, RowBuilder
 
 
 def noise_counts(
@@ -161,3 +165,53 @@ def span_corruption(
     inputs = np.concatenate([_to_sentinels(tokens, mask, sentinel_ids), eos], axis=1)
     targets = np.concatenate([_to_sentinels(tokens, ~mask, sentinel_ids), eos], axis=1)
     return inputs.astype(np.int32), targets.astype(np.int32), mask
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def row_lengths(data: Any) -> objectives.RowLengths:
+    """``(seq_len, targets)``: ``data.target_len`` or the targets T5's arithmetic makes
+    from a full row (seq_len 512 -> 114); a ``target_len`` below that is an error."""
+    _, derived = random_spans_helper(data.seq_len, data.noise_density, data.mean_noise_span_length)
+    if data.target_len is not None and data.target_len < derived:
+        raise ConfigError(
+            f"data.target_len={data.target_len} is below the {derived} targets that "
+            f"span corruption makes from data.seq_len={data.seq_len}"
+        )
+    return objectives.RowLengths(data.seq_len, data.target_len or derived)
+
+
+def _layout(data: Any, tok: Any) -> Layout:
+    width, _ = random_spans_helper(
+        data.seq_len, data.noise_density, data.mean_noise_span_length, tok.num_sentinels
+    )
+    return Layout(prefix=(), suffix=(), width=width)
+
+
+def _rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):
+    data, tok = src.data, src.tok
+    inputs, targets, _ = span_corruption(
+        ids,
+        src.key(epoch, "spans"),
+        rows,
+        noise_density=data.noise_density,
+        mean_noise_span_length=data.mean_noise_span_length,
+        sentinel_ids=tok.sentinel_ids,
+        eos_id=tok.eos_id,
+    )
+    inputs = packing.pad_to(inputs, src.input_len)
+    targets = packing.pad_to(targets, src.target_len)
+    return packing.encoder_decoder_batch(inputs, targets)
+
+
+objectives.register(
+    objectives.ObjectiveSpec(
+        name="span_corruption",
+        families=("encoder_decoder",),
+        min_seq_len=8,
+        fields=("noise_density", "mean_noise_span_length"),
+        lengths=row_lengths,
+        builder=RowBuilder(layout=_layout, rows=_rows),
+    )
+)

@@ -29,13 +29,14 @@ while the stream's document order, the noise spans and the rows' shuffle do.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from t5x_lite.config import ConfigError, parse_ul2_mixture
+from t5x_lite.config import ConfigError, objectives, parse_ul2_mixture
 from t5x_lite.data import rng
 from t5x_lite.data.packing import place_segments, shift_right
+from t5x_lite.data.rows import Layout, RowBuilder
 from t5x_lite.data.span_corruption import corrupted_lengths, span_corruption
 
 VARIANTS: dict[str, tuple[tuple[float, float], ...]] = {
@@ -297,3 +298,63 @@ def ul2_rows(
     out["decoder_input_ids"] = shift_right(out["labels"], dseg)
     out["loss_weights"] = (dseg > 0).astype(np.float32)
     return out
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def row_lengths(data: Any) -> objectives.RowLengths:
+    """``(seq_len, data.target_len or seq_len)``."""
+    return objectives.RowLengths(data.seq_len, data.target_len or data.seq_len)
+
+
+def _lengths(src: Any) -> dict[str, Any]:
+    return {
+        "mixture": src.data.ul2_mixture,
+        "seq_len": src.input_len,
+        "target_len": src.target_len,
+        "max_spans": src.tok.num_sentinels,
+    }
+
+
+def _layout(data: Any, tok: Any) -> Layout:
+    lengths = row_lengths(data)
+    width = chunk_length(lengths.input_len, lengths.target_len, data.ul2_mixture, tok.num_sentinels)
+    return Layout(prefix=(), suffix=(), width=width)
+
+
+def _plan_key(src: Any) -> int:
+    """Row plans are the same every epoch, so rows per epoch are too."""
+    return rng.derive_key(src.data.seed, src.split, "ul2-plan")
+
+
+def _row_offsets(src: Any, total: int) -> tuple[np.ndarray, int]:
+    return row_offsets(_plan_key(src), total, **_lengths(src))
+
+
+def _rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):
+    lens, tok = _lengths(src), src.tok
+    return ul2_rows(
+        ids,
+        src.key(epoch, "ul2"),
+        rows,
+        plan_rows(_plan_key(src), rows, **lens),
+        mixture=lens["mixture"],
+        seq_len=src.input_len,
+        target_len=src.target_len,
+        sentinel_ids=tok.sentinel_ids,
+        mode_ids=tok.mode_ids,
+        eos_id=tok.eos_id,
+    )
+
+
+objectives.register(
+    objectives.ObjectiveSpec(
+        name="ul2",
+        families=("encoder_decoder",),
+        min_seq_len=16,
+        fields=("ul2_mixture",),
+        lengths=row_lengths,
+        builder=RowBuilder(layout=_layout, rows=_rows, row_offsets=_row_offsets),
+    )
+)

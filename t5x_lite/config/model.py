@@ -1,0 +1,187 @@
+"""``ModelConfig``: the shape of one Transformer and the traits of its ``arch``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from t5x_lite.config.archs import ARCHS, FAMILIES, ArchTraits, archs_of
+from t5x_lite.config.errors import check as _check
+
+
+def _with(trait: str) -> str:
+    """The archs that have ``trait``, quoted: ``_with("layer_sharing")`` -> ``'albert'``."""
+    return ", ".join(repr(a) for a, t in ARCHS.items() if getattr(t, trait))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one Transformer.
+
+    ``family`` picks the stack (encoder | decoder | encoder_decoder); ``arch`` picks
+    the published variant whose layout and Hugging Face names we follow. What an
+    ``arch`` is made of (norm, positions, gated MLP, biases, tied head, ...) is its
+    row of :data:`t5x_lite.config.archs.ARCHS`, read through :attr:`traits`:
+
+    =========  =====================  =============================================
+    family     arch                   what it means
+    =========  =====================  =============================================
+    encoder    bert, roberta          post-LN, GELU, learned positions, tied MLM head
+    encoder    albert                 bert + factorised ``embed_dim`` + shared layers
+    decoder    gpt2                   pre-LN, learned positions, tied LM head
+    decoder    llama                  RMSNorm, RoPE, SwiGLU, GQA, untied head
+    decoder    mistral                llama + sliding-window attention
+    enc_dec    t5                     ReLU, relative bias, tied head * d_model**-0.5
+    enc_dec    t5_v1_1                gated-GELU, relative bias, untied head
+    =========  =====================  =============================================
+    """
+
+    family: str = "decoder"
+    arch: str = "gpt2"
+    vocab_size: int = 32128
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    d_ff: int = 512
+    max_seq_len: int = 512
+    # Per-head width; None means d_model // num_heads (T5 allows heads*head_dim != d_model).
+    head_dim: int | None = None
+    # Grouped-query attention (llama); None means num_heads (multi-head attention).
+    num_kv_heads: int | None = None
+    # T5 decoder depth; None means num_layers.
+    num_decoder_layers: int | None = None
+    # ALBERT factorised embedding width; None means d_model.
+    embed_dim: int | None = None
+    # ALBERT cross-layer parameter sharing (one layer applied num_layers times).
+    share_layers: bool = False
+    # BERT segment (token type) vocabulary; 0 disables segment embeddings.
+    type_vocab_size: int = 0
+    # RoBERTa: learned positions start at pad_token_id + 1 (HF's padding_idx offset).
+    position_offset: int = 0
+    pad_token_id: int = 0
+    norm_eps: float = 1e-5
+    activation: str = "gelu_new"  # gelu | gelu_new (tanh) | relu | silu
+    rope_theta: float = 10000.0
+    relative_num_buckets: int = 32
+    relative_max_distance: int = 128
+    # Encoders: pooler + 2-way head for NSP / SOP.
+    sentence_head: bool = False
+    dropout_rate: float = 0.0
+    initializer_range: float = 0.02
+    # Compute dtype of activations and matmuls; params stay in param_dtype.
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Implementation passed to jax.nn.dot_product_attention: xla | cudnn (cudnn needs
+    # dtype bfloat16 or float16).
+    attention_impl: str = "xla"
+    # Sliding-window attention (traits.sliding_window, Mistral): each query sees the
+    # last sliding_window keys including itself; None attends to the whole row.
+    sliding_window: int | None = None
+    # Rematerialisation of each layer (t5x_lite.layers.remat), one meaning for every
+    # family: none | full (recompute the whole layer in the backward pass) | dots (save
+    # the outputs of matmuls without batch dimensions, i.e. the weight projections, and
+    # recompute attention and elementwise ops:
+    # jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims).
+    remat_policy: str = "none"
+
+    # ---- derived quantities (never stored separately) ----
+    @property
+    def traits(self) -> ArchTraits:
+        """What ``arch`` is made of (its row of the architecture table)."""
+        return ARCHS[self.arch]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embed_dim or self.d_model
+
+    def validate(self) -> ModelConfig:
+        _check(self.family in FAMILIES, f"model.family={self.family!r} is not one of {FAMILIES}")
+        _check(
+            self.arch in ARCHS and ARCHS[self.arch].family == self.family,
+            f"model.arch={self.arch!r} is not one of {archs_of(self.family)} for family "
+            f"{self.family!r}",
+        )
+        t = self.traits
+        for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_seq_len"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"model.{name}={v!r} must be a positive integer")
+        if self.head_dim is None:
+            _check(
+                self.d_model % self.num_heads == 0,
+                f"model.d_model={self.d_model} is not divisible by model.num_heads="
+                f"{self.num_heads}",
+            )
+        else:
+            _check(self.head_dim > 0, f"model.head_dim={self.head_dim} must be positive")
+            _check(
+                t.free_head_dim or self.num_heads * self.head_dim == self.d_model,
+                f"model.head_dim={self.head_dim} x model.num_heads={self.num_heads} != "
+                f"model.d_model={self.d_model}; only arch {_with('free_head_dim')} allow that",
+            )
+        _check(
+            self.num_heads % self.kv_heads == 0,
+            f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads="
+            f"{self.kv_heads}",
+        )
+        _check(
+            self.kv_heads == self.num_heads or t.grouped_kv,
+            f"model.num_kv_heads={self.num_kv_heads} needs arch {_with('grouped_kv')} "
+            "(grouped-query)",
+        )
+        _check(
+            self.embedding_dim == self.d_model or t.factorised_embedding,
+            f"model.embed_dim={self.embed_dim} differs from d_model; only arch "
+            f"{_with('factorised_embedding')} factorises embeddings",
+        )
+        _check(
+            not self.share_layers or t.layer_sharing,
+            f"model.share_layers=True needs arch {_with('layer_sharing')}",
+        )
+        _check(
+            self.sliding_window is None or t.sliding_window,
+            f"model.sliding_window={self.sliding_window} needs arch {_with('sliding_window')}",
+        )
+        _check(
+            self.sliding_window is None
+            or (isinstance(self.sliding_window, int) and self.sliding_window > 0),
+            f"model.sliding_window={self.sliding_window!r} must be a positive integer or None",
+        )
+        _check(
+            self.activation in ("gelu", "gelu_new", "relu", "silu"),
+            f"model.activation={self.activation!r} is not one of gelu, gelu_new, relu, silu",
+        )
+        for name in ("dtype", "param_dtype"):
+            v = getattr(self, name)
+            _check(
+                v in ("float32", "bfloat16", "float16"),
+                f"model.{name}={v!r} is not one of float32, bfloat16, float16",
+            )
+        _check(
+            self.attention_impl in ("xla", "cudnn"),
+            f"model.attention_impl={self.attention_impl!r} is not one of xla, cudnn",
+        )
+        _check(
+            self.attention_impl != "cudnn" or self.dtype in ("bfloat16", "float16"),
+            f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 "
+            f"(got {self.dtype!r})",
+        )
+        _check(
+            self.remat_policy in ("none", "full", "dots"),
+            f"model.remat_policy={self.remat_policy!r} is not one of none, full, dots",
+        )
+        _check(
+            0.0 <= self.dropout_rate < 1.0,
+            f"model.dropout_rate={self.dropout_rate} must be in [0, 1)",
+        )
+        return self

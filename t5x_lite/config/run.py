@@ -1,0 +1,267 @@
+"""Run sections (optimizer, train, mesh, checkpoint, scaling) and the whole ``Config``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from t5x_lite.config import objectives
+from t5x_lite.config.data import DataConfig
+from t5x_lite.config.errors import check as _check
+from t5x_lite.config.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer chain and learning-rate schedule (see :mod:`t5x_lite.optim`).
+
+    Which fields each choice reads:
+
+    * ``b1``, ``b2``, ``eps``: AdamW only. Adafactor uses T5's fixed settings
+      (second-moment decay ``1 - t**-0.8``, epsilon 1e-30, no momentum, update
+      clipping at RMS 1, relative step size) and ignores them.
+    * ``min_lr_ratio``: the ``cosine`` and ``linear`` schedules (their value at
+      ``train.num_steps``); ``inverse_sqrt`` and ``constant`` ignore it.
+    * ``warmup_steps``, ``weight_decay`` (decoupled, masked by ``no_decay``),
+      ``grad_clip_norm``, ``z_loss``, ``label_smoothing``: both optimizers.
+    """
+
+    name: str = "adamw"  # adamw | adafactor
+    learning_rate: float = 3e-4
+    schedule: str = "cosine"  # cosine | inverse_sqrt | constant | linear
+    warmup_steps: int = 100
+    # cosine / linear end at learning_rate * min_lr_ratio at train.num_steps (the
+    # inverse_sqrt and constant schedules ignore it).
+    min_lr_ratio: float = 0.1
+    # AdamW moments and epsilon (adafactor ignores these three; see the docstring).
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # Parameters whose path contains one of these names are not decayed.
+    no_decay: tuple[str, ...] = ("bias", "scale", "embedding")
+    grad_clip_norm: float = 1.0  # 0 disables
+    z_loss: float = 0.0
+    label_smoothing: float = 0.0
+
+    def validate(self) -> OptimizerConfig:
+        _check(
+            self.name in ("adamw", "adafactor"),
+            f"optimizer.name={self.name!r} is not one of adamw, adafactor",
+        )
+        _check(
+            self.schedule in ("cosine", "inverse_sqrt", "constant", "linear"),
+            f"optimizer.schedule={self.schedule!r} is not one of cosine, inverse_sqrt, "
+            "constant, linear",
+        )
+        _check(self.learning_rate > 0, f"optimizer.learning_rate={self.learning_rate} must be > 0")
+        _check(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+        _check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"optimizer.label_smoothing={self.label_smoothing} must be in [0, 1)",
+        )
+        for name in ("weight_decay", "grad_clip_norm", "z_loss", "eps"):
+            v = getattr(self, name)
+            _check(v >= 0, f"optimizer.{name}={v} must be >= 0")
+        _check(
+            0.0 <= self.min_lr_ratio <= 1.0,
+            f"optimizer.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]",
+        )
+        for name in ("b1", "b2"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, f"optimizer.{name}={v} must be in [0, 1)")
+        return self
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # global, in rows
+    num_steps: int = 1000
+    # Gradient accumulation: batch_size rows are split into this many microbatches.
+    microbatches: int = 1
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    seed: int = 0
+    # Peak FLOP/s per device for MFU: a name from t5x_lite.flops.PEAK_FLOPS, a number, or auto.
+    peak_flops: str = "auto"
+    # Prompt sampled at the end of a decoder run.
+    sample_prompt: str = "In the beginning"
+    sample_tokens: int = 40
+    progress_bar: bool = True
+    plot_every: int = 100
+
+    def validate(self) -> TrainConfig:
+        positive = ("batch_size", "num_steps", "microbatches", "log_every", "eval_every")
+        for name in (*positive, "plot_every"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"train.{name}={v!r} must be a positive integer")
+        _check(
+            self.batch_size % self.microbatches == 0,
+            f"train.batch_size={self.batch_size} is not divisible by train.microbatches="
+            f"{self.microbatches}",
+        )
+        _check(
+            isinstance(self.eval_batches, int) and self.eval_batches >= 0,
+            f"train.eval_batches={self.eval_batches!r} must be a non-negative integer",
+        )
+        return self
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def resolve(self, num_devices: int) -> tuple[int, int, int]:
+        """Concrete mesh shape for ``num_devices``, or a one-line ConfigError."""
+        dims = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        free = [k for k, v in dims.items() if v == -1]
+        _check(len(free) <= 1, f"mesh: only one of data/fsdp/tensor may be -1, got {free}")
+        for k, v in dims.items():
+            _check(v == -1 or v > 0, f"mesh.{k}={v} must be positive or -1")
+        fixed = math.prod(v for v in dims.values() if v != -1)
+        if free:
+            _check(
+                num_devices % fixed == 0,
+                f"mesh: {dims} cannot fill {num_devices} devices ({num_devices} % {fixed} != 0)",
+            )
+            dims[free[0]] = num_devices // fixed
+        total = math.prod(dims.values())
+        _check(
+            total == num_devices,
+            f"mesh: data*fsdp*tensor = {dims['data']}*{dims['fsdp']}*{dims['tensor']} = {total} "
+            f"differs from the {num_devices} available devices",
+        )
+        return dims["data"], dims["fsdp"], dims["tensor"]
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    keep: int = 3
+    async_save: bool = True
+    # Save a checkpoint at the current step on SIGTERM / SIGINT, then exit.
+    save_on_preemption: bool = True
+
+    def validate(self) -> CheckpointConfig:
+        for name in ("every_steps", "keep"):
+            v = getattr(self, name)
+            _check(
+                isinstance(v, int) and v > 0, f"checkpoint.{name}={v!r} must be a positive integer"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """Compute-optimal planning (``flops_budget``) and IsoFLOP sweeps (``sweep_*``).
+
+    See :mod:`t5x_lite.scaling`: ``python -m t5x_lite.scaling sweep`` trains, for each
+    budget in ``sweep_budgets``, ``sweep_sizes`` models whose parameter counts are
+    log-spaced over ``N_opt / sweep_spread ... N_opt * sweep_spread`` around the
+    ``fit``'s optimum.
+    """
+
+    # When > 0, the planner picks the model shape and train.num_steps from this budget.
+    flops_budget: float = 0.0
+    # A built-in fit name (hoffmann2022 | besiroglu2024) or a path to a fit JSON file.
+    fit: str = "hoffmann2022"
+    # IsoFLOP sweep: budgets in FLOPs (C = 6 N D), model sizes per budget, size spread.
+    sweep_budgets: tuple[float, ...] = ()
+    sweep_sizes: int = 5
+    sweep_spread: float = 4.0
+
+    def validate(self) -> ScalingConfig:
+        _check(
+            math.isfinite(self.flops_budget) and self.flops_budget >= 0,
+            f"scaling.flops_budget={self.flops_budget} must be >= 0 (0 disables planning)",
+        )
+        for b in self.sweep_budgets:
+            _check(
+                math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
+            )
+        _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        _check(
+            math.isfinite(self.sweep_spread) and self.sweep_spread >= 1.0,
+            f"scaling.sweep_spread={self.sweep_spread} must be >= 1",
+        )
+        return self
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.data.validate()
+        self.optimizer.validate()
+        self.train.validate()
+        self.checkpoint.validate()
+        self.scaling.validate()
+        for name in ("data", "fsdp", "tensor"):
+            v = getattr(self.mesh, name)
+            _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
+        self._check_objective_fits_model()
+        # Learned position tables (GPT-2, BERT, RoBERTa after its offset) hold
+        # max_seq_len positions; T5 (relative) and Llama (RoPE) keep the same bound as
+        # their documented context length.
+        _check(
+            self.data.seq_len <= self.model.max_seq_len,
+            f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
+        if self.data.tokenizer_vocab_size is not None:
+            _check(
+                self.data.tokenizer_vocab_size <= self.model.vocab_size,
+                f"data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} exceeds "
+                f"model.vocab_size={self.model.vocab_size}",
+            )
+        if self.data.target_len is not None:
+            _check(
+                self.data.target_len <= self.model.max_seq_len,
+                f"data.target_len={self.data.target_len} exceeds model.max_seq_len="
+                f"{self.model.max_seq_len}",
+            )
+        return self
+
+    def _check_objective_fits_model(self) -> None:
+        """``data.objective`` feeds ``model.family``; NSP/SOP iff ``model.sentence_head``.
+
+        E.g. ``model.family='decoder'`` with ``data.objective='mlm'`` -> "data.objective='mlm'
+        does not train model.family='decoder' (use one of causal_lm, prefix_lm)".
+        """
+        family, objective = self.model.family, self.data.objective
+        allowed = objectives.for_family(family)
+        _check(
+            family in objectives.spec(objective).families,
+            f"data.objective={objective!r} does not train model.family={family!r} "
+            f"(use one of {', '.join(allowed)})",
+        )
+        if family != "encoder":
+            return
+        sentence = self.data.sentence_objective
+        if self.model.sentence_head:
+            _check(
+                sentence in objectives.names("sentence"),
+                f"model.sentence_head=True needs data.sentence_objective='nsp' or 'sop' "
+                f"(got {sentence!r}); set model.sentence_head=False for MLM alone",
+            )
+        else:
+            _check(
+                sentence == "none",
+                f"data.sentence_objective={sentence!r} needs model.sentence_head=True "
+                "(without it the sentence labels would be dropped)",
+            )
