@@ -22,8 +22,8 @@ Synthetic batches (all rows full, one document per row):
 * encoder: the same with 15% of positions weighted (MLM), ``token_type_ids`` when
   the model has segment embeddings, ``next_sentence_label`` with a sentence head;
 * encoder_decoder: ``--seq`` encoder tokens and ``--target_len`` decoder tokens
-  (default: the preset's ``data.target_len``, else ``seq // 4``, close to span
-  corruption's 114 targets for 512 inputs).
+  (default: the objective's row lengths, :func:`t5x_lite.config.row_lengths`, as the
+  trainer and the planner count them: span corruption's 114 targets for 512 inputs).
 
 Imports only jax, flax, optax, numpy and t5x_lite's config / models / partitioning
 / steps / optim / losses / flops (no tfds, grain or gin; absl only as flax imports
@@ -94,9 +94,11 @@ def bench_config(values: dict[str, Any], args: argparse.Namespace) -> C.Config:
 
 
 def target_length(cfg: C.Config) -> int | None:
+    """Decoder row length of an encoder-decoder: the objective table's, as the trainer
+    and the planner count it (span corruption at seq_len 512 -> 114)."""
     if cfg.model.family != "encoder_decoder":
         return None
-    return cfg.data.target_len or max(cfg.data.seq_len // 4, 2)
+    return C.row_lengths(cfg.data).target_len
 
 
 def synthetic_batch(cfg: C.Config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -171,7 +173,7 @@ def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str,
 
     target_len = target_length(cfg)
     tokens = cfg.train.batch_size * cfg.data.seq_len
-    per_token = flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target_len)
+    per_token = flops.flops_per_token_of(cfg.model, cfg.data)
     tps = tokens / step_s
     peak = flops.peak_flops_per_device(peak_spec)
     memory = getattr(devices[0], "memory_stats", lambda: None)() or {}

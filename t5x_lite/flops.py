@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 
-from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.config import ConfigError, DataConfig, ModelConfig, row_lengths
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets; GPUs without sparsity).
 PEAK_FLOPS: dict[str, float] = {
@@ -143,8 +143,8 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 
 def _mlp_mult(cfg: ModelConfig) -> int:
-    """Weight matrices in one MLP: 3 when gated (llama, t5_v1_1), else 2."""
-    return 3 if cfg.arch in ("llama", "t5_v1_1") else 2
+    """Weight matrices in one MLP: 3 when gated (``traits.gated_mlp``), else 2."""
+    return 3 if cfg.traits.gated_mlp else 2
 
 
 def _check_lengths(cfg: ModelConfig, seq_len: int, target_len: int | None) -> int:
@@ -189,6 +189,8 @@ def forward_flops_per_row(
         proj_macs = t * layers * (qo + kv)
         mlp_macs = t * layers * mlp
         head_macs = t * e * v
+        # A sliding window (Mistral) masks scores but the dense step still computes all
+        # T x T of them, so they are counted.
         score_macs = 2 * layers * h * d * t * t
     elif cfg.family == "encoder":
         layers = cfg.num_layers  # shared (ALBERT) layers still run num_layers times
@@ -196,7 +198,7 @@ def forward_flops_per_row(
         proj_macs = t * layers * (qo + kv)
         mlp_macs = t * layers * mlp
         head_macs = t * (e * em + em * v)  # MLM transform + tied decoder
-        if cfg.arch == "albert":
+        if cfg.traits.factorised_embedding:
             head_macs += t * em * e  # embedding projection Em -> E
         if cfg.sentence_head:
             head_macs += e * e + 2 * e  # pooler + classifier on the first token
@@ -231,6 +233,16 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None
     23424.0
     """
     return train_flops_per_row(cfg, seq_len, target_len) / seq_len
+
+
+def flops_per_token_of(model: ModelConfig, data: DataConfig) -> float:
+    """:func:`train_flops_per_token` of the rows ``data`` really makes: the decoder
+    length of an encoder-decoder is the objective table's ``target_len``
+    (:func:`t5x_lite.config.row_lengths`; T5 span corruption at seq_len 512 -> 114),
+    the one definition the trainer, the step benchmark and the planner share."""
+    lengths = row_lengths(data)
+    target = lengths.target_len if model.family == "encoder_decoder" else None
+    return train_flops_per_token(model, lengths.input_len, target)
 
 
 def matmul_params(cfg: ModelConfig) -> int:

@@ -207,6 +207,23 @@ class RMSNorm(nn.Module):
         return _normalize(self, x, self.eps, False, False, self.dtype, self.param_dtype)
 
 
+def norm(cfg: Any, name: str) -> nn.Module:
+    """The norm of ``cfg.traits.norm`` (layernorm | rmsnorm) with the model's eps and
+    dtypes: the one place every family gets its norms from."""
+    kw = dict(
+        eps=cfg.norm_eps,
+        dtype=dtype_of(cfg.dtype),
+        param_dtype=dtype_of(cfg.param_dtype),
+        name=name,
+    )
+    return LayerNorm(**kw) if cfg.traits.norm == "layernorm" else RMSNorm(**kw)
+
+
+def norm_params(cfg: Any) -> int:
+    """Parameters of one :func:`norm` of ``cfg``: scale (+ bias for layernorm)."""
+    return cfg.d_model * (2 if cfg.traits.norm == "layernorm" else 1)
+
+
 # --------------------------------------------------------------------------- activations
 
 
@@ -293,19 +310,38 @@ def prefix_lm_mask(prefix: Array) -> Array:
     return causal_mask(t) | both
 
 
-def self_attention_mask(
-    batch: dict[str, Array], length: int, causal: bool, prefix_key: str = "prefix_mask"
-) -> Array:
-    """Mask ``[B, 1, T, T]`` for self-attention over ``input_ids``-like rows.
+def sliding_window_mask(length: int, window: int) -> Array:
+    """``[1, 1, T, T]`` bool, ``True`` where ``query - window < key <= query + window``;
+    combined with the causal mask a query sees itself and the ``window - 1`` keys
+    before it (Mistral; HF's ``kv_idx > q_idx - sliding_window``)."""
+    i = jnp.arange(length)
+    d = i[:, None] - i[None, :]
+    return (jnp.abs(d) < window)[None, None]
 
-    Uses ``segment_ids`` when present (packed rows), else ``attention_mask``
-    (1 = token, 0 = padding), else all-ones; adds the causal or prefix-LM mask.
+
+def self_attention_mask(
+    batch: dict[str, Array],
+    length: int,
+    causal: bool,
+    prefix_key: str = "prefix_mask",
+    window: int | None = None,
+    ids_key: str = "input_ids",
+    segment_key: str = "segment_ids",
+    mask_key: str = "attention_mask",
+) -> Array:
+    """Mask ``[B|1, 1, T, T]`` for self-attention over the rows of ``batch[ids_key]``:
+    the one mask builder of every family (encoder, decoder, T5's decoder with
+    ``ids_key="decoder_input_ids"`` and its ``decoder_*`` keys).
+
+    Uses ``segment_key`` when present (packed rows), else ``mask_key`` (1 = token,
+    0 = padding), else all-ones; adds the causal or prefix-LM mask (``prefix_key``)
+    and, with ``window``, the sliding window.
     """
-    if "segment_ids" in batch:
-        seg = batch["segment_ids"]
+    if segment_key in batch:
+        seg = batch[segment_key]
         mask = segment_mask(seg, seg)
-    elif "attention_mask" in batch:
-        valid = batch["attention_mask"].astype(bool)
+    elif mask_key in batch:
+        valid = batch[mask_key].astype(bool)
         mask = padding_mask(valid, valid)
     else:
         mask = jnp.ones((1, 1, length, length), bool)
@@ -314,14 +350,40 @@ def self_attention_mask(
             mask = mask & prefix_lm_mask(batch[prefix_key].astype(bool))
         else:
             mask = mask & causal_mask(length)
+    if window is not None and window < length:
+        mask = mask & sliding_window_mask(length, window)
     return mask
 
 
-def default_positions(batch: dict[str, Array], length: int) -> Array:
-    """``positions`` from the batch (packed rows restart at 0 per segment), else arange."""
-    if "positions" in batch:
-        return batch["positions"]
-    return jnp.broadcast_to(jnp.arange(length)[None], (batch["input_ids"].shape[0], length))
+def segment_positions(segment_ids: Array) -> Array:
+    """Position of each token inside its packed segment (jax twin of
+    :func:`t5x_lite.data.packing.segment_positions`).
+
+    ``[B, T]`` int -> ``[B, T]`` int32, e.g. ``[[1, 1, 1, 2, 2, 0]] -> [[0, 1, 2, 0, 1, 0]]``.
+    """
+    t = segment_ids.shape[1]
+    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
+    prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    starts = jnp.where(segment_ids != prev, idx, 0)
+    return jnp.where(segment_ids > 0, idx - jax.lax.cummax(starts, axis=1), 0)
+
+
+def default_positions(
+    batch: dict[str, Array],
+    length: int,
+    ids_key: str = "input_ids",
+    positions_key: str = "positions",
+    segment_key: str = "segment_ids",
+) -> Array:
+    """``[B|1, T]`` int32 positions: ``batch[positions_key]`` (packed rows restart at 0
+    per segment), else derived from ``segment_key``, else ``arange(T)``."""
+    if positions_key in batch:
+        return batch[positions_key].astype(jnp.int32)
+    if segment_key in batch:
+        return segment_positions(batch[segment_key])
+    return jnp.broadcast_to(
+        jnp.arange(length, dtype=jnp.int32)[None], (batch[ids_key].shape[0], length)
+    )
 
 
 # --------------------------------------------------------------------------- attention

@@ -347,8 +347,6 @@ def train(
     # Checks that read files (lengths, tokenizer, corpus, splits) come before anything
     # is written into the workdir: the tokenizer is read from the workdir only when a
     # run there already holds one, and both data streams are built (and validated).
-    enc_dec = cfg.model.family == "encoder_decoder"
-    target_len = pipeline.lengths(cfg).target_len if enc_dec else None
     run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
     resuming_tokenizer = os.path.isfile(run_tokenizer)
     tokenizer = pipeline.get_tokenizer(cfg, workdir if resuming_tokenizer else None)
@@ -390,7 +388,7 @@ def train(
         _write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
 
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    flops_per_token = flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target_len)
+    flops_per_token = flops.flops_per_token_of(cfg.model, cfg.data)
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, resume_step=start_step)
     bar_ = Progress(cfg.train.num_steps, start_step, bar=bar, enabled=show)

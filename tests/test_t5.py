@@ -255,7 +255,7 @@ def test_packed_examples_match_examples_alone(gated_case):
 def test_segment_positions_restart_per_segment():
     seg = jnp.array([[1, 1, 1, 2, 2, 0], [1, 2, 2, 2, 3, 3]])
     want = [[0, 1, 2, 0, 1, 0], [0, 0, 1, 2, 0, 1]]
-    np.testing.assert_array_equal(np.asarray(encoder_decoder.segment_positions(seg)), want)
+    np.testing.assert_array_equal(np.asarray(layers.segment_positions(seg)), want)
 
 
 # --------------------------------------------------------------------------- sharding

@@ -1,4 +1,8 @@
-"""Llama (``LlamaForCausalLM``) <-> t5x_lite ``decoder`` / ``llama`` parameters.
+"""Llama (``LlamaForCausalLM``) and Mistral (``MistralForCausalLM``) <-> t5x_lite
+``decoder`` / ``llama`` | ``mistral`` parameters.
+
+Mistral is Llama with sliding-window attention (HF ``sliding_window`` <->
+``model.sliding_window``): the tensors and their names are the same.
 
 Hugging Face ``nn.Linear`` weights are ``[out, in]``; our kernels are ``[in, out]``
 with the head dimensions split out (``E`` width, ``H`` query heads, ``K`` key/value
@@ -33,8 +37,10 @@ import numpy as np
 from t5x_lite.config import ConfigError, ModelConfig
 from t5x_lite.hf import common
 
-MODEL_TYPES = ("llama",)
-ARCHS = ("llama",)
+MODEL_TYPES = ("llama", "mistral")
+ARCHS = ("llama", "mistral")
+# Our arch -> (HF model_type, HF architecture class).
+_HF_NAMES = {"llama": ("llama", "LlamaForCausalLM"), "mistral": ("mistral", "MistralForCausalLM")}
 
 # Non-parameter buffers that older checkpoints carry.
 _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
@@ -74,13 +80,16 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
         if value != want:
             raise ConfigError(f"{where}: {field}={value!r} is not supported ({why})")
     theta = _rope_theta(hf, where)
+    arch = "mistral" if hf.get("model_type") == "mistral" else "llama"
+    window = hf.get("sliding_window") if arch == "mistral" else None
     e = int(hf.get("hidden_size", 4096))
     heads = int(hf.get("num_attention_heads", 32))
     head_dim = hf.get("head_dim")
     try:
         return ModelConfig(
             family="decoder",
-            arch="llama",
+            arch=arch,
+            sliding_window=None if window is None else int(window),
             vocab_size=int(hf.get("vocab_size", 32000)),
             d_model=e,
             num_heads=heads,
@@ -140,7 +149,11 @@ def from_hf(
     params["ln_f"] = {"scale": take("model.norm.weight", (e,))}
     params["lm_head"] = {"kernel": take("lm_head.weight", (v, e)).T}
     common.check_no_unexpected(
-        tensors, expected, source, f"Llama with {cfg.num_layers} layers", _IGNORED.match
+        tensors,
+        expected,
+        source,
+        f"{_HF_NAMES[cfg.arch][1]} with {cfg.num_layers} layers",
+        _IGNORED.match,
     )
     # Contiguous copies, so that the params do not alias the transposed HF buffers.
     params = _map(params, np.ascontiguousarray)
@@ -154,7 +167,8 @@ def _map(tree: Any, fn: Any) -> Any:
 
 
 def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config.json dict, tensors)`` loadable by ``LlamaForCausalLM.from_pretrained``."""
+    """``(config.json dict, tensors)`` loadable by ``LlamaForCausalLM`` /
+    ``MistralForCausalLM.from_pretrained``."""
     e, f = cfg.d_model, cfg.d_ff
     hd, kd = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
 
@@ -178,9 +192,10 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         tensors[f"{p}.mlp.gate_proj.weight"] = a(mlp["wi_0"]["kernel"]).reshape(e, f).T
         tensors[f"{p}.mlp.up_proj.weight"] = a(mlp["wi_1"]["kernel"]).reshape(e, f).T
         tensors[f"{p}.mlp.down_proj.weight"] = a(mlp["wo"]["kernel"]).reshape(f, e).T
+    model_type, architecture = _HF_NAMES[cfg.arch]
     hf_config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": model_type,
+        "architectures": [architecture],
         "vocab_size": cfg.vocab_size,
         "hidden_size": e,
         "intermediate_size": f,
@@ -203,4 +218,6 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "pad_token_id": cfg.pad_token_id,
         "dtype": "float32",
     }
+    if cfg.arch == "mistral":
+        hf_config["sliding_window"] = cfg.sliding_window
     return hf_config, {name: np.ascontiguousarray(t) for name, t in tensors.items()}

@@ -1,4 +1,4 @@
-"""Decoder-only Transformers: GPT-2 and Llama.
+"""Decoder-only Transformers: GPT-2, Llama and Mistral, built from the arch's traits.
 
 ``Model(cfg).apply({"params": p}, batch)`` maps a batch with Hugging Face key
 names to ``{"logits": [B, T, V] float32}``::
@@ -25,7 +25,12 @@ llama      token (``wte``); blocks with RMSNorm ``ln_1`` / ``ln_2``, RoPE groupe
            attention ``attn`` (no biases), gated ``mlp`` (wi_0 gate, wi_1 up, wo down;
            ``cfg.activation`` on the gate: silu gives SwiGLU, as presets and HF set);
            final RMSNorm ``ln_f``; untied ``lm_head`` kernel ``[E, V]``.
+mistral    llama with sliding-window attention: query ``i`` sees keys ``i - W < j <= i``
+           (``model.sliding_window = W``), as HF's ``MistralForCausalLM``.
 =========  ============================================================================
+
+The blocks read ``cfg.traits`` (norm, positions, gated MLP, biases, tied head,
+residual init) and never the ``arch`` name.
 
 ``dropout_rate`` (when ``deterministic=False``, rng name ``"dropout"``) applies to the
 embeddings and to the output of every attention and MLP branch, like GPT-2's
@@ -52,20 +57,6 @@ from t5x_lite.config import ModelConfig
 Array = jax.Array
 
 
-def _is_llama(cfg: ModelConfig) -> bool:
-    return cfg.arch == "llama"
-
-
-def _norm(cfg: ModelConfig, name: str) -> nn.Module:
-    kw = dict(
-        eps=cfg.norm_eps,
-        dtype=layers.dtype_of(cfg.dtype),
-        param_dtype=layers.dtype_of(cfg.param_dtype),
-        name=name,
-    )
-    return layers.RMSNorm(**kw) if _is_llama(cfg) else layers.LayerNorm(**kw)
-
-
 class Block(nn.Module):
     """One pre-norm layer: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
 
@@ -79,21 +70,22 @@ class Block(nn.Module):
     def __call__(
         self, x: Array, mask: Array, positions: Array, deterministic: bool = True
     ) -> Array:
-        cfg = self.config
-        llama = _is_llama(cfg)
+        cfg, t = self.config, self.config.traits
         dtype = layers.dtype_of(cfg.dtype)
         param_dtype = layers.dtype_of(cfg.param_dtype)
         std = cfg.initializer_range
         # GPT-2 scales residual output projections by 1/sqrt(2 * layers).
-        out_std = std if llama else std / (2 * cfg.num_layers) ** 0.5
-        rope = functools.partial(layers.apply_rope, theta=cfg.rope_theta) if llama else None
+        out_std = std / (2 * cfg.num_layers) ** 0.5 if t.scaled_residual_init else std
+        rope = None
+        if t.positions == "rope":
+            rope = functools.partial(layers.apply_rope, theta=cfg.rope_theta)
 
-        h = _norm(cfg, "ln_1")(x)
+        h = layers.norm(cfg, "ln_1")(x)
         h = layers.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_size,
             num_kv_heads=cfg.kv_heads,
-            use_bias=not llama,
+            use_bias=t.biases,
             dtype=dtype,
             param_dtype=param_dtype,
             init_std=std,
@@ -104,12 +96,12 @@ class Block(nn.Module):
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
         x = layers.constrain(x + h, ("batch", "act_length", "act_embed"))
 
-        h = _norm(cfg, "ln_2")(x)
+        h = layers.norm(cfg, "ln_2")(x)
         h = layers.Mlp(
             d_ff=cfg.d_ff,
             act=cfg.activation,
-            gated=llama,
-            use_bias=not llama,
+            gated=t.gated_mlp,
+            use_bias=t.biases,
             dtype=dtype,
             param_dtype=param_dtype,
             init_std=std,
@@ -127,14 +119,15 @@ class Model(nn.Module):
 
     @nn.compact
     def __call__(self, batch: dict[str, Array], deterministic: bool = True) -> dict[str, Array]:
-        cfg = self.config
-        llama = _is_llama(cfg)
+        cfg, traits = self.config, self.config.traits
         dtype = layers.dtype_of(cfg.dtype)
         param_dtype = layers.dtype_of(cfg.param_dtype)
         ids = batch["input_ids"]  # [B, T]
         t = ids.shape[1]
         positions = layers.default_positions(batch, t)  # [B, T]
-        mask = layers.self_attention_mask(batch, t, causal=True)  # [B|1, 1, T, T]
+        mask = layers.self_attention_mask(  # [B|1, 1, T, T]
+            batch, t, causal=True, window=cfg.sliding_window
+        )
 
         wte = layers.Embed(
             cfg.vocab_size,
@@ -145,7 +138,7 @@ class Model(nn.Module):
             name="wte",
         )
         x = wte(ids)  # [B, T, E]
-        if not llama:
+        if traits.positions == "learned":
             wpe = layers.Embed(
                 cfg.max_seq_len,
                 cfg.d_model,
@@ -162,9 +155,9 @@ class Model(nn.Module):
         block = layers.remat(Block, cfg.remat_policy)
         for i in range(cfg.num_layers):
             x = block(cfg, name=f"layers_{i}")(x, mask, positions, deterministic)
-        x = _norm(cfg, "ln_f")(x)  # [B, T, E]
+        x = layers.norm(cfg, "ln_f")(x)  # [B, T, E]
 
-        if llama:
+        if not traits.tied_head:
             logits = layers.DenseGeneral(
                 (cfg.vocab_size,),
                 ("embed",),
@@ -188,19 +181,16 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     ``lm_head``. GPT-2 small (12 x 768, vocab 50257, 1024 positions) gives
     ``total = 124_439_808``.
     """
+    t = cfg.traits
     e, f, hd = cfg.d_model, cfg.d_ff, cfg.head_size
     q, kv = cfg.num_heads * hd, cfg.kv_heads * hd
-    if _is_llama(cfg):
-        attn = e * q + 2 * e * kv + q * e
-        mlp = 3 * e * f
-        norms = 2 * e
-        embeddings = 2 * cfg.vocab_size * e  # wte + untied lm_head
-        final = e
-    else:
-        attn = e * q + 2 * e * kv + q * e + (q + 2 * kv + e)
-        mlp = 2 * e * f + f + e
-        norms = 4 * e
-        embeddings = (cfg.vocab_size + cfg.max_seq_len) * e
-        final = 2 * e
+    norm = layers.norm_params(cfg)  # one norm's parameters
+    attn = e * q + 2 * e * kv + q * e + ((q + 2 * kv + e) if t.biases else 0)
+    mlp = (3 if t.gated_mlp else 2) * e * f + ((f + e) if t.biases else 0)
+    norms = 2 * norm
+    embeddings = cfg.vocab_size * e * (1 if t.tied_head else 2)  # wte (+ untied lm_head)
+    if t.positions == "learned":
+        embeddings += cfg.max_seq_len * e
+    final = norm
     non_embedding = cfg.num_layers * (attn + mlp + norms) + final
     return non_embedding + embeddings, non_embedding

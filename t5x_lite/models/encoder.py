@@ -49,7 +49,7 @@ _HIDDEN = ("batch", "act_length", "act_embed")
 
 def check_config(cfg: ModelConfig) -> None:
     """Encoder-specific constraints beyond :meth:`ModelConfig.validate` (one-line errors)."""
-    if cfg.arch != "albert" and cfg.embedding_dim != cfg.d_model:
+    if not cfg.traits.factorised_embedding and cfg.embedding_dim != cfg.d_model:
         raise ConfigError(
             f"model.embed_dim={cfg.embed_dim} differs from model.d_model={cfg.d_model}; only "
             "arch 'albert' factorises embeddings"
@@ -66,23 +66,24 @@ def num_positions(cfg: ModelConfig) -> int:
 
 
 def head_activation(cfg: ModelConfig) -> str:
-    """Activation of the MLM transform: RoBERTa's head always uses exact GELU."""
-    return "gelu" if cfg.arch == "roberta" else cfg.activation
+    """Activation of the MLM transform (``traits.head_activation``, e.g. RoBERTa's head
+    always uses exact GELU), else ``model.activation``."""
+    return cfg.traits.head_activation or cfg.activation
 
 
 def positions_of(cfg: ModelConfig, batch: dict[str, Array], length: int) -> Array:
     """Position ids ``[B, T]`` (before ``position_offset``).
 
-    ``positions`` when given (packed rows); for RoBERTa with an ``attention_mask``,
+    ``positions`` when given (packed rows); with ``traits.pad_skipping_positions``
+    (RoBERTa) and an ``attention_mask``,
     the count of real tokens before each one (``[1,1,1,0] -> [0,1,2,0]``, HF's
     pad-skipping positions); else ``arange(T)``.
     """
-    if "positions" in batch:
-        return batch["positions"].astype(jnp.int32)
-    if cfg.arch == "roberta" and "attention_mask" in batch:
+    pad_skipping = cfg.traits.pad_skipping_positions and "attention_mask" in batch
+    if "positions" not in batch and pad_skipping:
         m = batch["attention_mask"].astype(jnp.int32)  # [B, T]
         return (jnp.cumsum(m, axis=1) - 1) * m
-    return layers.default_positions(batch, length).astype(jnp.int32)
+    return layers.default_positions(batch, length)
 
 
 class EncoderLayer(nn.Module):
@@ -107,7 +108,7 @@ class EncoderLayer(nn.Module):
             name="attention",
         )(x, mask=mask, deterministic=deterministic)  # [B, T, E]
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="attention_norm")(x + h)
+        x = layers.norm(cfg, "attention_norm")(x + h)
         x = layers.constrain(x, _HIDDEN)
         h = layers.Mlp(
             cfg.d_ff,
@@ -119,7 +120,7 @@ class EncoderLayer(nn.Module):
             name="mlp",
         )(x, deterministic=deterministic)  # [B, T, E]
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="mlp_norm")(x + h)
+        x = layers.norm(cfg, "mlp_norm")(x + h)
         return layers.constrain(x, _HIDDEN)
 
 
@@ -167,9 +168,9 @@ class Model(nn.Module):
             std,
             name="position_embeddings",
         )(pos)
-        x = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="embed_norm")(x)
+        x = layers.norm(cfg, "embed_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        if cfg.arch == "albert":
+        if cfg.traits.factorised_embedding:
             # [B, T, Em] -> [B, T, E]
             x = layers.DenseGeneral(
                 (cfg.d_model,), ("embed",), ("mlp",), name="embed_proj", **dense
@@ -190,7 +191,7 @@ class Model(nn.Module):
         # ---- MLM head: [B, T, E] -> [B, T, Em] -> [B, T, V]
         h = layers.DenseGeneral((em,), ("embed",), ("mlp",), name="mlm_dense", **dense)(x)
         h = layers.activation(head_activation(cfg))(h)
-        h = layers.LayerNorm(cfg.norm_eps, dtype=dt, param_dtype=pdt, name="mlm_norm")(h)
+        h = layers.norm(cfg, "mlm_norm")(h)
         bias = layers.param_with_axes(
             self, "mlm_bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), pdt
         )
@@ -225,7 +226,7 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     hd = cfg.num_heads * cfg.head_size
     tables = (v + num_positions(cfg) + cfg.type_vocab_size) * em
     embed_norm = 2 * em
-    proj = em * e + e if cfg.arch == "albert" else 0
+    proj = em * e + e if cfg.traits.factorised_embedding else 0
     attention = 3 * (e * hd + hd) + hd * e + e
     mlp = e * f + f + f * e + e
     layer = attention + mlp + 2 * 2 * e

@@ -61,14 +61,6 @@ from t5x_lite.config import ModelConfig
 Array = jax.Array
 
 
-def _gated(cfg: ModelConfig) -> bool:
-    return cfg.arch == "t5_v1_1"
-
-
-def _tied(cfg: ModelConfig) -> bool:
-    return cfg.arch == "t5"
-
-
 # --------------------------------------------------------------------------- positions
 
 
@@ -140,27 +132,6 @@ class RelativePositionBias(nn.Module):
         return layers.constrain(bias, (batch_axis, "act_heads", "act_length", None))
 
 
-def segment_positions(segment_ids: Array) -> Array:
-    """Position of each token inside its packed segment.
-
-    ``[B, T]`` int -> ``[B, T]`` int32, e.g. ``[[1, 1, 1, 2, 2, 0]] -> [[0, 1, 2, 0, 1, 0]]``.
-    """
-    t = segment_ids.shape[1]
-    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
-    prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-    starts = jnp.where(segment_ids != prev, idx, 0)
-    return idx - jax.lax.cummax(starts, axis=1)
-
-
-def _positions(batch: dict[str, Array], ids_key: str, pos_key: str, seg_key: str) -> Array:
-    """``[B, L]`` per-segment positions from the batch, or ``[1, L]`` arange."""
-    if pos_key in batch:
-        return batch[pos_key].astype(jnp.int32)
-    if seg_key in batch:
-        return segment_positions(batch[seg_key])
-    return jnp.arange(batch[ids_key].shape[1], dtype=jnp.int32)[None]
-
-
 # --------------------------------------------------------------------------- masks
 
 
@@ -180,16 +151,15 @@ def encoder_mask(batch: dict[str, Array]) -> Array:
 
 def decoder_mask(batch: dict[str, Array]) -> Array:
     """Causal decoder self-attention mask ``[B|1, 1, T, T]`` bool (packing-aware)."""
-    t = batch["decoder_input_ids"].shape[1]
-    if "decoder_segment_ids" in batch:
-        seg = batch["decoder_segment_ids"]
-        mask = layers.segment_mask(seg, seg)
-    elif "decoder_attention_mask" in batch:
-        valid = batch["decoder_attention_mask"].astype(bool)
-        mask = layers.padding_mask(valid, valid)
-    else:
-        mask = jnp.ones((1, 1, t, t), bool)
-    return mask & layers.causal_mask(t)
+    return layers.self_attention_mask(
+        batch,
+        batch["decoder_input_ids"].shape[1],
+        causal=True,
+        prefix_key="decoder_prefix_mask",  # never set: T5's decoder is causal
+        ids_key="decoder_input_ids",
+        segment_key="decoder_segment_ids",
+        mask_key="decoder_attention_mask",
+    )
 
 
 def cross_mask(batch: dict[str, Array]) -> Array:
@@ -231,7 +201,7 @@ def _mlp(cfg: ModelConfig) -> layers.Mlp:
     return layers.Mlp(
         d_ff=cfg.d_ff,
         act=cfg.activation,
-        gated=_gated(cfg),
+        gated=cfg.traits.gated_mlp,
         use_bias=False,
         dropout_rate=cfg.dropout_rate,
         dtype=layers.dtype_of(cfg.dtype),
@@ -239,15 +209,6 @@ def _mlp(cfg: ModelConfig) -> layers.Mlp:
         init_std=cfg.d_model**-0.5,
         out_init_std=cfg.d_ff**-0.5,
         name="mlp",
-    )
-
-
-def _norm(cfg: ModelConfig, name: str) -> layers.RMSNorm:
-    return layers.RMSNorm(
-        eps=cfg.norm_eps,
-        dtype=layers.dtype_of(cfg.dtype),
-        param_dtype=layers.dtype_of(cfg.param_dtype),
-        name=name,
     )
 
 
@@ -266,10 +227,10 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
-        h = _norm(cfg, "pre_attention_layer_norm")(x)
+        h = layers.norm(cfg, "pre_attention_layer_norm")(x)
         h = _attention(cfg, "attention")(h, mask=mask, bias=bias, deterministic=deterministic)
         x = layers.constrain(x + drop(h, deterministic=deterministic), _RESIDUAL)
-        h = _norm(cfg, "pre_mlp_layer_norm")(x)
+        h = layers.norm(cfg, "pre_mlp_layer_norm")(x)
         h = _mlp(cfg)(h, deterministic=deterministic)
         return layers.constrain(x + drop(h, deterministic=deterministic), _RESIDUAL)
 
@@ -295,17 +256,17 @@ class DecoderLayer(nn.Module):
     ) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
-        h = _norm(cfg, "pre_self_attention_layer_norm")(y)
+        h = layers.norm(cfg, "pre_self_attention_layer_norm")(y)
         h = _attention(cfg, "self_attention")(
             h, mask=self_mask, bias=bias, deterministic=deterministic
         )
         y = layers.constrain(y + drop(h, deterministic=deterministic), _RESIDUAL)
-        h = _norm(cfg, "pre_cross_attention_layer_norm")(y)
+        h = layers.norm(cfg, "pre_cross_attention_layer_norm")(y)
         h = _attention(cfg, "encoder_decoder_attention")(
             h, kv=encoded, mask=enc_mask, deterministic=deterministic
         )
         y = layers.constrain(y + drop(h, deterministic=deterministic), _RESIDUAL)
-        h = _norm(cfg, "pre_mlp_layer_norm")(y)
+        h = layers.norm(cfg, "pre_mlp_layer_norm")(y)
         h = _mlp(cfg)(h, deterministic=deterministic)
         return layers.constrain(y + drop(h, deterministic=deterministic), _RESIDUAL)
 
@@ -340,7 +301,7 @@ class Encoder(nn.Module):
         layer = layers.remat(EncoderLayer, cfg.remat_policy)
         for i in range(cfg.num_layers):
             x = layer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
-        x = _norm(cfg, "encoder_norm")(x)
+        x = layers.norm(cfg, "encoder_norm")(x)
         return drop(x, deterministic=deterministic)
 
 
@@ -372,10 +333,11 @@ class Decoder(nn.Module):
         layer = layers.remat(DecoderLayer, cfg.remat_policy)
         for i in range(cfg.decoder_layers):
             y = layer(cfg, name=f"layers_{i}")(y, encoded, self_mask, enc_mask, bias, deterministic)
-        y = _norm(cfg, "decoder_norm")(y)
+        y = layers.norm(cfg, "decoder_norm")(y)
         y = drop(y, deterministic=deterministic)  # [B, T, E]
-        if _tied(cfg):
-            logits = self.shared_embedding.attend(y * cfg.d_model**-0.5)
+        if cfg.traits.tied_head:
+            scale = cfg.d_model**-0.5 if cfg.traits.head_scale else 1.0
+            logits = self.shared_embedding.attend(y * scale)
         else:
             logits = layers.DenseGeneral(
                 (cfg.vocab_size,),
@@ -413,15 +375,19 @@ class Model(nn.Module):
 
     def encode(self, batch: dict[str, Array], deterministic: bool = True) -> Array:
         """``input_ids [B, S]`` (+ mask / segment keys) -> encoder output ``[B, S, E]``."""
-        positions = _positions(batch, "input_ids", "positions", "segment_ids")
+        positions = layers.default_positions(batch, batch["input_ids"].shape[1])
         return self.encoder(batch["input_ids"], encoder_mask(batch), positions, deterministic)
 
     def decode(
         self, encoded: Array, batch: dict[str, Array], deterministic: bool = True
     ) -> dict[str, Array]:
         """``encoded [B, S, E]`` + decoder keys -> ``{"logits": [B, T, V] float32}``."""
-        positions = _positions(
-            batch, "decoder_input_ids", "decoder_positions", "decoder_segment_ids"
+        positions = layers.default_positions(
+            batch,
+            batch["decoder_input_ids"].shape[1],
+            "decoder_input_ids",
+            "decoder_positions",
+            "decoder_segment_ids",
         )
         logits = self.decoder(
             batch["decoder_input_ids"],
@@ -448,10 +414,11 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     e, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
     inner = cfg.num_heads * cfg.head_size
     attn = 4 * e * inner  # query, key, value [E, H, D]; out [H, D, E]
-    mlp = (3 if _gated(cfg) else 2) * e * f
-    encoder = cfg.num_layers * (attn + mlp + 2 * e) + e
-    decoder = cfg.decoder_layers * (2 * attn + mlp + 3 * e) + e
+    mlp = (3 if cfg.traits.gated_mlp else 2) * e * f
+    n = layers.norm_params(cfg)
+    encoder = cfg.num_layers * (attn + mlp + 2 * n) + n
+    decoder = cfg.decoder_layers * (2 * attn + mlp + 3 * n) + n
     relpos = 2 * cfg.relative_num_buckets * cfg.num_heads
-    embeddings = v * e * (1 if _tied(cfg) else 2)
+    embeddings = v * e * (1 if cfg.traits.tied_head else 2)
     non_embedding = encoder + decoder
     return non_embedding + relpos + embeddings, non_embedding

@@ -33,7 +33,7 @@ import math
 from typing import Any
 
 from t5x_lite import flops as flops_lib
-from t5x_lite.config import Config, ConfigError, ModelConfig, ScalingConfig  # noqa: F401
+from t5x_lite.config import Config, ConfigError, ModelConfig, ScalingConfig, row_lengths  # noqa: F401
 from t5x_lite.scaling.fits import ChinchillaFit, compute_optimal, load_fit
 
 MAX_LAYERS = 256
@@ -52,10 +52,6 @@ def d_model_grid() -> list[int]:
     )
 
 
-def _gated(arch: str) -> bool:
-    return arch in ("llama", "t5_v1_1")
-
-
 def shape_for_width(base: ModelConfig, d_model: int, num_layers: int) -> ModelConfig:
     """``base`` with width ``d_model`` and depth ``num_layers`` (heads and d_ff derived).
 
@@ -65,12 +61,12 @@ def shape_for_width(base: ModelConfig, d_model: int, num_layers: int) -> ModelCo
     """
     head = 64 if d_model >= 256 else 32 if d_model % 32 == 0 and d_model >= 64 else 16
     heads = d_model // head
-    if _gated(base.arch):
+    if base.traits.gated_mlp:
         d_ff = 16 * math.ceil(8 * d_model / 3 / 16)
     else:
         d_ff = 4 * d_model
     kv = None
-    if base.num_kv_heads is not None and base.arch == "llama":
+    if base.num_kv_heads is not None and base.traits.grouped_kv:
         group = base.num_heads // base.kv_heads
         kv = heads // group if heads % group == 0 else None
     return dataclasses.replace(
@@ -112,7 +108,7 @@ def shape_grid(base: ModelConfig, kind: str = "total") -> list[tuple[int, int, f
     Cached per ``(base, kind)``: treat the returned list as read-only.
     """
     out = []
-    gqa = base.arch == "llama" and base.kv_heads != base.num_heads
+    gqa = base.traits.grouped_kv and base.kv_heads != base.num_heads
     for d in d_model_grid():
         if gqa and shape_for_width(base, d, 1).num_kv_heads is None:
             continue  # heads not divisible by the base's heads per kv head
@@ -236,7 +232,7 @@ def apply_plan(cfg: Config) -> tuple[Config, dict[str, Any]]:
         cfg.data.seq_len,
         cfg.train.batch_size,
         cfg.scaling.fit,
-        cfg.data.target_len,
+        row_lengths(cfg.data).target_len if cfg.model.family == "encoder_decoder" else None,
     )
     optimizer = cfg.optimizer
     if optimizer.warmup_steps >= num_steps:

@@ -332,7 +332,9 @@ def run_sweep(
             "n_tokens": run.n_tokens,
             "flops_6nd": run.flops_6nd,
             "flops_train": run.n_tokens
-            * flops_lib.train_flops_per_token(run.model, run.seq_len, cfg.data.target_len),
+            * flops_lib.flops_per_token_of(
+                run.model, dataclasses.replace(cfg.data, seq_len=run.seq_len)
+            ),
             "final_eval_loss": float(loss),
             "final_train_loss": result.get("final_train_loss"),
             "wall_time_s": round(time.perf_counter() - t0, 1),
