@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from configs import base
-from t5x_lite import convert, models, partitioning
+from t5x_lite import convert, layers, models, partitioning
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
 from t5x_lite.models import encoder_decoder
 
