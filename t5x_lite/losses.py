@@ -14,9 +14,11 @@ Token loss at one position with logits ``z`` ``[V]``, label ``y``, label smoothi
     loss  = -((1 - a) * log_p[y] + a / V * sum(log_p)) + c * logsumexp(z) ** 2
 
 E.g. ``z = [0, 0]``, ``y = 1``, ``a = c = 0`` gives ``ce = loss = log 2 = 0.693``.
-Encoders with a sentence head add the row-mean NSP / SOP cross-entropy of
-``sentence_logits`` ``[B, 2]`` against ``next_sentence_label`` ``[B]`` to the
-token mean (BERT's pre-training loss: ``mlm_loss + nsp_loss``).
+Which outputs are scored, against which labels and weights, is the model's
+business (:mod:`t5x_lite.models.base`): e.g. encoders with a sentence head add the
+row-mean NSP / SOP cross-entropy of ``sentence_logits`` ``[B, 2]`` against
+``next_sentence_label`` ``[B]`` to the token mean (BERT's ``mlm_loss + nsp_loss``).
+This module imports only jax.
 """
 
 from __future__ import annotations
@@ -53,52 +55,41 @@ def token_cross_entropy(
     return loss, ce
 
 
-def objective_sums(
-    outputs: dict[str, Array],
-    batch: dict[str, Array],
+def weighted_sums(
+    logits: Array,
+    labels: Array,
+    weights: Array,
+    prefix: str = "",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
 ) -> dict[str, Array]:
-    """Per-batch **sums** of the training objective and metrics (float32 scalars).
+    """**Sums** of one head's objective and metrics (float32 scalars).
 
-    Keys: ``loss`` (weighted token loss incl. smoothing/z-loss), ``ce`` (plain token
-    CE), ``correct`` (weighted argmax hits), ``weight`` (sum of ``loss_weights``); with
-    ``sentence_logits`` also ``sentence_loss``, ``sentence_correct``, ``sentence_rows``.
+    ``logits [..., C]``, ``labels [...]`` int, ``weights [...]`` float. Keys (after
+    ``prefix``): ``loss`` (weighted loss incl. smoothing / z-loss), ``ce`` (plain
+    cross-entropy), ``correct`` (weighted argmax hits), ``weight`` (sum of weights).
+    E.g. logits ``[[0, 0]]``, label ``[1]``, weight ``[2]`` -> ``loss = ce = 2 log 2``,
+    ``correct = 0`` (the argmax of a tie is index 0, a miss), ``weight = 2``.
     """
-    logits = outputs["logits"]  # [B, T, V]
-    labels = batch["labels"]  # [B, T]
-    weights = batch["loss_weights"].astype(jnp.float32)  # [B, T]
+    weights = weights.astype(jnp.float32)
     loss, ce = token_cross_entropy(logits, labels, label_smoothing, z_loss)
     hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-    out = {
-        "loss": jnp.sum(loss * weights),
-        "ce": jnp.sum(ce * weights),
-        "correct": jnp.sum(hits * weights),
-        "weight": jnp.sum(weights),
+    return {
+        f"{prefix}loss": jnp.sum(loss * weights),
+        f"{prefix}ce": jnp.sum(ce * weights),
+        f"{prefix}correct": jnp.sum(hits * weights),
+        f"{prefix}weight": jnp.sum(weights),
     }
-    if "sentence_logits" in outputs and "next_sentence_label" in batch:
-        s_logits = outputs["sentence_logits"].astype(jnp.float32)  # [B, 2]
-        s_labels = batch["next_sentence_label"].astype(jnp.int32)  # [B]
-        s_lse = jax.nn.logsumexp(s_logits, axis=-1)
-        s_ce = s_lse - jnp.take_along_axis(s_logits, s_labels[:, None], axis=-1)[:, 0]
-        out["sentence_loss"] = jnp.sum(s_ce)
-        out["sentence_correct"] = jnp.sum(
-            (jnp.argmax(s_logits, axis=-1) == s_labels).astype(jnp.float32)
-        )
-        out["sentence_rows"] = jnp.asarray(s_labels.shape[0], jnp.float32)
-    return out
 
 
-def total_loss(sums: dict[str, Array], weight: Array, rows: Array | None) -> Array:
-    """Objective from :func:`objective_sums` with global denominators.
-
-    ``weight``: total token weight of the whole (global) batch; ``rows``: its number
-    of rows (used for the sentence loss, when present).
-    """
-    loss = sums["loss"] / jnp.maximum(weight, 1.0)
-    if "sentence_loss" in sums and rows is not None:
-        loss = loss + sums["sentence_loss"] / jnp.maximum(rows, 1.0)
-    return loss
+def total_loss(sums: dict[str, Array], denominators: dict[str, Array]) -> Array:
+    """``sum_p sums[p + "loss"] / max(denominators[p + "weight"], 1)`` over the heads
+    named in ``denominators`` (global counts: the whole batch, all microbatches)."""
+    total = jnp.zeros((), jnp.float32)
+    for key, weight in denominators.items():
+        prefix = key[: -len("weight")]
+        total = total + sums[f"{prefix}loss"] / jnp.maximum(weight, 1.0)
+    return total
 
 
 def summarize(sums: dict[str, Any]) -> dict[str, Any]:
@@ -108,14 +99,11 @@ def summarize(sums: dict[str, Any]) -> dict[str, Any]:
     "perplexity": 2.0, "accuracy": 0.5, ...}``. ``loss`` here is the mean token
     cross-entropy (no smoothing, no z-loss): ``perplexity = exp(loss)``.
     """
-    w = max(float(sums["weight"]), 1.0)
-    out = {
-        "loss": float(sums["ce"]) / w,
-        "accuracy": float(sums["correct"]) / w,
-    }
+    out: dict[str, Any] = {}
+    for key in sorted(k for k in sums if k.endswith("weight")):
+        prefix = key[: -len("weight")]
+        w = max(float(sums[key]), 1.0)
+        out[f"{prefix}loss"] = float(sums[f"{prefix}ce"]) / w
+        out[f"{prefix}accuracy"] = float(sums[f"{prefix}correct"]) / w
     out["perplexity"] = math.exp(min(out["loss"], 80.0))
-    if "sentence_loss" in sums:
-        rows = max(float(sums["sentence_rows"]), 1.0)
-        out["sentence_loss"] = float(sums["sentence_loss"]) / rows
-        out["sentence_accuracy"] = float(sums["sentence_correct"]) / rows
     return out

@@ -9,11 +9,11 @@ rows ``m, m + M, m + 2M, ...``, so every device keeps its own rows) and gradient
 accumulated with ``lax.scan``; losses are divided by the *global* token count, so
 the update equals the one of a single ``B``-row batch up to float rounding.
 
-Metrics of a step (float32 scalars): ``loss`` (the optimised objective: mean token
-loss incl. label smoothing and z-loss, plus the sentence loss for NSP/SOP
-encoders), ``ce`` (mean token cross-entropy), ``accuracy``, ``grad_norm``,
-``learning_rate`` and, for encoders with a sentence head, ``sentence_loss`` and
-``sentence_accuracy``.
+Metrics of a step (float32 scalars) are the model's (:meth:`t5x_lite.models.base.
+BaseModel.metrics`): ``loss`` (the optimised objective: mean token loss incl. label
+smoothing and z-loss, plus the sentence loss for NSP/SOP encoders), ``ce`` (mean
+token cross-entropy), ``accuracy`` and, for encoders with a sentence head,
+``sentence_loss`` and ``sentence_accuracy``; plus ``grad_norm`` and ``learning_rate``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from t5x_lite import losses, models, optim, partitioning
+from t5x_lite import models, optim, partitioning
 from t5x_lite import train_state as ts
 from t5x_lite.config import Config, ModelConfig, OptimizerConfig
 
@@ -60,7 +59,7 @@ def train_step(
     state: ts.TrainState,
     batch: Batch,
     *,
-    model: nn.Module,
+    model: models.BaseModel,
     tx: optax.GradientTransformation,
     schedule: optim.Schedule,
     opt_cfg: OptimizerConfig,
@@ -71,15 +70,12 @@ def train_step(
 ) -> tuple[ts.TrainState, dict[str, Array]]:
     """One optimizer update on a global batch; see the module docstring."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    weight = jnp.sum(batch["loss_weights"].astype(jnp.float32))  # global token weight
-    rows = jnp.asarray(batch["labels"].shape[0], jnp.float32)
+    denominators = model.denominators(batch)  # global token weight (and rows)
 
     def loss_fn(params: Any, mb: Batch, key: Array) -> tuple[Array, dict[str, Array]]:
-        outputs = model.apply(
-            {"params": params}, mb, deterministic=not dropout, rngs={"dropout": key}
-        )
-        sums = losses.objective_sums(outputs, mb, opt_cfg.label_smoothing, opt_cfg.z_loss)
-        return losses.total_loss(sums, weight, rows), sums
+        outputs = model.apply(params, mb, deterministic=not dropout, rngs={"dropout": key})
+        sums = model.loss_sums(outputs, mb, opt_cfg.label_smoothing, opt_cfg.z_loss)
+        return model.loss(sums, denominators), sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if microbatches == 1:
@@ -103,22 +99,16 @@ def train_step(
         (grads, sums), _ = jax.lax.scan(body, zeros, (mbs, jnp.arange(microbatches)))
 
     metrics = {
-        "loss": losses.total_loss(sums, weight, rows),
-        "ce": sums["ce"] / jnp.maximum(weight, 1.0),
-        "accuracy": sums["correct"] / jnp.maximum(weight, 1.0),
+        **model.metrics(sums, denominators),
         "grad_norm": optax.global_norm(grads),
         "learning_rate": schedule(state.step),
     }
-    if "sentence_loss" in sums:
-        metrics["sentence_loss"] = sums["sentence_loss"] / rows
-        metrics["sentence_accuracy"] = sums["sentence_correct"] / rows
     return state.apply_gradients(grads, tx), metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: nn.Module) -> dict[str, Array]:
-    """Sums of token CE / hits / weight (and sentence metrics) on one batch."""
-    outputs = model.apply({"params": params}, batch, deterministic=True)
-    return losses.objective_sums(outputs, batch)
+def eval_step(params: Any, batch: Batch, *, model: models.BaseModel) -> dict[str, Array]:
+    """Sums of every head's CE / hits / weight on one batch."""
+    return model.loss_sums(model.apply(params, batch), batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +120,7 @@ class Steps:
     """
 
     mesh: Mesh
-    model: nn.Module
+    model: models.BaseModel
     tx: optax.GradientTransformation
     schedule: optim.Schedule
     abstract_state: ts.TrainState
@@ -157,7 +147,7 @@ def build(
     mesh: Mesh,
 ) -> Steps:
     """Jitted, sharded steps (cached: equal configs on the same mesh reuse compilations)."""
-    model = models.build(model_cfg)
+    model = models.get(model_cfg)
     tx, schedule = optim.make_optimizer(opt_cfg, num_steps)
     param_shardings = models.param_shardings(model_cfg, mesh)
 
@@ -203,7 +193,7 @@ def build(
         out_shardings=replicated,
     )
     logits_jit = jax.jit(
-        lambda p, b: model.apply({"params": p}, b, deterministic=True)["logits"],
+        lambda p, b: model.apply(p, b)["logits"],
         in_shardings=(param_shardings, replicated),
         out_shardings=replicated,
     )

@@ -19,7 +19,7 @@ import optax
 import pytest
 import torch
 
-from t5x_lite import checkpoints, losses, optim, partitioning, steps, trainer
+from t5x_lite import checkpoints, losses, models, optim, partitioning, steps, trainer
 from t5x_lite import config as C
 from t5x_lite import train_state as ts
 
@@ -233,7 +233,19 @@ def test_z_loss_and_weighted_sums_by_hand():
         "loss_weights": jnp.asarray([[1.0, 0.5]]),
         "next_sentence_label": jnp.asarray([1, 0], jnp.int32),
     }
-    sums = losses.objective_sums(outputs, batch)
+    bert = C.ModelConfig(
+        family="encoder",
+        arch="bert",
+        vocab_size=2,
+        d_model=8,
+        num_heads=2,
+        num_layers=1,
+        d_ff=8,
+        max_seq_len=4,
+        sentence_head=True,
+    )
+    model = models.get(bert)
+    sums = model.loss_sums(outputs, batch)
     ce0 = math.log(1 + math.exp(-2.0))
     ce1 = math.log(1 + math.exp(1.0))
     assert float(sums["ce"]) == pytest.approx(ce0 + 0.5 * ce1, rel=1e-6)
@@ -242,7 +254,7 @@ def test_z_loss_and_weighted_sums_by_hand():
     s_ce = math.log(2) + math.log(1 + math.exp(-3.0))
     assert float(sums["sentence_loss"]) == pytest.approx(s_ce, rel=1e-6)
     assert float(sums["sentence_correct"]) == pytest.approx(1.0)  # row 0 ties -> argmax 0
-    total = losses.total_loss(sums, sums["weight"], jnp.asarray(2.0))
+    total = model.loss(sums, {"weight": sums["weight"], "sentence_weight": jnp.asarray(2.0)})
     assert float(total) == pytest.approx((ce0 + 0.5 * ce1) / 1.5 + s_ce / 2, rel=1e-6)
     summary = losses.summarize(jax.device_get(sums))
     assert summary["perplexity"] == pytest.approx(math.exp(summary["loss"]))

@@ -1,7 +1,9 @@
 """The three Transformer families as pure-function Flax modules.
 
-``build(cfg)`` returns a Linen module; ``module.apply({"params": p}, batch)`` takes a
-dict with Hugging Face key names and returns ``{"logits": [B, T, V], ...}``::
+``get(cfg)`` returns the model object (module, heads, losses, scoring; see
+:mod:`t5x_lite.models.base`); ``build(cfg)`` returns the bare Linen module;
+``module.apply({"params": p}, batch)`` takes a dict with Hugging Face key names and
+returns ``{"logits": [B, T, V], ...}``::
 
     >>> from t5x_lite.config import ModelConfig
     >>> cfg = ModelConfig(family="decoder", arch="gpt2", vocab_size=100, d_model=16,
@@ -34,6 +36,7 @@ from flax import linen as nn
 from t5x_lite import partitioning
 from t5x_lite.config import ModelConfig
 from t5x_lite.models import decoder, encoder, encoder_decoder
+from t5x_lite.models.base import SENTENCE, TOKENS, BaseModel, Head
 
 _FAMILIES = {
     "encoder": encoder,
@@ -46,6 +49,15 @@ def build(cfg: ModelConfig) -> nn.Module:
     """The Linen module of ``cfg.family`` (config validated first)."""
     cfg.validate()
     return _FAMILIES[cfg.family].Model(cfg)
+
+
+def get(cfg: ModelConfig) -> BaseModel:
+    """The model object of ``cfg``: its module plus the heads it is scored on (the
+    token head, and the sentence head of an encoder with ``sentence_head``)."""
+    heads: tuple[Head, ...] = (TOKENS,)
+    if cfg.family == "encoder" and cfg.sentence_head:
+        heads = (TOKENS, SENTENCE)
+    return BaseModel(cfg, build(cfg), heads)
 
 
 def example_batch(cfg: ModelConfig, batch_size: int = 1, length: int = 8) -> dict[str, Any]:
