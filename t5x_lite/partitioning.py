@@ -133,3 +133,22 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def axis_rules():
     """Context manager that activates the rules for ``nn.with_logical_constraint``."""
     return nn.logical_axis_rules(LOGICAL_AXIS_RULES)
+
+
+# --------------------------------------------------------------------------- host <-> global
+
+
+def replicated_value(tree: Any) -> Any:
+    """Host numpy copy of replicated arrays (also when they span several processes)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def to_global(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
+    """Per-process rows ``[B / P, ...]`` -> global arrays ``[B, ...]`` split by ``sharding``."""
+    n = jax.process_count()
+    return {
+        k: jax.make_array_from_process_local_data(
+            sharding, np.asarray(v), (v.shape[0] * n, *v.shape[1:])
+        )
+        for k, v in local.items()
+    }
