@@ -399,6 +399,7 @@ def train(
         "save_blocking_s": save_blocking,
         "restore_s": s.restore_s,
         "flops_per_token": s.flops_per_token,
+        "flops_train_per_step": s.flops_per_token * s.tokens_per_step,
         "config": cfg,
     }
     if show:

@@ -212,6 +212,7 @@ def plan(
         "tokens_per_param": n_tokens / n,
         "flops_6nd": 6.0 * n * n_tokens,
         "flops_train": per_token * n_tokens,
+        "flops_train_per_step": per_token * tokens_per_step,
         "predicted_loss": float(f.predict(n, n_tokens)),
     }
     return chosen, num_steps, info
