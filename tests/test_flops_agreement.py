@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from configs import base
 
+from configs import base
 from t5x_lite import bench, flops, trainer
 from t5x_lite.config import from_dict, row_lengths, to_dict
 from t5x_lite.scaling import apply_plan
