@@ -67,7 +67,7 @@ def test_objective_table_rows():
     assert C.row_lengths(ul2) == (64, 64)
     assert C.row_lengths(dataclasses.replace(ul2, target_len=32)) == (64, 32)
     assert C.row_lengths(C.DataConfig(seq_len=64)) == (64, 64)
-    with pytest.raises(C.ConfigError, match="data.target_len=10 is below the 29 targets"):
+    with pytest.raises(C.ConfigError, match=r"data\.target_len=10 is below the 29 targets"):
         C.row_lengths(C.DataConfig(objective="span_corruption", seq_len=128, target_len=10))
 
 
