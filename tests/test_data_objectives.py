@@ -561,3 +561,31 @@ def test_ul2_row_offsets_tile_the_stream():
     np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(used)[:-2]]))
     assert offsets[-1] + width <= 5000 < offsets[-1] + used[-2] + width
     assert width <= 128 and used.min() >= ul2.MIN_EXAMPLE
+
+
+def test_ul2_long_rows_use_t5_span_counts_within_the_sentinels():
+    # At 2048 an X (3, 0.5) example of 766 raw tokens would need 128 sentinels and an R
+    # (3, 0.15) one of 2274 would need 114: each is held to its sentinel limit instead.
+    mix, seq, rows = "R:0.5,X:0.5", 2048, np.arange(120)
+    assert ul2.sentinel_limit(0.5, 3.0, 100) == 602 and ul2.sentinel_limit(0.15, 3.0, 100) == 2009
+    plan = ul2.plan_rows(2, rows, mixture=mix, seq_len=seq, target_len=seq, max_spans=100)
+    used = plan.length.sum(axis=1)
+    raw = np.random.default_rng(6).integers(10, 900, size=(len(rows), int(used.max())))
+    b = ul2.ul2_rows(
+        raw.astype(np.int32), 5, rows, plan, mixture=mix, seq_len=seq, target_len=seq,
+        sentinel_ids=SENTINELS, mode_ids=MODES, eos_id=1,
+    )  # fmt: skip
+    table = ul2.denoisers(mix)
+    longest: dict[tuple[float, float], int] = collections.defaultdict(int)
+    for r in range(len(rows)):
+        for i in np.flatnonzero(plan.denoiser[r] >= 0):
+            _, mean, density, _ = table[plan.denoiser[r, i]]
+            n = int(plan.length[r, i])
+            noise, spans = (int(x) for x in _t5_mask_counts(n, density, mean))
+            assert spans <= 100
+            # [mode] kept tokens and one sentinel per span, EOS | sentinel + span each, EOS
+            assert (b["segment_ids"][r] == i + 1).sum() == 1 + n - noise + spans + 1
+            assert (b["decoder_segment_ids"][r] == i + 1).sum() == noise + spans + 1
+            longest[mean, density] = max(longest[mean, density], n)
+    assert longest[3.0, 0.5] == 602 and longest[3.0, 0.15] == 2009  # the limits bind
+    assert longest[64.0, 0.5] > 1000 and longest[8.0, 0.5] > 1000
