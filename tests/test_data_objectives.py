@@ -100,6 +100,52 @@ def test_prefix_lm_example_and_lengths():
     assert set(np.bincount(drawn)[1:] // 100) <= {10, 11, 12}  # ~uniform over 1..9
 
 
+# A packed row of three documents: the end of one ([.., 6] EOS), a whole one
+# ([7, 8, 9, 10] EOS) and the start of one that goes on in the next row ([11, ..]).
+THREE_DOCS = np.array([[6, 1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16, 17]])
+THREE_SLOTS = np.array([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]])
+
+
+def test_prefix_lm_gives_each_document_its_own_prefix_and_loss():
+    plen = lm.prefix_lengths(0, np.array([0]), 13, 0.6, slot=THREE_SLOTS)
+    # Segments of 2, 5 and 6 input tokens: round(1.2), round(3.0), round(3.6).
+    assert plen.tolist() == [[1, 1, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4]]
+    out = lm.prefix_lm(THREE_DOCS, THREE_SLOTS, plen)
+    assert out["input_ids"].tolist() == [[6, 1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16]]
+    assert out["labels"].tolist() == [[1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16, 17]]
+    assert out["segment_ids"].tolist() == [[1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3]]
+    assert out["positions"].tolist() == [[0, 1, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]]
+    assert out["prefix_mask"].astype(int).tolist() == [[1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0]]
+    # No loss on labels inside a prefix nor across documents; 9 -> 10, 14 -> 15 scored.
+    assert out["loss_weights"].tolist() == [[1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1]]
+    assert out["loss_weights"].dtype == np.float32 and out["prefix_mask"].dtype == bool
+    # The row-level prefix of 8 tokens would cover the first two documents and half of
+    # the third's loss.
+    row = lm.prefix_lm(THREE_DOCS, THREE_SLOTS, lm.prefix_lengths(0, np.array([0]), 13, 0.6))
+    assert row["prefix_mask"].astype(int).tolist() == [[1] * 8 + [0] * 5]
+    with pytest.raises(ValueError, match="seq_len"):
+        lm.prefix_lengths(0, np.array([0]), 12, 0.6, slot=THREE_SLOTS)
+
+
+def test_prefix_lm_random_prefixes_per_document():
+    rows = np.arange(20_000)
+    slot = np.repeat(THREE_SLOTS, len(rows), axis=0)
+    plen = lm.prefix_lengths(rng.derive_key(0, "prefix"), rows, 13, 0.0, slot=slot)
+    # Constant within a segment; uniform in [1, length - 1] (a one-token prefix for 2).
+    seg = packing.segments_and_positions(slot[:, :-1])[0]
+    for s, length in ((1, 2), (2, 5), (3, 6)):
+        p = plen[seg == s].reshape(len(rows), -1)
+        assert (p == p[:, :1]).all()
+        counts = np.bincount(p[:, 0], minlength=length)[1:]
+        assert len(counts) == length - 1
+        assert np.all(np.abs(counts / len(rows) - 1 / (length - 1)) < 0.015), (s, counts)
+    b, c = plen[:, 2], plen[:, 7]  # independent draws per document
+    assert abs(np.corrcoef(b, c)[0, 1]) < 0.03
+    # Row-keyed: a subset of rows draws the same prefixes.
+    sub = lm.prefix_lengths(rng.derive_key(0, "prefix"), rows[5:9], 13, 0.0, slot=slot[5:9])
+    np.testing.assert_array_equal(sub, plen[5:9])
+
+
 # --------------------------------------------------------------------------- MLM
 
 
