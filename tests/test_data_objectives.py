@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -98,6 +100,52 @@ def test_prefix_lm_example_and_lengths():
     assert set(np.bincount(drawn)[1:] // 100) <= {10, 11, 12}  # ~uniform over 1..9
 
 
+# A packed row of three documents: the end of one ([.., 6] EOS), a whole one
+# ([7, 8, 9, 10] EOS) and the start of one that goes on in the next row ([11, ..]).
+THREE_DOCS = np.array([[6, 1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16, 17]])
+THREE_SLOTS = np.array([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]])
+
+
+def test_prefix_lm_gives_each_document_its_own_prefix_and_loss():
+    plen = lm.prefix_lengths(0, np.array([0]), 13, 0.6, slot=THREE_SLOTS)
+    # Segments of 2, 5 and 6 input tokens: round(1.2), round(3.0), round(3.6).
+    assert plen.tolist() == [[1, 1, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4]]
+    out = lm.prefix_lm(THREE_DOCS, THREE_SLOTS, plen)
+    assert out["input_ids"].tolist() == [[6, 1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16]]
+    assert out["labels"].tolist() == [[1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16, 17]]
+    assert out["segment_ids"].tolist() == [[1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3]]
+    assert out["positions"].tolist() == [[0, 1, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]]
+    assert out["prefix_mask"].astype(int).tolist() == [[1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0]]
+    # No loss on labels inside a prefix nor across documents; 9 -> 10, 14 -> 15 scored.
+    assert out["loss_weights"].tolist() == [[1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1]]
+    assert out["loss_weights"].dtype == np.float32 and out["prefix_mask"].dtype == bool
+    # The row-level prefix of 8 tokens would cover the first two documents and half of
+    # the third's loss.
+    row = lm.prefix_lm(THREE_DOCS, THREE_SLOTS, lm.prefix_lengths(0, np.array([0]), 13, 0.6))
+    assert row["prefix_mask"].astype(int).tolist() == [[1] * 8 + [0] * 5]
+    with pytest.raises(ValueError, match="seq_len"):
+        lm.prefix_lengths(0, np.array([0]), 12, 0.6, slot=THREE_SLOTS)
+
+
+def test_prefix_lm_random_prefixes_per_document():
+    rows = np.arange(20_000)
+    slot = np.repeat(THREE_SLOTS, len(rows), axis=0)
+    plen = lm.prefix_lengths(rng.derive_key(0, "prefix"), rows, 13, 0.0, slot=slot)
+    # Constant within a segment; uniform in [1, length - 1] (a one-token prefix for 2).
+    seg = packing.segments_and_positions(slot[:, :-1])[0]
+    for s, length in ((1, 2), (2, 5), (3, 6)):
+        p = plen[seg == s].reshape(len(rows), -1)
+        assert (p == p[:, :1]).all()
+        counts = np.bincount(p[:, 0], minlength=length)[1:]
+        assert len(counts) == length - 1
+        assert np.all(np.abs(counts / len(rows) - 1 / (length - 1)) < 0.015), (s, counts)
+    b, c = plen[:, 2], plen[:, 7]  # independent draws per document
+    assert abs(np.corrcoef(b, c)[0, 1]) < 0.03
+    # Row-keyed: a subset of rows draws the same prefixes.
+    sub = lm.prefix_lengths(rng.derive_key(0, "prefix"), rows[5:9], 13, 0.0, slot=slot[5:9])
+    np.testing.assert_array_equal(sub, plen[5:9])
+
+
 # --------------------------------------------------------------------------- MLM
 
 
@@ -188,14 +236,19 @@ def test_whole_word_masking_selects_whole_words():
 # --------------------------------------------------------------------------- spans
 
 
-def _t5_random_spans_helper(inputs_length, noise_density, mean_noise_span_length):
+def _t5_random_spans_helper(
+    inputs_length, noise_density, mean_noise_span_length, extra_inputs=1, extra_targets=1
+):
     """T5's ``random_spans_helper`` (t5/data/preprocessors.py), transcribed literally."""
 
     def lengths(tokens_length):
         num_noise_tokens = round(tokens_length * noise_density)
         num_nonnoise_tokens = tokens_length - num_noise_tokens
         num_noise_spans = round(num_noise_tokens / mean_noise_span_length)
-        return (num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1)
+        return (
+            num_nonnoise_tokens + num_noise_spans * extra_inputs + 1,
+            num_noise_tokens + num_noise_spans * extra_targets + 1,
+        )
 
     tokens_length = inputs_length - 1
     while lengths(tokens_length + 1)[0] <= inputs_length:
@@ -207,11 +260,104 @@ def _t5_random_spans_helper(inputs_length, noise_density, mean_noise_span_length
     return tokens_length, targets_length
 
 
+def _t5_mask_counts(length, noise_density, mean_noise_span_length):
+    """``(num_noise_tokens, num_noise_spans)`` of T5's ``random_spans_noise_mask``
+    (tf.float32 arithmetic; tf.round and np.round both round halves to even)."""
+    f32 = np.float32
+    length = np.maximum(np.asarray(length, np.int32), 2)
+    num_noise_tokens = np.round(length.astype(f32) * f32(noise_density)).astype(np.int32)
+    num_noise_tokens = np.minimum(np.maximum(num_noise_tokens, 1), length - 1)
+    num_noise_spans = np.round(num_noise_tokens.astype(f32) / f32(mean_noise_span_length))
+    return num_noise_tokens, np.maximum(num_noise_spans.astype(np.int32), 1)
+
+
+# (noise_density, mean_noise_span_length) of T5 and of UL2's R and X denoisers, and more.
+SPAN_SETTINGS = [(0.15, 3.0), (0.15, 8.0), (0.5, 3.0), (0.5, 8.0), (0.15, 64.0), (0.5, 64.0),
+                 (0.25, 2.5), (0.3, 1.5)]  # fmt: skip
+
+
 @pytest.mark.parametrize("inputs_length", [64, 128, 256, 512, 626, 1024])
 def test_random_spans_helper_matches_t5(inputs_length):
     ours = span_corruption.random_spans_helper(inputs_length, 0.15, 3.0, max_spans=10**6)
     assert ours == _t5_random_spans_helper(inputs_length, 0.15, 3.0)
     assert span_corruption.random_spans_helper(512, 0.15, 3.0) == (568, 114)  # T5's C4 setup
+
+
+def test_random_spans_helper_hand_checked_pairs():
+    # 2274 raw: 341 noise in 114 spans -> inputs 1933 + 114 + 1 = 2048, targets 456.
+    assert span_corruption.random_spans_helper(2048, 0.15, 3.0) == (2274, 456)
+    # 767 raw would be 384 noise (383.5 rounds to even) in 128 spans: inputs 512 but
+    # targets 513 > inputs; T5's density-0.5 adjustment takes 766 -> (512, 512).
+    assert span_corruption.random_spans_helper(512, 0.5, 3.0) == (766, 512)
+    assert span_corruption.corrupted_lengths(766, 0.5, 3.0) == (512, 512)
+    assert span_corruption.random_spans_helper(568, 0.15, 3.0) == (630, 126)
+    # Two tokens per span in the inputs (T5's extra_tokens_per_span_inputs=2): 538 raw
+    # is 81 noise in 27 spans, 457 + 54 + 1 = 512; 539 would also be 81 noise -> 513.
+    two = span_corruption.random_spans_helper(512, 0.15, 3.0, extra_tokens_per_span_inputs=2)
+    assert two == _t5_random_spans_helper(512, 0.15, 3.0, extra_inputs=2) == (538, 109)
+
+
+@pytest.mark.parametrize("density,mean", SPAN_SETTINGS)
+def test_random_spans_helper_sweep_matches_t5_and_rows_fit(density, mean):
+    differ = []
+    for length in range(8, 1300):
+        ours = span_corruption.random_spans_helper(length, density, mean)
+        t5 = _t5_random_spans_helper(length, density, mean)
+        inputs, targets = span_corruption.corrupted_lengths(ours[0], density, mean)
+        assert inputs <= length and targets <= ours[1], length  # rows fit, padded at most
+        # The rows T5's own mask (float32 counts) makes of T5's tokens_length.
+        noise, spans = (int(x) for x in _t5_mask_counts(t5[0], density, mean))
+        if t5[0] - noise + spans + 1 <= length and noise + spans + 1 <= t5[1]:
+            assert ours == t5, length  # T5's pair holds T5's rows: it is ours
+        elif round(round(t5[0] * density) / mean) >= 1:  # T5's helper counts a span
+            # Python's round(k + 0.5) to even k, float32's up: one noise token and at
+            # most one span more than T5's helper counted.
+            assert ours[0] >= t5[0] - 1 and t5[1] <= ours[1] <= t5[1] + 2, length
+            differ.append(length)
+    assert len(differ) <= {0.15: 12, 0.5: 0, 0.25: 0, 0.3: 0}[density], differ
+
+
+@pytest.mark.parametrize("density,mean", SPAN_SETTINGS)
+def test_noise_counts_match_t5_mask(density, mean):
+    n = np.arange(1, 5000)
+    noise, spans = _t5_mask_counts(n, density, mean)
+    ours = np.array([span_corruption.noise_counts(int(k), density, mean) for k in n])
+    np.testing.assert_array_equal(ours[:, 0], noise)
+    np.testing.assert_array_equal(ours[:, 1], spans)
+
+
+def test_more_spans_than_sentinels_is_a_one_line_config_error():
+    with pytest.raises(ConfigError) as err:
+        span_corruption.random_spans_helper(2048, 0.15, 3.0, 100)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in ("data.seq_len=2048", "2274 raw", "data.noise_density=0.15",
+                 "data.mean_noise_span_length=3.0", "114 sentinels", "has 100"):  # fmt: skip
+        assert part in msg, part
+    assert span_corruption.random_spans_helper(2048, 0.15, 3.0, 114) == (2274, 456)
+    assert span_corruption.random_spans_helper(1024, 0.15, 3.0, 100) == (1137, 229)  # 57 spans
+    raw = np.arange(10, 10 + 40)[None]
+    with pytest.raises(ConfigError, match=r"length=40 .*makes 7 noise spans, more than the 5"):
+        span_corruption.span_corruption(
+            raw, 0, np.array([0]), noise_density=0.5, mean_noise_span_length=3.0,
+            sentinel_ids=SENTINELS[:5], eos_id=1,
+        )  # fmt: skip
+
+
+def test_random_segmentation_is_uniform_over_compositions():
+    # 8 tokens at density 0.5, mean span 2: 4 noise and 4 kept tokens in 2 spans each,
+    # kept first. T5 shuffles the cut points, so each of the 3 x 3 (kept, noise) splits
+    # is equally likely.
+    m = span_corruption.random_spans_noise_mask(8, 0.5, 2.0, key=3, rows=np.arange(45_000))
+    runs = collections.Counter()
+    for row in m.astype(int):
+        cuts = np.flatnonzero(np.diff(row)) + 1
+        runs[tuple(np.diff(np.r_[0, cuts, 8]).tolist())] += 1
+    assert not m[:, 0].any() and m[:, -1].all()
+    assert sorted(runs) == sorted(
+        (k, n, 4 - k, 4 - n) for k in (1, 2, 3) for n in (1, 2, 3)
+    )  # kept, noise, kept, noise
+    assert all(abs(c - 5000) < 350 for c in runs.values()), runs
 
 
 def test_noise_mask_example_and_invariants():
@@ -461,3 +607,31 @@ def test_ul2_row_offsets_tile_the_stream():
     np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(used)[:-2]]))
     assert offsets[-1] + width <= 5000 < offsets[-1] + used[-2] + width
     assert width <= 128 and used.min() >= ul2.MIN_EXAMPLE
+
+
+def test_ul2_long_rows_use_t5_span_counts_within_the_sentinels():
+    # At 2048 an X (3, 0.5) example of 766 raw tokens would need 128 sentinels and an R
+    # (3, 0.15) one of 2274 would need 114: each is held to its sentinel limit instead.
+    mix, seq, rows = "R:0.5,X:0.5", 2048, np.arange(120)
+    assert ul2.sentinel_limit(0.5, 3.0, 100) == 602 and ul2.sentinel_limit(0.15, 3.0, 100) == 2009
+    plan = ul2.plan_rows(2, rows, mixture=mix, seq_len=seq, target_len=seq, max_spans=100)
+    used = plan.length.sum(axis=1)
+    raw = np.random.default_rng(6).integers(10, 900, size=(len(rows), int(used.max())))
+    b = ul2.ul2_rows(
+        raw.astype(np.int32), 5, rows, plan, mixture=mix, seq_len=seq, target_len=seq,
+        sentinel_ids=SENTINELS, mode_ids=MODES, eos_id=1,
+    )  # fmt: skip
+    table = ul2.denoisers(mix)
+    longest: dict[tuple[float, float], int] = collections.defaultdict(int)
+    for r in range(len(rows)):
+        for i in np.flatnonzero(plan.denoiser[r] >= 0):
+            _, mean, density, _ = table[plan.denoiser[r, i]]
+            n = int(plan.length[r, i])
+            noise, spans = (int(x) for x in _t5_mask_counts(n, density, mean))
+            assert spans <= 100
+            # [mode] kept tokens and one sentinel per span, EOS | sentinel + span each, EOS
+            assert (b["segment_ids"][r] == i + 1).sum() == 1 + n - noise + spans + 1
+            assert (b["decoder_segment_ids"][r] == i + 1).sum() == noise + spans + 1
+            longest[mean, density] = max(longest[mean, density], n)
+    assert longest[3.0, 0.5] == 602 and longest[3.0, 0.15] == 2009  # the limits bind
+    assert longest[64.0, 0.5] > 1000 and longest[8.0, 0.5] > 1000

@@ -276,10 +276,22 @@ def test_eval_batches_are_fixed_and_from_validation(kjv_root, kjv_tokenizer):
 
 def test_prefix_lm_and_ul2_batches(kjv_root, kjv_tokenizer):
     b = next(pipeline.train_iterator(make_cfg(kjv_root, "prefix_lm", seq_len=64), kjv_tokenizer))
+    # Every document segment of a packed row has its own prefix at its start, with no
+    # loss on the labels inside it (prefix LM per document).
     p = b["prefix_mask"].sum(axis=1)
     assert (p >= 1).all() and (p <= 63).all() and len(set(p.tolist())) > 3
+    multi = 0
     for row in range(len(p)):
-        assert (b["loss_weights"][row, : p[row] - 1] == 0).all()
+        seg = b["segment_ids"][row]
+        docs = [s for s in np.unique(seg) if s > 0]
+        multi += len(docs) > 1
+        for s in docs:
+            idx = np.flatnonzero(seg == s)
+            prefix = b["prefix_mask"][row, idx].astype(bool)
+            k = int(prefix.sum())
+            assert k >= 1 and prefix[:k].all() and not prefix[k:].any(), (row, s)
+            assert (b["loss_weights"][row, idx[: k - 1]] == 0).all(), (row, s)
+    assert multi > 0  # rows holding several documents are checked
     cfg = make_cfg(kjv_root, "ul2", seq_len=128)
     assert pipeline.lengths(cfg) == (128, 128)
     batches = _take(pipeline.train_iterator(cfg, kjv_tokenizer), 10)

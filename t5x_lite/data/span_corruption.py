@@ -1,14 +1,22 @@
 """T5 span corruption, with the arithmetic of T5's ``random_spans_noise_mask``.
 
-A chunk of ``tokens_length`` raw tokens gets ``round(tokens_length * noise_density)``
-noise tokens in ``round(num_noise / mean_noise_span_length)`` spans (at least one of
-each, at most ``max_spans`` = the number of sentinels). The split of noise and
-non-noise tokens into spans is uniformly random, non-noise first, exactly as T5's
-``_random_segmentation``. Inputs keep the non-noise tokens and put ``<extra_id_i>`` in
-place of span i; targets hold each sentinel followed by the span it replaced; both end
-in EOS. :func:`random_spans_helper` picks ``tokens_length`` so that the inputs fill
-``inputs_length`` (T5: 512 -> 568 raw tokens, 114 target tokens), hence rows need no
-padding at all.
+A chunk of ``length`` raw tokens gets ``num_noise = round(length * noise_density)``
+noise tokens, clipped to ``[1, length - 1]``, in ``num_spans = round(num_noise /
+mean_noise_span_length)`` spans, at least one (:func:`noise_counts`). The split of
+noise and non-noise tokens into spans is uniformly random, non-noise first, exactly as
+T5's ``_random_segmentation``. Inputs keep the non-noise tokens and put
+``<extra_id_i>`` in place of span i; targets hold each sentinel followed by the span it
+replaced; both end in EOS. :func:`random_spans_helper` is T5's choice of the raw
+``tokens_length`` whose inputs fill ``inputs_length`` (512 -> 568 raw tokens and 114
+target tokens; 2048 -> 2274 and 456), hence rows need no padding at all.
+
+Sentinels. A row needs one sentinel per noise span and the tokenizer has a fixed
+number of them (``max_spans``, e.g. 100). T5 numbers span i as ``vocab_size - 1 - i``
+and so runs into ordinary pieces past its 100 extra ids; here a length that needs more
+spans than there are sentinels is a one-line :class:`ConfigError` naming the length,
+density, mean span and sentinel count (span corruption at ``seq_len=2048``, density
+0.15, mean span 3 needs 114). UL2 instead caps each example's length
+(:mod:`t5x_lite.data.ul2`). ``max_spans=None`` only does the arithmetic.
 
 Everything is vectorised over rows: all rows of a call share the same lengths.
 """
@@ -25,25 +33,53 @@ from t5x_lite.data.rows import Layout, RowBuilder
 
 
 def noise_counts(
-    length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+    length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    max_spans: int | None = None,
 ) -> tuple[int, int]:
-    """``(num_noise_tokens, num_noise_spans)`` of a chunk of ``length`` tokens.
+    """``(num_noise_tokens, num_noise_spans)`` of a chunk of ``length`` tokens, as T5.
+
+    T5's ``random_spans_noise_mask``: ``length`` at least 2, noise tokens
+    ``round(length * density)`` clipped to ``[1, length - 1]``, spans
+    ``round(noise / mean)`` at least 1, in float32 with halves to even as its
+    ``tf.round`` (``30 * 0.15`` is 4.5000002 in float32: 5 noise tokens, where Python
+    floats say 4). Spans are also kept within the noise and non-noise token counts,
+    where T5 fails (a mean span below 1, or fewer non-noise tokens than spans).
+    ``max_spans`` is the number of sentinels: a count above it raises
+    :class:`ConfigError`.
 
     >>> noise_counts(568, 0.15, 3.0)
     (85, 28)
+    >>> noise_counts(2274, 0.15, 3.0)  # 114 spans: more than 100 sentinels
+    (341, 114)
     """
-    length = max(length, 2)
-    num_noise = round(length * noise_density)
+    length = max(int(length), 2)
+    f32 = np.float32
+    num_noise = int(np.round(f32(length) * f32(noise_density)))
     num_noise = min(max(num_noise, 1), length - 1)
-    num_spans = round(num_noise / mean_noise_span_length)
-    num_spans = min(max(num_spans, 1), max_spans, num_noise, length - num_noise)
+    num_spans = max(int(np.round(f32(num_noise) / f32(mean_noise_span_length))), 1)
+    num_spans = min(num_spans, num_noise, length - num_noise)
+    if max_spans is not None and num_spans > max_spans:
+        raise ConfigError(
+            f"span corruption of length={length} tokens at noise_density={noise_density}, "
+            f"mean_noise_span_length={mean_noise_span_length} makes {num_spans} noise spans, "
+            f"more than the {max_spans} sentinels of the tokenizer"
+        )
     return num_noise, num_spans
 
 
 def corrupted_lengths(
-    tokens_length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+    tokens_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    max_spans: int | None = None,
 ) -> tuple[int, int]:
-    """``(inputs_length, targets_length)`` of one corrupted chunk, EOS included."""
+    """``(inputs_length, targets_length)`` of one corrupted chunk, EOS included.
+
+    >>> corrupted_lengths(568, 0.15, 3.0)  # 483 kept + 28 sentinels + EOS; 85 + 28 + 1
+    (512, 114)
+    """
     num_noise, num_spans = noise_counts(
         tokens_length, noise_density, mean_noise_span_length, max_spans
     )
@@ -51,32 +87,70 @@ def corrupted_lengths(
 
 
 def random_spans_helper(
-    inputs_length: int, noise_density: float, mean_noise_span_length: float, max_spans: int = 100
+    inputs_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    max_spans: int | None = None,
+    *,
+    extra_tokens_per_span_inputs: int = 1,
+    extra_tokens_per_span_targets: int = 1,
 ) -> tuple[int, int]:
-    """T5's helper: the largest raw ``tokens_length`` whose inputs fit ``inputs_length``.
+    """T5's ``random_spans_helper``: ``(tokens_length, targets_length)``.
 
-    Returns ``(tokens_length, targets_length)``.
+    ``tokens_length`` is the largest raw length (searched upwards from
+    ``inputs_length - 1``) whose inputs, ``extra_tokens_per_span_inputs`` per noise
+    span and EOS included, fit ``inputs_length``; ``targets_length`` its targets. When
+    ``noise_density == 0.5`` and the targets would be longer than the inputs, both
+    shrink by one (T5's adjustment, which keeps targets at the round inputs length).
+
+    T5's helper counts in Python floats without its mask's clipping, the mask (and
+    :func:`noise_counts`) in float32 with it; the two disagree at a few lengths (one
+    in 40 at density 0.15, e.g. 30 * 0.15 = 4.5; chunks with less than half a mean
+    span of noise). Rows are made by the mask, so where T5's pair would not hold them
+    ``tokens_length`` drops until the inputs fit and ``targets_length`` grows to the
+    targets; elsewhere the pair is T5's. ``max_spans`` (the sentinels) raises
+    :class:`ConfigError` when the chosen length needs more spans; no silent cap.
 
     >>> random_spans_helper(512, 0.15, 3.0)
     (568, 114)
-    >>> random_spans_helper(128, 0.15, 3.0)
-    (141, 29)
+    >>> random_spans_helper(2048, 0.15, 3.0)
+    (2274, 456)
+    >>> random_spans_helper(512, 0.5, 3.0)  # 767 would give 513 targets
+    (766, 512)
     """
-    tokens_length = max(inputs_length - 1, 2)
-    while (
-        corrupted_lengths(tokens_length + 1, noise_density, mean_noise_span_length, max_spans)[0]
-        <= inputs_length
-    ):
+
+    def encoded(n: int, num_noise: int, num_spans: int) -> tuple[int, int]:
+        return (
+            n - num_noise + num_spans * extra_tokens_per_span_inputs + 1,  # EOS
+            num_noise + num_spans * extra_tokens_per_span_targets + 1,
+        )
+
+    def t5_lengths(n: int) -> tuple[int, int]:  # T5's helper: Python floats, no clipping
+        num_noise = round(n * noise_density)
+        return encoded(n, num_noise, round(num_noise / mean_noise_span_length))
+
+    def mask_lengths(n: int) -> tuple[int, int]:  # what the noise mask makes
+        return encoded(n, *noise_counts(n, noise_density, mean_noise_span_length))
+
+    tokens_length = inputs_length - 1
+    while t5_lengths(tokens_length + 1)[0] <= inputs_length:
         tokens_length += 1
-    while (
-        tokens_length > 2
-        and corrupted_lengths(tokens_length, noise_density, mean_noise_span_length, max_spans)[0]
-        > inputs_length
-    ):
+    encoded_inputs, targets_length = t5_lengths(tokens_length)
+    if noise_density == 0.5 and targets_length > encoded_inputs:
         tokens_length -= 1
-    _, targets_length = corrupted_lengths(
-        tokens_length, noise_density, mean_noise_span_length, max_spans
-    )
+        targets_length -= 1
+    while tokens_length > 2 and mask_lengths(tokens_length)[0] > inputs_length:
+        tokens_length -= 1
+    targets_length = max(targets_length, mask_lengths(tokens_length)[1])
+    if max_spans is not None:
+        _, num_spans = noise_counts(tokens_length, noise_density, mean_noise_span_length)
+        if num_spans > max_spans:
+            raise ConfigError(
+                f"span corruption at data.seq_len={inputs_length} ({tokens_length} raw tokens), "
+                f"data.noise_density={noise_density}, "
+                f"data.mean_noise_span_length={mean_noise_span_length} needs {num_spans} "
+                f"sentinels per row; the tokenizer has {max_spans}"
+            )
     return tokens_length, targets_length
 
 
@@ -104,9 +178,11 @@ def random_spans_noise_mask(
     mean_noise_span_length: float,
     key: int,
     rows: np.ndarray,
-    max_spans: int = 100,
+    max_spans: int | None = None,
 ) -> np.ndarray:
     """``[B, length]`` bool noise mask per row, T5's algorithm (no random roll).
+
+    Counts from :func:`noise_counts` (``max_spans``: the sentinels, checked there).
 
     Example (``length=10``, density 0.3, mean span 1.5 -> 3 noise tokens in 2 spans)::
 
@@ -134,7 +210,7 @@ def _to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinel_ids: np.ndarray
     first = mask & ~prev
     later = mask & prev
     run = np.cumsum(first, axis=1) - 1
-    out = np.where(first, sentinel_ids[np.clip(run, 0, len(sentinel_ids) - 1)], tokens)
+    out = np.where(first, sentinel_ids[np.maximum(run, 0)], tokens)  # run < len: checked
     keep = ~later
     return out[keep].reshape(tokens.shape[0], -1)  # same count in every row
 
@@ -150,6 +226,9 @@ def span_corruption(
     eos_id: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Corrupt ``[B, n]`` raw chunks; returns ``(inputs, targets, noise_mask)``.
+
+    Every noise span gets its own sentinel: more spans than ``sentinel_ids`` is a
+    :class:`ConfigError` (see the module docstring).
 
     Example (sentinels ``<extra_id_0> = 99``, ``<extra_id_1> = 98``, EOS = 1, the mask
     of :func:`random_spans_noise_mask`'s example, key=1)::

@@ -18,9 +18,19 @@ several examples, each its own segment on both sides. A row's *plan* is drawn
 greedily, example after example, as a pure function of ``(seed, split, row)``
 (:func:`plan_rows`): draw a denoiser, give it the largest raw length that fits the
 room left on both sides (at most :func:`chunk_length`, the length every denoiser fits
-in an empty row), and stop at the first draw that fits fewer than ``MIN_EXAMPLE``
-tokens. Span lengths follow T5's arithmetic (:func:`corrupted_lengths`), so a plan
-fixes every example's input and target length exactly. Row ``r`` reads
+in an empty row, and at most the denoiser's :func:`sentinel_limit`), and stop at the
+first draw that fits fewer than ``MIN_EXAMPLE`` tokens. Span counts are T5's
+(:func:`~t5x_lite.data.span_corruption.noise_counts`: ``round(n * density)`` noise
+tokens in ``round(noise / mean)`` spans, no cap), so a plan fixes every example's
+input and target length exactly.
+
+Sentinels. Every noise span of an example takes its own sentinel and the tokenizer has
+``max_spans`` of them (100), which long extreme examples would exceed (X (3, 0.5)
+makes 128 spans of 766 raw tokens). Rather than cap the spans, which would change the
+denoiser's mean span length, an R or X example is never longer than the largest raw
+length whose spans fit the sentinels (:func:`sentinel_limit`: 602 tokens for (3, 0.5),
+2009 for (3, 0.15) with 100 sentinels); a row past that packs more examples. At
+``seq_len <= 512`` no limit binds. Row ``r`` reads
 ``stream[offset[r] : offset[r] + consumed[r]]`` (:func:`row_offsets`); as the plans do
 not depend on the epoch, neither do the offsets nor the number of rows per epoch,
 while the stream's document order, the noise spans and the rows' shuffle do.
@@ -37,7 +47,7 @@ from t5x_lite.config import ConfigError, objectives, parse_ul2_mixture
 from t5x_lite.data import rng
 from t5x_lite.data.packing import place_segments, shift_right
 from t5x_lite.data.rows import Layout, RowBuilder
-from t5x_lite.data.span_corruption import corrupted_lengths, span_corruption
+from t5x_lite.data.span_corruption import corrupted_lengths, noise_counts, span_corruption
 
 VARIANTS: dict[str, tuple[tuple[float, float], ...]] = {
     "R": ((3.0, 0.15), (8.0, 0.15)),
@@ -60,8 +70,29 @@ def denoisers(mixture: str) -> list[tuple[str, float, float, float]]:
     return [d for d in out if d[3] > 0]
 
 
+def sentinel_limit(noise_density: float, mean_noise_span_length: float, max_spans: int) -> int:
+    """Largest raw length whose T5 span count is at most ``max_spans`` (the sentinels).
+
+    Span counts never decrease with the length, so every shorter example fits too.
+
+    >>> sentinel_limit(0.5, 3.0, 100)  # 602: 301 noise in 100 spans; 603: 302 in 101
+    602
+    """
+    if max_spans < 1:
+        raise ConfigError(f"span corruption needs at least one sentinel, not {max_spans}")
+    # noise ~ n * density, spans ~ noise / mean: start above the answer and walk down.
+    n = int((max_spans + 1) * mean_noise_span_length / noise_density) + 2
+    while n > 2 and noise_counts(n, noise_density, mean_noise_span_length)[1] > max_spans:
+        n -= 1
+    return n
+
+
 def chunk_length(seq_len: int, target_len: int, mixture: str, max_spans: int) -> int:
-    """Largest raw example every denoiser of ``mixture`` turns into rows that fit."""
+    """Largest raw example every denoiser of ``mixture`` turns into rows that fit.
+
+    Lengths only: each R and X example is further held to its :func:`sentinel_limit`
+    of ``max_spans`` sentinels.
+    """
 
     def fits(n: int) -> bool:
         for kind, mean, density, _ in denoisers(mixture):
@@ -70,7 +101,7 @@ def chunk_length(seq_len: int, target_len: int, mixture: str, max_spans: int) ->
                 if n + 1 > seq_len or n > target_len:
                     return False
             else:
-                i, t = corrupted_lengths(n, density, mean, max_spans)
+                i, t = corrupted_lengths(n, density, mean)
                 if i + 1 > seq_len or t > target_len:
                     return False
         return True
@@ -103,16 +134,17 @@ class Plan(NamedTuple):
 def _fit_tables(
     mixture: str, seq_len: int, target_len: int, max_spans: int
 ) -> tuple[int, tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None, ...]]:
-    """``(cap, per denoiser (in_len [cap+1], tgt_len [cap+1], max_n_in [seq_len+1],
-    max_n_tgt [target_len+1]))``; ``None`` for S (its fit is closed-form)."""
+    """``(cap, per denoiser (in_len [L+1], tgt_len [L+1], max_n_in [seq_len+1],
+    max_n_tgt [target_len+1]))`` where ``L = min(cap, sentinel_limit)`` bounds the
+    denoiser's examples; ``None`` for S (its fit is closed-form)."""
     cap = chunk_length(seq_len, target_len, mixture, max_spans)
     tables = []
     for kind, mean, density, _ in denoisers(mixture):
         if kind == "S":
             tables.append(None)
             continue
-        n = np.arange(cap + 1)
-        lens = np.array([corrupted_lengths(max(int(k), 2), density, mean, max_spans) for k in n])
+        n = np.arange(min(cap, sentinel_limit(density, mean, max_spans)) + 1)
+        lens = np.array([corrupted_lengths(max(int(k), 2), density, mean) for k in n])
         in_len = lens[:, 0] + 1  # the mode token
         tgt_len = lens[:, 1]
         # Largest n whose (running-max) lengths fit a room: one lookup per room size.
@@ -163,8 +195,8 @@ def plan_rows(
                 in_len[sel], t_len[sel] = c + 2, nj - c + 1
             else:
                 tin, ttgt, max_in, max_tgt = tab
-                nj = np.minimum(np.minimum(max_in[ri], max_tgt[rt]), cap)
-                nj = np.maximum(nj, 0)
+                # <= len(tin) - 1: the cap and the sentinel limit
+                nj = np.maximum(np.minimum(max_in[ri], max_tgt[rt]), 0)
                 n[sel] = nj
                 in_len[sel], t_len[sel] = tin[nj], ttgt[nj]
         ok = active & (n >= MIN_EXAMPLE)
