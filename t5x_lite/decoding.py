@@ -8,6 +8,7 @@ Key/value-cached incremental decoding and beam search belong here too.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import jax
@@ -21,12 +22,33 @@ from t5x_lite.partitioning import replicated_value
 def sampleable_ids(tokenizer: Any) -> np.ndarray:
     """``[tokenizer.vocab_size]`` bool: ids a text continuation may contain.
 
-    Reserved pieces (pad, BOS, [CLS], [SEP], [MASK], UL2 mode tokens, sentinels) are
-    excluded; EOS stays, since sampling it ends the continuation.
+    Reserved pieces (pad, BOS, [CLS], [SEP], [MASK], UL2 mode tokens, sentinels) and
+    the byte pieces of control characters are excluded; EOS stays, since sampling it
+    ends the continuation.
     """
     allowed = ~np.asarray(tokenizer.special_mask, bool)[: int(tokenizer.vocab_size)].copy()
+    # Byte-fallback pieces of control bytes (<0x00> ... <0x1F> but tab and newline,
+    # <0x7F>) decode to characters a terminal cannot show.
+    for i in np.flatnonzero(allowed):
+        piece = tokenizer.id_to_piece(int(i))
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            byte = int(piece[3:5], 16)
+            allowed[i] = byte in (0x09, 0x0A) or 0x20 <= byte < 0x7F or byte >= 0x80
     allowed[tokenizer.eos_id] = True
     return allowed
+
+
+def printable(text: str) -> str:
+    """``text`` with characters a terminal cannot show escaped (control and format
+    characters other than newline and tab, lone surrogates):
+    ``printable("a\x00b\tc")`` -> ``'a\\x00b\tc'``."""
+    out = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
 
 
 def sample_ids(

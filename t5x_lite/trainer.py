@@ -254,7 +254,7 @@ def _sample(s: _Session) -> tuple[str | None, list[int] | None]:
         cfg.data.seq_len,
         seed=cfg.train.seed,
     )
-    return s.tokenizer.decode(prompt_ids + sampled), sampled
+    return decoding.printable(s.tokenizer.decode(prompt_ids + sampled)), sampled
 
 
 # --------------------------------------------------------------------------- train

@@ -331,7 +331,10 @@ def row_index_dataset(
     """
     import grain
 
-    ds = grain.MapDataset.range(rows_per_epoch).shuffle(seed=shuffle_seed).repeat()
+    # A finite repeat (2**62 rows, as good as infinite): grain's infinite repeat has
+    # length sys.maxsize, which batch(1) cannot slice (an OverflowError at batch size 1).
+    epochs = max(1, 2**62 // rows_per_epoch)
+    ds = grain.MapDataset.range(rows_per_epoch).shuffle(seed=shuffle_seed).repeat(epochs)
     ds = ds.map_with_index(_EpochRow(rows_per_epoch))
     return ds.batch(rows_per_process)[process_index::process_count]
 
