@@ -5,7 +5,8 @@ embedded King James Bible on this machine's CPU in about ten minutes::
 
     python run_train.py
 
-Choose a preset and override any field (ml_collections; unknown fields are errors)::
+Choose a preset (a file or a bare name: ``--config=llama_tiny``) and override any
+field (ml_collections; unknown fields are errors)::
 
     python run_train.py --config=configs/llama_tiny.py --config.train.num_steps=500 \\
         --config.mesh.fsdp=2 --workdir=runs/llama
@@ -28,14 +29,16 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from t5x_lite import presets
+from t5x_lite.config import ConfigError
 from t5x_lite.gin_config import rewrite_argv
 
-DEFAULT_CONFIG = "configs/default.py"  # the no-flag run: a small GPT-2, ~10 min on a CPU
+DEFAULT_CONFIG = "default"  # the no-flag run (configs/default.py): a small GPT-2, ~10 min on a CPU
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Preset: configs/<name>.py[:variant[,variant]]; fields via --config.<field>=.",
+    "Preset: configs/<name>.py or <name>, [:variant[,variant]]; fields via --config.<field>=.",
     lock_config=True,
 )
 _GIN_FILES = flags.DEFINE_multi_string(
@@ -78,8 +81,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (unknown ``--config.<field>`` included)."""
-    argv = rewrite_argv(argv)
+    """absl flag parsing with one-line errors (unknown ``--config.<field>`` included).
+
+    ``--config=NAME[:variant]`` (a bare preset name) becomes the preset's file path.
+    """
+    try:
+        argv = presets.resolve_flag(rewrite_argv(argv))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # absl's flags errors; ml_collections' KeyError/AttributeError
@@ -133,17 +142,13 @@ def resolve_config():
         except Exception as e:  # an error inside the preset's get_config()
             raise C.ConfigError(f"{path}: {_first_line(e)}") from None
         return C.from_dict(values)
-    from configs import base
-
-    return base.to_typed(base.load(os.path.splitext(os.path.basename(DEFAULT_CONFIG))[0]))
+    return presets.load_typed(DEFAULT_CONFIG)
 
 
 def _init_distributed() -> None:
     given = [v is not None for v in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)]
     if not any(given):
         return
-    from t5x_lite.config import ConfigError
-
     if not all(given):
         raise ConfigError("--coordinator_address, --num_processes and --process_id go together")
     import jax
@@ -168,8 +173,6 @@ def main(argv: list[str]) -> None:
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_force_host_platform_device_count={_HOST_DEVICES.value}"
         )
-    from t5x_lite.config import ConfigError
-
     try:
         cfg = resolve_config()
         if _PRINT_CONFIG.value:

@@ -1,11 +1,11 @@
 """ALBERT architecture at test size: factorised embeddings (32 < d_model 64), one
 layer shared across 2 applications, MLM + sentence-order prediction on kjv."""
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",

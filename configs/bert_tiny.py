@@ -1,10 +1,10 @@
 """BERT architecture at test size: 2 layers, d_model 64, MLM + next-sentence prediction on kjv."""
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",

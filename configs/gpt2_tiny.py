@@ -1,10 +1,10 @@
 """GPT-2 architecture at test size: 2 layers, d_model 64, causal LM on kjv."""
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder", arch="gpt2", vocab_size=2048, d_model=64, num_heads=4,

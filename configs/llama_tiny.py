@@ -4,11 +4,11 @@ RMSNorm, RoPE, SwiGLU MLP (d_ff 172 ~ 8/3 * d_model), grouped-query attention
 and an untied LM head; causal LM on kjv.
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder",

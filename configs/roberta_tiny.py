@@ -5,11 +5,11 @@ position table starts ``pad_token_id + 1`` rows in, hence ``position_offset=1``
 (``roberta-base`` itself has pad 1 and offset 2; both import and export).
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",

@@ -17,11 +17,11 @@ at most 32128 ids with ``data.tokenizer``. The 100 span-corruption sentinels are
 the tokenizer's top ids (``<extra_id_0>`` = 8191 ... ``<extra_id_99>`` = 8092).
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder_decoder",

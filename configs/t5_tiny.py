@@ -4,11 +4,11 @@ RMSNorm, bucketed relative position bias (32 buckets up to distance 128), gated-
 MLP, no biases, untied LM head; trained with T5's span-corruption objective on kjv.
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder_decoder",
