@@ -3,6 +3,8 @@ layer shared across 2 applications, MLM + sentence-order prediction on kjv."""
 
 from t5x_lite import presets
 
+base = presets.sibling(__file__, "base")
+
 
 def get_config(variant: str | None = None):
     return presets.make(
@@ -23,6 +25,6 @@ def get_config(variant: str | None = None):
             activation="gelu_new",
             norm_eps=1e-12,
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="sop", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        data=base.TINY_MLM_DATA | dict(sentence_objective="sop"),
+        train=base.TINY_TRAIN,
     )

@@ -2,6 +2,8 @@
 
 from t5x_lite import presets
 
+base = presets.sibling(__file__, "base")
+
 
 def get_config(variant: str | None = None):
     return presets.make(
@@ -11,5 +13,5 @@ def get_config(variant: str | None = None):
             num_layers=2, d_ff=256, max_seq_len=128, norm_eps=1e-5, activation="gelu_new",
         ),
         data=dict(corpus="kjv", objective="causal_lm", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        train=base.TINY_TRAIN,
     )

@@ -6,6 +6,8 @@ and an untied LM head; causal LM on kjv.
 
 from t5x_lite import presets
 
+base = presets.sibling(__file__, "base")
+
 
 def get_config(variant: str | None = None):
     return presets.make(
@@ -25,5 +27,5 @@ def get_config(variant: str | None = None):
             rope_theta=10000.0,
         ),
         data=dict(corpus="kjv", objective="causal_lm", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        train=base.TINY_TRAIN,
     )
