@@ -15,6 +15,10 @@ or the same experiment as gin (T5X style)::
 
     python run_train.py --gin_file=gin/llama_tiny.gin --gin.train.num_steps=500
 
+With ``scaling.flops_budget > 0`` the compute-optimal plan
+(:func:`t5x_lite.scaling.apply_plan`) replaces the model shape and step count here,
+before the trainer sees the config; the plan is logged as one ``scaling plan:`` line.
+
 Running again on a workdir that holds checkpoints resumes from the latest one;
 SIGTERM / Ctrl-C save a checkpoint at the current step first. Multi-host:
 ``--coordinator_address=host:port --num_processes=N --process_id=i`` on every host.
@@ -145,6 +149,21 @@ def resolve_config():
     return presets.load_typed(DEFAULT_CONFIG)
 
 
+def apply_scaling_plan(cfg, log=print):
+    """``cfg`` with its scaling plan applied when ``scaling.flops_budget > 0``.
+
+    The planner's choice (shape, parameters, tokens, steps) goes to ``log`` as one
+    ``scaling plan: {...}`` line; the trainer then trains exactly the returned config.
+    """
+    if cfg.scaling.flops_budget <= 0:
+        return cfg
+    from t5x_lite import scaling
+
+    cfg, info = scaling.apply_plan(cfg)
+    log(f"scaling plan: {info}")
+    return cfg
+
+
 def _init_distributed() -> None:
     given = [v is not None for v in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)]
     if not any(given):
@@ -180,14 +199,17 @@ def main(argv: list[str]) -> None:
 
             from t5x_lite.config import to_dict
 
-            if cfg.scaling.flops_budget > 0:  # the shape and steps that would be trained
-                from t5x_lite import scaling
-
-                cfg, _ = scaling.apply_plan(cfg)
+            # The shape and steps that would be trained (the plan's line on stderr).
+            cfg = apply_scaling_plan(cfg, log=lambda line: print(line, file=sys.stderr))
             print(json.dumps(to_dict(cfg.validate()), indent=2))
             return
         _init_distributed()
+        import jax
+
         from t5x_lite import trainer
+
+        primary = jax.process_index() == 0
+        cfg = apply_scaling_plan(cfg, log=print if primary else lambda line: None)
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
         result = trainer.train(cfg, workdir)

@@ -85,20 +85,6 @@ def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple
     return data, fsdp, tensor
 
 
-def resolve(cfg: Config) -> tuple[Config, dict[str, Any] | None]:
-    """``(config to train, scaling-plan log or None)``: the plan applied, all validated.
-
-    With ``scaling.flops_budget > 0`` the planner replaces the model shape and
-    ``train.num_steps`` (``--print_config`` prints this resolved config).
-    """
-    plan_info = None
-    if cfg.scaling.flops_budget > 0:
-        from t5x_lite import scaling
-
-        cfg, plan_info = scaling.apply_plan(cfg)
-    return cfg.validate(), plan_info
-
-
 def check_backend(cfg: Config, devices: list[jax.Device]) -> None:
     """One-line ConfigError for a model setting the devices cannot run.
 
@@ -333,7 +319,7 @@ def train(
     wall_start = time.perf_counter()
     from t5x_lite.data import pipeline
 
-    cfg, plan_info = resolve(cfg)
+    cfg = cfg.validate()  # trained as given: entry points apply a scaling plan first
     devices = list(devices if devices is not None else jax.devices())
     pidx, pcount = jax.process_index(), jax.process_count()
     mesh_shape = check_layout(cfg, len(devices), pcount)
@@ -394,8 +380,6 @@ def train(
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, resume_step=start_step)
     bar_ = Progress(cfg.train.num_steps, start_step, bar=bar, enabled=show)
-    if plan_info is not None:
-        bar_.write(f"scaling plan: {plan_info}")
     if latest is not None:
         bar_.write(f"resumed from {ckpt.directory}/{latest} (restore {restore_s:.2f}s)")
     # save_on_preemption=False keeps the default signal behaviour (SIGTERM ends the
