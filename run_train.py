@@ -5,7 +5,8 @@ embedded King James Bible on this machine's CPU in about ten minutes::
 
     python run_train.py
 
-Choose a preset and override any field (ml_collections; unknown fields are errors)::
+Choose a preset (a file or a bare name: ``--config=llama_tiny``) and override any
+field (ml_collections; unknown fields are errors)::
 
     python run_train.py --config=configs/llama_tiny.py --config.train.num_steps=500 \\
         --config.mesh.fsdp=2 --workdir=runs/llama
@@ -13,6 +14,10 @@ Choose a preset and override any field (ml_collections; unknown fields are error
 or the same experiment as gin (T5X style)::
 
     python run_train.py --gin_file=gin/llama_tiny.gin --gin.train.num_steps=500
+
+With ``scaling.flops_budget > 0`` the compute-optimal plan
+(:func:`t5x_lite.scaling.apply_plan`) replaces the model shape and step count here,
+before the trainer sees the config; the plan is logged as one ``scaling plan:`` line.
 
 Running again on a workdir that holds checkpoints resumes from the latest one;
 SIGTERM / Ctrl-C save a checkpoint at the current step first. Multi-host:
@@ -28,14 +33,16 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from t5x_lite import presets
+from t5x_lite.config import ConfigError
 from t5x_lite.gin_config import rewrite_argv
 
-DEFAULT_CONFIG = "configs/default.py"  # the no-flag run: a small GPT-2, ~10 min on a CPU
+DEFAULT_CONFIG = "default"  # the no-flag run (configs/default.py): a small GPT-2, ~10 min on a CPU
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Preset: configs/<name>.py[:variant[,variant]]; fields via --config.<field>=.",
+    "Preset: configs/<name>.py or <name>, [:variant[,variant]]; fields via --config.<field>=.",
     lock_config=True,
 )
 _GIN_FILES = flags.DEFINE_multi_string(
@@ -78,8 +85,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors (unknown ``--config.<field>`` included)."""
-    argv = rewrite_argv(argv)
+    """absl flag parsing with one-line errors (unknown ``--config.<field>`` included).
+
+    ``--config=NAME[:variant]`` (a bare preset name) becomes the preset's file path.
+    """
+    try:
+        argv = presets.resolve_flag(rewrite_argv(argv))
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # absl's flags errors; ml_collections' KeyError/AttributeError
@@ -133,17 +146,28 @@ def resolve_config():
         except Exception as e:  # an error inside the preset's get_config()
             raise C.ConfigError(f"{path}: {_first_line(e)}") from None
         return C.from_dict(values)
-    from configs import base
+    return presets.load_typed(DEFAULT_CONFIG)
 
-    return base.to_typed(base.load(os.path.splitext(os.path.basename(DEFAULT_CONFIG))[0]))
+
+def apply_scaling_plan(cfg, log=print):
+    """``cfg`` with its scaling plan applied when ``scaling.flops_budget > 0``.
+
+    The planner's choice (shape, parameters, tokens, steps) goes to ``log`` as one
+    ``scaling plan: {...}`` line; the trainer then trains exactly the returned config.
+    """
+    if cfg.scaling.flops_budget <= 0:
+        return cfg
+    from t5x_lite import scaling
+
+    cfg, info = scaling.apply_plan(cfg)
+    log(f"scaling plan: {info}")
+    return cfg
 
 
 def _init_distributed() -> None:
     given = [v is not None for v in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)]
     if not any(given):
         return
-    from t5x_lite.config import ConfigError
-
     if not all(given):
         raise ConfigError("--coordinator_address, --num_processes and --process_id go together")
     import jax
@@ -168,8 +192,6 @@ def main(argv: list[str]) -> None:
             os.environ.get("XLA_FLAGS", "")
             + f" --xla_force_host_platform_device_count={_HOST_DEVICES.value}"
         )
-    from t5x_lite.config import ConfigError
-
     try:
         cfg = resolve_config()
         if _PRINT_CONFIG.value:
@@ -177,14 +199,17 @@ def main(argv: list[str]) -> None:
 
             from t5x_lite.config import to_dict
 
-            if cfg.scaling.flops_budget > 0:  # the shape and steps that would be trained
-                from t5x_lite import scaling
-
-                cfg, _ = scaling.apply_plan(cfg)
+            # The shape and steps that would be trained (the plan's line on stderr).
+            cfg = apply_scaling_plan(cfg, log=lambda line: print(line, file=sys.stderr))
             print(json.dumps(to_dict(cfg.validate()), indent=2))
             return
         _init_distributed()
+        import jax
+
         from t5x_lite import trainer
+
+        primary = jax.process_index() == 0
+        cfg = apply_scaling_plan(cfg, log=print if primary else lambda line: None)
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
         result = trainer.train(cfg, workdir)

@@ -17,11 +17,13 @@ its published 30000-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
 at most 30000 ids with ``data.tokenizer``.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",
@@ -40,24 +42,9 @@ def get_config(variant: str | None = None):
             norm_eps=1e-12,
             dtype="bfloat16",
         ),
-        data=dict(
-            corpus="kjv",
-            tokenizer_vocab_size=8192,
-            objective="mlm",
-            sentence_objective="sop",
-            seq_len=512,
-        ),
-        optimizer=dict(
-            name="adamw",
-            learning_rate=4e-4,
-            schedule="linear",
-            warmup_steps=3125,
-            min_lr_ratio=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-6,
-            weight_decay=0.01,
-        ),
+        data=base.KJV_8K | dict(objective="mlm", sentence_objective="sop", seq_len=512),
+        optimizer=base.ENCODER_OPTIMIZER
+        | dict(learning_rate=4e-4, warmup_steps=3125, min_lr_ratio=0.0, b1=0.9, b2=0.999),
         train=dict(
             batch_size=4096, microbatches=16, num_steps=125_000, log_every=100, eval_every=5000
         ),

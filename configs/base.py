@@ -1,111 +1,42 @@
-"""Shared builder of preset ConfigDicts.
+"""Sections the presets of this folder share, as plain dicts.
 
-Every preset in this folder is ``get_config()`` returning :func:`make` of its
-sections; defaults come from the typed dataclasses in :mod:`t5x_lite.config`, so a
-preset lists only what differs. Fields whose default is ``None`` become typed
-placeholders so that ``--config.model.head_dim=64`` works from the command line.
-
-Every preset takes an optional variant, ``--config=configs/<name>.py:<variant>``, a
-comma-separated list of names from :data:`VARIANTS` applied in order, e.g.
-``configs/gpt2_tiny.py:smoke,bf16``.
+The builder (``make``, ``VARIANTS``, ``load``) is :mod:`t5x_lite.presets`; a preset
+reaches this file with ``base = presets.sibling(__file__, "base")`` and merges these
+dicts with its own values (``base.T5_TRAIN | dict(num_steps=...)``). Each preset
+keeps its shape (vocabulary, widths, depths, heads, lengths) in its own file.
 """
 
-from __future__ import annotations
+# ----------------------------------------------------------------- test-size presets
 
-import dataclasses
-import typing
-from typing import Any
+# 200 steps of 16 rows, logged every 10 and evaluated every 100.
+TINY_TRAIN = dict(batch_size=16, num_steps=200, log_every=10, eval_every=100)
+# The tiny encoders: MLM on 128-token kjv rows (each adds its sentence objective).
+TINY_MLM_DATA = dict(corpus="kjv", objective="mlm", seq_len=128)
 
-import ml_collections
-from ml_collections import config_dict
+# ----------------------------------------------------------------- published shapes
 
-from t5x_lite import config as C
+# Published vocabularies stay; on kjv the tokenizer has 8192 pieces and the other
+# rows stay unused (see the presets' docstrings).
+KJV_8K = dict(corpus="kjv", tokenizer_vocab_size=8192)
 
-# Named variants a preset can be loaded with (``configs/<name>.py:<variant>[,<variant>]``).
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    # A quick end-to-end check of a preset: 20 steps, small evaluations.
-    "smoke": {
-        "train": {"num_steps": 20, "log_every": 5, "eval_every": 10, "eval_batches": 1},
-        "checkpoint": {"every_steps": 10},
-    },
-    # bfloat16 compute with float32 master params (accelerators).
-    "bf16": {"model": {"dtype": "bfloat16"}},
-    # All devices on fsdp: parameters and optimizer state sharded ZeRO-3 style.
-    "fsdp": {"mesh": {"data": 1, "fsdp": -1, "tensor": 1}},
-    # Megatron-style model parallelism on every device.
-    "tensor": {"mesh": {"data": 1, "fsdp": 1, "tensor": -1}},
-    # Rematerialise each layer (trade compute for activation memory).
-    "remat": {"model": {"remat_policy": "full"}},
-}
+# GPT-2 (OpenAI 2019): LayerNorm eps 1e-5, GELU (tanh), bf16 compute; 1024-token rows.
+GPT2_MODEL = dict(family="decoder", arch="gpt2", norm_eps=1e-5, activation="gelu_new",
+                  dtype="bfloat16")  # fmt: skip
+GPT2_DATA = KJV_8K | dict(objective="causal_lm", seq_len=1024)
+GPT2_TRAIN = dict(log_every=50, eval_every=1000)
 
+# T5 / T5 v1.1 (Raffel et al. 2020): RMSNorm eps 1e-6, 32 relative-position buckets
+# up to distance 128, bf16 compute.
+T5_MODEL = dict(family="encoder_decoder", norm_eps=1e-6, relative_num_buckets=32,
+                relative_max_distance=128, dtype="bfloat16")  # fmt: skip
+# The paper's pretraining recipe: span corruption (15% noise, mean span 3) on
+# 512-token inputs, Adafactor with an inverse-square-root schedule (peak 0.01 after
+# 10k warmup steps), 128-row batches.
+T5_DATA = KJV_8K | dict(objective="span_corruption", seq_len=512, noise_density=0.15,
+                        mean_noise_span_length=3.0)  # fmt: skip
+T5_OPTIMIZER = dict(name="adafactor", learning_rate=0.01, schedule="inverse_sqrt",
+                    warmup_steps=10_000, weight_decay=0.0)  # fmt: skip
+T5_TRAIN = dict(batch_size=128, log_every=50, eval_every=2000)
 
-def apply_variant(cfg: ml_collections.ConfigDict, variant: str | None) -> None:
-    """Apply ``variant`` (comma-separated names from :data:`VARIANTS`) to ``cfg`` in place."""
-    for name in filter(None, (variant or "").split(",")):
-        if name not in VARIANTS:
-            raise C.ConfigError(
-                f"unknown preset variant {name!r} (known: {', '.join(sorted(VARIANTS))})"
-            )
-        for section, values in VARIANTS[name].items():
-            for key, value in values.items():
-                cfg[section][key] = value
-
-
-def _section(cls: type, overrides: dict[str, Any] | None) -> ml_collections.ConfigDict:
-    hints = typing.get_type_hints(cls)
-    out = ml_collections.ConfigDict()
-    overrides = dict(overrides or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in overrides:
-        if key not in names:
-            raise C.ConfigError(f"unknown config field {cls.__name__}.{key}")
-    for f in dataclasses.fields(cls):
-        default = C.to_dict(cls())[f.name]
-        value = overrides.get(f.name, default)
-        if value is None:
-            inner = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-            out[f.name] = config_dict.placeholder(inner[0] if inner else str)
-        elif isinstance(value, list | tuple):
-            out[f.name] = tuple(value)
-        else:
-            out[f.name] = value
-    return out
-
-
-def make(
-    model: dict[str, Any],
-    data: dict[str, Any] | None = None,
-    optimizer: dict[str, Any] | None = None,
-    train: dict[str, Any] | None = None,
-    mesh: dict[str, Any] | None = None,
-    checkpoint: dict[str, Any] | None = None,
-    scaling: dict[str, Any] | None = None,
-    variant: str | None = None,
-) -> ml_collections.ConfigDict:
-    """A locked ConfigDict with all seven sections (unknown fields are errors).
-
-    ``variant`` names entries of :data:`VARIANTS` applied after the preset's values.
-    """
-    cfg = ml_collections.ConfigDict()
-    cfg.model = _section(C.ModelConfig, model)
-    cfg.data = _section(C.DataConfig, data)
-    cfg.optimizer = _section(C.OptimizerConfig, optimizer)
-    cfg.train = _section(C.TrainConfig, train)
-    cfg.mesh = _section(C.MeshConfig, mesh)
-    cfg.checkpoint = _section(C.CheckpointConfig, checkpoint)
-    cfg.scaling = _section(C.ScalingConfig, scaling)
-    apply_variant(cfg, variant)
-    cfg.lock()
-    return cfg
-
-
-def load(name: str, variant: str | None = None) -> ml_collections.ConfigDict:
-    """``get_config(variant)`` of ``configs/<name>.py``."""
-    import importlib
-
-    return importlib.import_module(f"configs.{name}").get_config(variant)
-
-
-def to_typed(cfg: ml_collections.ConfigDict) -> C.Config:
-    """The validated typed :class:`t5x_lite.config.Config` of a preset ConfigDict."""
-    return C.from_dict(cfg.to_dict())
+# BERT-style encoders: GELU, AdamW with linear decay and eps 1e-6, weight decay 0.01.
+ENCODER_OPTIMIZER = dict(name="adamw", schedule="linear", eps=1e-6, weight_decay=0.01)

@@ -15,11 +15,13 @@ its published 30522-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
 at most 30522 ids with ``data.tokenizer``.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",
@@ -36,22 +38,8 @@ def get_config(variant: str | None = None):
             norm_eps=1e-12,
             dropout_rate=0.1,
         ),
-        data=dict(
-            corpus="kjv",
-            tokenizer_vocab_size=8192,
-            objective="mlm",
-            sentence_objective="nsp",
-            seq_len=128,
-        ),
-        optimizer=dict(
-            name="adamw",
-            learning_rate=1e-4,
-            schedule="linear",
-            warmup_steps=10_000,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-6,
-            weight_decay=0.01,
-        ),
+        data=base.KJV_8K | dict(objective="mlm", sentence_objective="nsp", seq_len=128),
+        optimizer=base.ENCODER_OPTIMIZER
+        | dict(learning_rate=1e-4, warmup_steps=10_000, b1=0.9, b2=0.999),
         train=dict(batch_size=256, num_steps=1_000_000, log_every=100, eval_every=10_000),
     )

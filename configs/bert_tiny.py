@@ -1,10 +1,12 @@
 """BERT architecture at test size: 2 layers, d_model 64, MLM + next-sentence prediction on kjv."""
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",
@@ -20,6 +22,6 @@ def get_config(variant: str | None = None):
             activation="gelu",
             norm_eps=1e-12,
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="nsp", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        data=base.TINY_MLM_DATA | dict(sentence_objective="nsp"),
+        train=base.TINY_TRAIN,
     )

@@ -8,11 +8,11 @@ AdamW with a 3e-3 peak, 100 warmup steps and cosine decay; evaluation and a
 checkpoint every 200 steps; plots refreshed every 50.
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder",

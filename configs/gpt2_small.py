@@ -14,26 +14,24 @@ its published 50257-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
 at most 50257 ids with ``data.tokenizer``.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
-        model=dict(
-            family="decoder",
-            arch="gpt2",
+        model=base.GPT2_MODEL
+        | dict(
             vocab_size=50257,
             d_model=768,
             num_heads=12,
             num_layers=12,
             d_ff=3072,
             max_seq_len=1024,
-            norm_eps=1e-5,
-            activation="gelu_new",
-            dtype="bfloat16",
         ),
-        data=dict(corpus="kjv", tokenizer_vocab_size=8192, objective="causal_lm", seq_len=1024),
+        data=base.GPT2_DATA,
         optimizer=dict(learning_rate=6e-4, warmup_steps=700, weight_decay=0.1),
-        train=dict(batch_size=32, num_steps=20000, log_every=50, eval_every=1000),
+        train=base.GPT2_TRAIN | dict(batch_size=32, num_steps=20000),
     )

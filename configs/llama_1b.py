@@ -20,11 +20,11 @@ its published 32000-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
 at most 32000 ids with ``data.tokenizer``.
 """
 
-from configs import base
+from t5x_lite import presets
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder",

@@ -4,11 +4,13 @@ RMSNorm, RoPE, SwiGLU MLP (d_ff 172 ~ 8/3 * d_model), grouped-query attention
 and an untied LM head; causal LM on kjv.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder",
@@ -25,5 +27,5 @@ def get_config(variant: str | None = None):
             rope_theta=10000.0,
         ),
         data=dict(corpus="kjv", objective="causal_lm", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        train=base.TINY_TRAIN,
     )

@@ -18,11 +18,13 @@ its published 50265-row vocabulary, as nanoGPT pads GPT-2's to 50304: rows
 at most 50265 ids with ``data.tokenizer``.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",
@@ -42,24 +44,9 @@ def get_config(variant: str | None = None):
             dropout_rate=0.1,
             dtype="bfloat16",
         ),
-        data=dict(
-            corpus="kjv",
-            tokenizer_vocab_size=8192,
-            objective="mlm",
-            sentence_objective="none",
-            seq_len=512,
-        ),
-        optimizer=dict(
-            name="adamw",
-            learning_rate=6e-4,
-            schedule="linear",
-            warmup_steps=24_000,
-            min_lr_ratio=0.0,
-            b1=0.9,
-            b2=0.98,
-            eps=1e-6,
-            weight_decay=0.01,
-        ),
+        data=base.KJV_8K | dict(objective="mlm", sentence_objective="none", seq_len=512),
+        optimizer=base.ENCODER_OPTIMIZER
+        | dict(learning_rate=6e-4, warmup_steps=24_000, min_lr_ratio=0.0, b1=0.9, b2=0.98),
         train=dict(
             batch_size=8192, microbatches=32, num_steps=500_000, log_every=100, eval_every=10_000
         ),

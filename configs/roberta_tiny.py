@@ -5,11 +5,13 @@ position table starts ``pad_token_id + 1`` rows in, hence ``position_offset=1``
 (``roberta-base`` itself has pad 1 and offset 2; both import and export).
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder",
@@ -27,6 +29,6 @@ def get_config(variant: str | None = None):
             activation="gelu",
             norm_eps=1e-5,
         ),
-        data=dict(corpus="kjv", objective="mlm", sentence_objective="none", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        data=base.TINY_MLM_DATA | dict(sentence_objective="none"),
+        train=base.TINY_TRAIN,
     )

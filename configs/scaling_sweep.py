@@ -10,13 +10,13 @@ tokenizer (its characters alone need ~470 pieces), more than any run reads; the
 10 held-out documents (36k tokens) are the eval set, read in full at the end.
 """
 
-from configs import base
+from t5x_lite import presets
 
 CORPUS = "/usr/share/doc/python3.11/html/_sources"
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="decoder",

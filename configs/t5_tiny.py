@@ -4,11 +4,13 @@ RMSNorm, bucketed relative position bias (32 buckets up to distance 128), gated-
 MLP, no biases, untied LM head; trained with T5's span-corruption objective on kjv.
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
         model=dict(
             family="encoder_decoder",
@@ -27,5 +29,5 @@ def get_config(variant: str | None = None):
             relative_max_distance=128,
         ),
         data=dict(corpus="kjv", objective="span_corruption", seq_len=128),
-        train=dict(batch_size=16, num_steps=200, log_every=10, eval_every=100),
+        train=base.TINY_TRAIN,
     )

@@ -15,14 +15,16 @@ at most 32128 ids with ``data.tokenizer``. The 100 span-corruption sentinels are
 the tokenizer's top ids (``<extra_id_0>`` = 8191 ... ``<extra_id_99>`` = 8092).
 """
 
-from configs import base
+from t5x_lite import presets
+
+base = presets.sibling(__file__, "base")
 
 
 def get_config(variant: str | None = None):
-    return base.make(
+    return presets.make(
         variant=variant,
-        model=dict(
-            family="encoder_decoder",
+        model=base.T5_MODEL
+        | dict(
             arch="t5_v1_1",
             vocab_size=32128,
             d_model=512,
@@ -32,26 +34,9 @@ def get_config(variant: str | None = None):
             num_decoder_layers=8,
             d_ff=1024,
             max_seq_len=512,
-            norm_eps=1e-6,
             activation="gelu_new",
-            relative_num_buckets=32,
-            relative_max_distance=128,
-            dtype="bfloat16",
         ),
-        data=dict(
-            corpus="kjv",
-            tokenizer_vocab_size=8192,
-            objective="span_corruption",
-            seq_len=512,
-            noise_density=0.15,
-            mean_noise_span_length=3.0,
-        ),
-        optimizer=dict(
-            name="adafactor",
-            learning_rate=0.01,
-            schedule="inverse_sqrt",
-            warmup_steps=10000,
-            weight_decay=0.0,
-        ),
-        train=dict(batch_size=128, num_steps=100000, log_every=50, eval_every=2000),
+        data=base.T5_DATA,
+        optimizer=base.T5_OPTIMIZER,
+        train=base.T5_TRAIN | dict(num_steps=100000),
     )

@@ -25,7 +25,7 @@ Synthetic batches (all rows full, one document per row):
   (default: the objective's row lengths, :func:`t5x_lite.config.row_lengths`, as the
   trainer and the planner count them: span corruption's 114 targets for 512 inputs).
 
-Imports only jax, flax, optax, numpy and t5x_lite's config / models / partitioning
+Imports only jax, flax, optax, numpy and t5x_lite's config / presets / models / partitioning
 / steps / optim / losses / flops (no tfds, grain or gin; absl only as flax imports
 it). Reading a preset file runs its ``get_config()``, which needs ``ml_collections``
 (the presets build ConfigDicts): on a machine without it, install or carry its wheel
@@ -36,7 +36,6 @@ directory, or ``python run_train.py --config=... --print_config > cfg.json``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -47,29 +46,18 @@ import jax
 import numpy as np
 
 from t5x_lite import config as C
-from t5x_lite import flops, partitioning, steps
+from t5x_lite import flops, partitioning, presets, steps
 
 
-def load_values(path: str) -> dict[str, Any]:
-    """Nested config dict of a preset ``.py`` (its ``get_config()``) or a ``.json`` file."""
-    if not os.path.isfile(path):
-        raise C.ConfigError(f"config file not found: {path}")
-    if path.endswith(".json"):
-        with open(path) as f:
+def load_values(spec: str) -> dict[str, Any]:
+    """Nested config dict of a ``.json`` file or a preset (:func:`t5x_lite.presets.load`:
+    ``configs/<name>.py`` or ``<name>``, with optional ``:variant``)."""
+    if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise C.ConfigError(f"config file not found: {spec}")
+        with open(spec) as f:
             return json.load(f)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:  # presets import ``configs.base``
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location("_bench_preset", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except ModuleNotFoundError as e:
-        raise C.ConfigError(
-            f"{path} needs the {e.name!r} package (presets build ml_collections ConfigDicts): "
-            "install it, or pass a JSON config (run_train.py --print_config > cfg.json)"
-        ) from None
-    return module.get_config().to_dict()
+    return presets.load(spec).to_dict()
 
 
 def bench_config(values: dict[str, Any], args: argparse.Namespace) -> C.Config:
@@ -214,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         dest="config",
         required=True,
-        help="configs/<name>.py (needs ml_collections) or a config .json",
+        help="preset configs/<name>.py or <name> (needs ml_collections), or a config .json",
     )
     p.add_argument("--batch", type=int, default=8, help="global batch, rows")
     p.add_argument("--seq", type=int, default=128, help="input tokens per row")

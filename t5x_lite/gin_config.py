@@ -178,13 +178,14 @@ def to_gin(cfg: C.Config, header: str = "") -> str:
 
 
 def preset_to_gin(name: str) -> str:
-    """gin text of ``configs/<name>.py`` (its docstring's first line as the header)."""
-    import importlib
+    """gin text of preset ``name`` (``configs/<name>.py``; its docstring's first line as
+    the header)."""
+    from t5x_lite import presets
 
-    module = importlib.import_module(f"configs.{name}")
-    from configs import base
-
-    cfg = base.to_typed(module.get_config())
+    path = presets.find(name)
+    name = os.path.splitext(os.path.basename(path))[0]
+    module = presets.load_module(path)
+    cfg = presets.to_typed(module.get_config())
     doc = (module.__doc__ or "").strip().splitlines()
     header = (
         f"{doc[0] if doc else name}\n"
@@ -197,6 +198,5 @@ def preset_to_gin(name: str) -> str:
 if __name__ == "__main__":
     import sys
 
-    sys.path.insert(0, os.getcwd())
     for arg in sys.argv[1:]:
         sys.stdout.write(preset_to_gin(arg))

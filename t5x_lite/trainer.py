@@ -62,22 +62,8 @@ from t5x_lite.preflight import (
 from t5x_lite.progress import Progress
 
 # Re-exported: what callers of the trainer check before a run.
-__all__ = ["check_layout", "check_workdir", "resolve", "sampleable_ids", "train"]
+__all__ = ["check_layout", "check_workdir", "sampleable_ids", "train"]
 sampleable_ids = decoding.sampleable_ids
-
-
-def resolve(cfg: Config) -> tuple[Config, dict[str, Any] | None]:
-    """``(config to train, scaling-plan log or None)``: the plan applied, all validated.
-
-    With ``scaling.flops_budget > 0`` the planner replaces the model shape and
-    ``train.num_steps`` (``--print_config`` prints this resolved config).
-    """
-    plan_info = None
-    if cfg.scaling.flops_budget > 0:
-        from t5x_lite import scaling
-
-        cfg, plan_info = scaling.apply_plan(cfg)
-    return cfg.validate(), plan_info
 
 
 # --------------------------------------------------------------------------- helpers
@@ -282,7 +268,7 @@ def train(
     sampled ids, all below ``tokenizer.vocab_size``), and timings.
     """
     wall_start = time.perf_counter()
-    cfg, plan_info = resolve(cfg)
+    cfg = cfg.validate()  # trained as given: entry points apply a scaling plan first
     s = _start(cfg, workdir, list(devices if devices is not None else jax.devices()))
     run, ckpt, tc = s.run, s.ckpt, cfg.train
     peak = flops.peak_flops_per_device(tc.peak_flops)
@@ -294,8 +280,6 @@ def train(
         enabled=show,
     )
     writer = metrics_lib.MetricsWriter(workdir, enabled=s.primary, resume_step=s.start_step)
-    if plan_info is not None:
-        bar.write(f"scaling plan: {plan_info}")
     if s.latest is not None:
         bar.write(f"resumed from {ckpt.directory}/{s.latest} (restore {s.restore_s:.2f}s)")
     # With save_on_preemption=False nothing is caught: signals keep their default

@@ -22,8 +22,7 @@ import transformers
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from configs import base
-from t5x_lite import convert, models, partitioning
+from t5x_lite import convert, models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
 from t5x_lite.models import decoder
 
@@ -217,7 +216,7 @@ def test_prefix_lm_mask(hf_case):
 
 
 def _preset(name: str) -> ModelConfig:
-    return base.to_typed(base.load(name)).model
+    return presets.load_typed(name).model
 
 
 # On tensor=4 the kv_heads axis needs num_kv_heads % 4 == 0, so the Llama case here

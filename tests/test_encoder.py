@@ -20,8 +20,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from configs import base as presets
-from t5x_lite import models, partitioning
+from t5x_lite import models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
 from t5x_lite.convert import export_hf, import_hf
 from t5x_lite.hf import bert as hf_bert

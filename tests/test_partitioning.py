@@ -53,10 +53,9 @@ def test_indivisible_dimensions_are_replicated():
 
 
 def test_llama_tiny_kv_heads_on_tensor4_initialise_sharded():
-    from configs import base
-    from t5x_lite import models
+    from t5x_lite import models, presets
 
-    cfg = base.to_typed(base.load("llama_tiny")).model
+    cfg = presets.load_typed("llama_tiny").model
     assert cfg.kv_heads % 4 != 0
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=2, tensor=4))
     shardings = models.param_shardings(cfg, mesh)
@@ -86,10 +85,9 @@ def test_embedding_gather_on_data_fsdp_tensor_mesh_compiles_without_full_remat(c
     of gpt2_tiny are compiled here and stderr (the C++ log, file descriptor 2) is
     read back.
     """
-    from configs import base
-    from t5x_lite import models
+    from t5x_lite import models, presets
 
-    cfg = base.to_typed(base.load("gpt2_tiny")).model
+    cfg = presets.load_typed("gpt2_tiny").model
     mesh = partitioning.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     params = models.init_sharded(cfg, jax.random.key(0), mesh)
     batch = models.example_batch(cfg, 8, 16)

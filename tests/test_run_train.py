@@ -16,9 +16,8 @@ import time
 
 import pytest
 
-from configs import base
 from t5x_lite import config as C
-from t5x_lite import gin_config
+from t5x_lite import gin_config, presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = sorted(
@@ -59,7 +58,7 @@ def snapshot(directory: str) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_parses_to_a_typed_config(name):
-    cfg = base.to_typed(base.load(name))
+    cfg = presets.load_typed(name)
     assert isinstance(cfg, C.Config)
     assert cfg.data.seq_len <= cfg.model.max_seq_len
 
@@ -69,7 +68,7 @@ def test_every_gin_file_parses_and_matches_its_preset():
     assert not missing, f"write them: python -m t5x_lite.gin_config NAME > gin/NAME.gin {missing}"
     for path in GIN_FILES:
         name = os.path.basename(path)[:-4]
-        assert gin_config.load([path]) == base.to_typed(base.load(name)), name
+        assert gin_config.load([path]) == presets.load_typed(name), name
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -79,7 +78,7 @@ def test_count_params_equals_the_initialised_tree(name):
 
     from t5x_lite import models
 
-    cfg = base.to_typed(base.load(name)).model
+    cfg = presets.load_typed(name).model
     tree = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
     elements = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
     assert models.count_params(cfg)["total"] == elements
@@ -95,7 +94,7 @@ def test_published_shapes_of_the_base_presets():
         "t5_base": 222_903_552,  # HF t5-base
     }
     for name, want in counts.items():
-        assert models.count_params(base.to_typed(base.load(name)).model)["total"] == want, name
+        assert models.count_params(presets.load_typed(name).model)["total"] == want, name
 
 
 def test_gin_errors_are_one_line():
@@ -127,7 +126,7 @@ def test_cli_gin_and_config_forms_resolve_to_the_same_config():
     assert a["train"]["num_steps"] == 7 and a["model"]["num_layers"] == 3
     assert a["model"]["arch"] == "llama"
     default = cli("--print_config")
-    assert json.loads(default.stdout) == C.to_dict(base.to_typed(base.load("default")))
+    assert json.loads(default.stdout) == C.to_dict(presets.load_typed("default"))
 
 
 # --------------------------------------------------------------------------- bad input
@@ -208,7 +207,7 @@ def test_preset_variants_apply_in_order():
     proc = cli("--config=configs/gpt2_tiny.py:smoke,bf16,fsdp", "--print_config")
     assert proc.returncode == 0, proc.stderr
     printed = C.from_dict(json.loads(proc.stdout))
-    preset = base.to_typed(base.load("gpt2_tiny"))
+    preset = presets.load_typed("gpt2_tiny")
     assert preset.train.num_steps != 20 and preset.model.dtype == "float32"
     assert printed.train.num_steps == 20 and printed.checkpoint.every_steps == 10
     assert printed.model.dtype == "bfloat16"
@@ -223,7 +222,7 @@ def test_print_config_shows_the_scaling_plan():
                "--print_config")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     printed = C.from_dict(json.loads(proc.stdout))
-    preset = base.to_typed(base.load("gpt2_tiny"))
+    preset = presets.load_typed("gpt2_tiny")
     planned, _ = apply_plan(dataclasses.replace(preset, scaling=printed.scaling))
     assert printed == planned
     # The plan changed what is trained (not the preset's shape and steps).
@@ -233,7 +232,7 @@ def test_print_config_shows_the_scaling_plan():
 def test_workdir_of_another_model_is_refused_untouched(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    other = C.to_dict(base.to_typed(base.load("gpt2_tiny")))
+    other = C.to_dict(presets.load_typed("gpt2_tiny"))
     other["model"]["num_layers"] = 3
     (workdir / "config.json").write_text(json.dumps(other))
     (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
@@ -247,7 +246,7 @@ def test_workdir_with_another_tokenizer_is_refused_untouched(tmp_path):
     from t5x_lite.data import pipeline
 
     def tokenizer_path(vocab: int) -> str:
-        values = base.load("gpt2_tiny").to_dict()
+        values = presets.load("gpt2_tiny").to_dict()
         values["data"]["data_dir"] = str(tmp_path / "data")
         values["model"]["vocab_size"] = vocab
         return pipeline.get_tokenizer(C.from_dict(values)).path
@@ -277,7 +276,7 @@ def test_training_with_a_tokenizer_smaller_than_the_model(tmp_path):
     from t5x_lite import trainer
     from t5x_lite.data.tokenizer import Tokenizer
 
-    values = base.load("gpt2_tiny").to_dict()
+    values = presets.load("gpt2_tiny").to_dict()
     values["model"]["vocab_size"] = 4096
     values["data"].update(
         tokenizer_vocab_size=2048, seq_len=32, data_dir=str(tmp_path / "data"), prefetch_batches=0

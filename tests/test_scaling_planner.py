@@ -1,7 +1,7 @@
 """Compute-optimal planner (t5x_lite.scaling.planner): budgets 1e12..1e24 give shapes
 with 6ND within 5% of the budget and N within 25% of N_opt; apply_plan rewrites a
-Config; budgets the grid cannot serve are one-line errors; the trainer trains the
-planned shape for the planned steps when a run sets scaling.flops_budget."""
+Config; budgets the grid cannot serve are one-line errors; run_train.py applies the
+plan when a run sets scaling.flops_budget and the trainer trains the config it is given."""
 
 from __future__ import annotations
 
@@ -131,16 +131,22 @@ def test_bad_budgets_are_one_line_errors():
     assert apply_plan(cfg) == (cfg, {})  # <= 0 means "no plan"
 
 
-def test_trainer_applies_the_plan(kjv_root, kjv_tokenizer, tmp_path, capsys):
-    """``scaling.flops_budget`` in a run config: the trainer trains, records and logs
-    the model shape and step count that ``apply_plan`` chooses for that budget."""
+def _planned_run_config(kjv_root):
     values = to_dict(make_cfg(kjv_root, seq_len=64, batch_size=64))
     values["scaling"]["flops_budget"] = 5e10
     values["train"].update(
         eval_every=1000, eval_batches=1, log_every=1000, progress_bar=False, plot_every=1000
     )
     values["checkpoint"]["every_steps"] = 1000
-    cfg = from_dict(values)
+    return from_dict(values)
+
+
+def test_the_entry_point_applies_the_plan(kjv_root, kjv_tokenizer, tmp_path, capsys):
+    """``scaling.flops_budget`` in a run config: run_train.py applies ``apply_plan`` and
+    logs it in one line; the trainer trains and records that shape and step count."""
+    import run_train
+
+    cfg = _planned_run_config(kjv_root)
     planned, info = apply_plan(cfg)
     # The plan replaces the preset's shape and step count (not a no-op here).
     assert (planned.model.num_layers, planned.model.d_model) != (
@@ -150,7 +156,12 @@ def test_trainer_applies_the_plan(kjv_root, kjv_tokenizer, tmp_path, capsys):
     assert planned.train.num_steps != cfg.train.num_steps
     assert 10 <= planned.train.num_steps <= 200  # a short run
 
-    result = trainer.train(cfg, str(tmp_path), sample=False)
+    log: list[str] = []
+    given = run_train.apply_scaling_plan(cfg, log=log.append)
+    assert given == planned
+    assert len(log) == 1 and log[0].startswith("scaling plan: "), log
+    assert f"'num_steps': {info['num_steps']}" in log[0], log
+    result = trainer.train(given, str(tmp_path), sample=False)
     saved = from_dict(json.loads((tmp_path / "config.json").read_text()))
     assert saved.model == planned.model
     assert saved.train.num_steps == planned.train.num_steps == info["num_steps"]
@@ -159,5 +170,20 @@ def test_trainer_applies_the_plan(kjv_root, kjv_tokenizer, tmp_path, capsys):
     assert flops.param_counts(saved.model)["total"] == info["n_params_total"]
     assert result["steps"] == info["num_steps"]
     assert result["tokens_seen"] == info["n_tokens"] == info["num_steps"] * 64 * 64
-    log = [line for line in capsys.readouterr().out.splitlines() if "scaling plan" in line]
-    assert len(log) == 1 and f"'num_steps': {info['num_steps']}" in log[0], log
+    # The plan is logged by the entry point only, not again by the trainer.
+    assert "scaling plan" not in capsys.readouterr().out
+    # No budget: nothing to plan, nothing logged.
+    unplanned = dataclasses.replace(cfg, scaling=ScalingConfig())
+    assert run_train.apply_scaling_plan(unplanned, log=log.append) is unplanned and len(log) == 1
+
+
+def test_the_trainer_trains_the_config_it_is_given(kjv_root, kjv_tokenizer, tmp_path, capsys):
+    """A config that still sets ``scaling.flops_budget`` is trained as given: the
+    trainer applies no plan (that is the entry point's job)."""
+    planned, info = apply_plan(_planned_run_config(kjv_root))
+    given = dataclasses.replace(planned, train=dataclasses.replace(planned.train, num_steps=3))
+    assert given.scaling.flops_budget > 0 and info["num_steps"] != 3
+    result = trainer.train(given, str(tmp_path), sample=False)
+    saved = from_dict(json.loads((tmp_path / "config.json").read_text()))
+    assert saved == given and result["steps"] == 3
+    assert "scaling plan" not in capsys.readouterr().out

@@ -23,8 +23,7 @@ import transformers
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from configs import base
-from t5x_lite import convert, layers, models, partitioning
+from t5x_lite import convert, layers, models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
 from t5x_lite.models import encoder_decoder
 
@@ -132,7 +131,7 @@ def gated_case(tmp_path_factory):
 
 
 def _preset(name: str) -> ModelConfig:
-    return base.to_typed(base.load(name)).model
+    return presets.load_typed(name).model
 
 
 # --------------------------------------------------------------------------- HF parity

@@ -18,9 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
 from t5x_lite import config as C
-from t5x_lite import gin_config, trainer
+from t5x_lite import gin_config, presets, trainer
 from t5x_lite.metrics import read_records
 
 STEPS = 30
@@ -56,7 +55,7 @@ def overrides(data_dir: str, mesh: dict) -> dict:
 
 
 def preset_config(name: str, data_dir: str, mesh: dict) -> C.Config:
-    values = base.load(name).to_dict()
+    values = presets.load(name).to_dict()
     for section, fields in overrides(data_dir, mesh).items():
         values[section].update(fields)
     return C.from_dict(values)

@@ -24,8 +24,13 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from t5x_lite import presets
+from t5x_lite.config import ConfigError
+
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/gpt2_tiny.py", "Preset configs/<name>.py; fields via --config.<field>=."
+    "config",
+    presets.find("gpt2_tiny"),
+    "Preset configs/<name>.py or <name>, [:variant]; fields via --config.<field>=.",
 )
 _STATS = flags.DEFINE_bool("stats", False, "Print statistics of --num_batches batches as JSON.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "Batches to read for --stats.")
@@ -37,13 +42,11 @@ def main(argv: list[str]) -> None:
     del argv
     from absl import logging
 
-    from configs.base import to_typed
-    from t5x_lite.config import ConfigError
     from t5x_lite.data import pipeline, stats
 
     logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO
     try:
-        cfg = to_typed(_CONFIG.value)
+        cfg = presets.to_typed(_CONFIG.value)
         t0 = time.perf_counter()
         tok = pipeline.get_tokenizer(cfg)
         n = max(_NUM_BATCHES.value if _STATS.value else 1, 1)
@@ -83,5 +86,15 @@ def main(argv: list[str]) -> None:
         print(json.dumps(out))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, ``--config=NAME[:variant]`` resolved to its preset file."""
+    try:
+        argv = presets.resolve_flag(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return app.parse_flags_with_usage(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

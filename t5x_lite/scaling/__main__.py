@@ -19,28 +19,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import os
 import sys
 from typing import Any
 
+from t5x_lite import presets
 from t5x_lite.config import Config, ConfigError, from_dict
 
 
-def load_config(path: str | None, overrides: list[str]) -> Config:
-    """A typed Config from a preset file (``get_config()``) and ``section.field=value``s."""
-    if path is None:
+def load_config(spec: str | None, overrides: list[str]) -> Config:
+    """A typed Config from a preset (:func:`t5x_lite.presets.load`: a file or a name)
+    and ``section.field=value``s."""
+    if spec is None:
         values: dict[str, Any] = {}
     else:
-        if not os.path.isfile(path):
-            raise ConfigError(f"--config={path!r} is not a file")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        if root not in sys.path:
-            sys.path.insert(0, root)  # presets import ``configs.base``
-        spec = importlib.util.spec_from_file_location("_scaling_preset", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        values = module.get_config().to_dict()
+        values = presets.load(spec).to_dict()
     for item in overrides:
         key, sep, raw = item.partition("=")
         parts = key.split(".")
