@@ -7,8 +7,8 @@ Examples::
     # An IsoFLOP sweep through the trainer (restart the same command to continue):
     python -m t5x_lite.scaling sweep --config configs/scaling_sweep.py \\
         --out results/scaling --workdir /tmp/t5x_lite_scaling
-    # Refit and redraw from the CSV:
-    python -m t5x_lite.scaling report --out results/scaling
+    # Refit and redraw from the CSV (and check a fit without the largest budget):
+    python -m t5x_lite.scaling report --out results/scaling --holdout-largest
     # Fit a runs CSV (columns n_params or n_non_embedding, n_tokens, final_eval_loss):
     python -m t5x_lite.scaling fit --csv results/scaling/runs.csv --bootstrap 200
 
@@ -99,14 +99,20 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     for k in ("E", "A", "B", "alpha", "beta", "a", "b"):
         ci = f"  [{fit.ci[k][0]:.4g}, {fit.ci[k][1]:.4g}]" if k in fit.ci else ""
         print(f"  {k:5s} = {getattr(fit, k):.4g}{ci}")
+    ok = sum(r["success"] for r in fit.starts)
+    print(f"  {ok} of {len(fit.starts)} starts converged; gradient norm {fit.grad_norm:.2g}")
     if rows and "budget" in rows[0]:
         budgets = [r["budget"] for r in rows]
         flops = 6.0 * np.array([r["n_params"] for r in rows]) * np.array(d)
+        boot = {"bootstrap": args.bootstrap, "seed": args.seed}
         for name, law in (
-            ("Approach 1", approach1(n, d, loss, flops=flops)),
-            ("Approach 2", approach2(n, d, loss, budgets)),
+            ("Approach 1", approach1(n, d, loss, flops=flops, **boot)),
+            ("Approach 2", approach2(n, d, loss, budgets, **boot)),
         ):
-            print(f"{name}: N_opt ∝ C^{law.a:.3f}, D_opt ∝ C^{law.b:.3f}")
+            ci = ""
+            if law.ci:
+                ci = f"  (a in [{law.ci['a'][0]:.3f}, {law.ci['a'][1]:.3f}])"
+            print(f"{name}: N_opt ∝ C^{law.a:.3f}, D_opt ∝ C^{law.b:.3f}{ci}")
     if args.save:
         if os.path.exists(args.save) and not args.force:
             raise ConfigError(f"--save={args.save!r} exists; pass --force to replace it")
@@ -129,9 +135,19 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from t5x_lite.scaling.report import write_report
 
-    paths = write_report(args.out, bootstrap=args.bootstrap)
+    paths = write_report(args.out, bootstrap=args.bootstrap, holdout=args.holdout_largest)
+    held = paths.pop("holdout_result", None)
     for name, path in paths.items():
         print(f"{name}: {path}")
+    if held is not None:
+        p, best = held.predicted_opt, held.best_run
+        print(
+            f"held out C = {held.budget:.3g}: mean |predicted - measured| loss "
+            f"{abs(held.errors).mean():.3f} nats; best loss predicted {p['loss']:.4f}, measured "
+            f"{best['measured']:.4f}; best N predicted {p['n_params']:.3g}, measured "
+            f"{held.measured_best_n:.3g}; best run predicted {held.predicted_best_run['run_id']}, "
+            f"measured {best['run_id']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("report", help="refit, replot and rewrite report.md from the CSVs")
     q.add_argument("--out", required=True)
     q.add_argument("--bootstrap", type=int, default=200)
+    q.add_argument(
+        "--holdout-largest",
+        action="store_true",
+        help="also fit without the largest budget and check the prediction for it",
+    )
     q.set_defaults(fn=_cmd_report)
 
     args = p.parse_args(argv)

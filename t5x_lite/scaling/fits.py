@@ -14,18 +14,28 @@ Example with Hoffmann et al.'s published fit::
     >>> f"{opt.n_params:.3g} params, {opt.n_tokens:.3g} tokens, {opt.tokens_per_param:.1f}"
     '3.22e+10 params, 2.98e+12 tokens, 92.6'
 
+Approach 3 (:func:`fit_chinchilla`) minimises a Huber loss on ``log L`` with scipy's
+L-BFGS-B from the best points of Hoffmann et al.'s grid, and records every start's
+outcome; its bootstrap refits each resample from that resample's own best grid
+points. Approaches 1 and 2 (:func:`approach1`, :func:`approach2`) have bootstrap
+intervals over runs too.
+
 Fits are plain JSON files (:func:`save_fit`, :func:`load_fit`) that also record which
-parameter count ``N`` means (``param_kind``: ``total`` or ``non_embedding``).
+parameter count ``N`` means (``param_kind``: ``total`` or ``non_embedding``) and
+everything else a fit holds (convergence records, bootstrap resamples).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import glob
 import itertools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -64,6 +74,12 @@ def positive_array(name: str, values: Any, length: int | None = None) -> np.ndar
 # --------------------------------------------------------------------------- fit object
 
 
+def _interval(values: Sequence[float]) -> tuple[float, float]:
+    """The 2.5% and 97.5% percentiles of ``values`` (a 95% percentile interval)."""
+    arr = np.asarray(values, np.float64)
+    return float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))
+
+
 @dataclass(frozen=True)
 class ChinchillaFit:
     """``L(N, D) = E + A / N**alpha + B / D**beta``; ``ci`` holds bootstrap intervals.
@@ -71,6 +87,15 @@ class ChinchillaFit:
     ``ci`` maps ``E, A, B, alpha, beta, a, b`` to ``(2.5%, 97.5%)`` percentiles when the
     fit was bootstrapped. ``param_kind`` says whether ``N`` counts all parameters or
     only non-embedding ones.
+
+    A fitted object also says how the optimiser fared: ``starts`` has one record per
+    start (``start`` and ``params``: the five parameters before and after, ``loss``:
+    the final objective, ``success``, ``message``, ``nit``, ``nfev``, ``grad_norm``);
+    ``grad_norm`` is the gradient norm at the best one (with respect to the optimised
+    logarithms of the parameters); ``bootstrap`` has one record per resample (its
+    best fit's five parameters, ``loss``, ``success`` and ``nit``), drawn with
+    ``seed``. ``to_dict`` / ``from_dict`` (and :func:`save_fit` / :func:`load_fit`)
+    carry all of it.
     """
 
     E: float
@@ -83,6 +108,11 @@ class ChinchillaFit:
     n_runs: int = 0
     objective: float = float("nan")
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    huber_delta: float = 1e-3
+    grad_norm: float = float("nan")
+    starts: list[dict[str, Any]] = field(default_factory=list)
+    bootstrap: list[dict[str, Any]] = field(default_factory=list)
+    seed: int = 0
 
     @property
     def a(self) -> float:
@@ -98,11 +128,33 @@ class ChinchillaFit:
     def G(self) -> float:
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
 
+    @property
+    def converged(self) -> bool:
+        """Whether the optimiser reported success at the best start (False if unknown)."""
+        if not self.starts:
+            return False
+        return bool(min(self.starts, key=lambda r: r["loss"])["success"])
+
     def predict(self, n_params: Any, n_tokens: Any) -> np.ndarray:
         """Predicted loss at ``(N, D)`` (broadcasting arrays)."""
         n = np.asarray(n_params, np.float64)
         d = np.asarray(n_tokens, np.float64)
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+    def resampled(self) -> list[ChinchillaFit]:
+        """The bootstrap resamples' fits (empty when not bootstrapped)."""
+        return [
+            ChinchillaFit(*(r[k] for k in _NAMES), param_kind=self.param_kind)
+            for r in self.bootstrap
+        ]
+
+    def interval(self, fn: Any) -> tuple[float, float] | None:
+        """95% bootstrap interval of ``fn(fit) -> float`` (None when not bootstrapped).
+
+        For instance ``fit.interval(lambda f: compute_optimal(1e21, f).n_params)``.
+        """
+        fits = self.resampled()
+        return _interval([fn(f) for f in fits]) if fits else None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -112,16 +164,29 @@ class ChinchillaFit:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "fit") -> ChinchillaFit:
+        """The inverse of :meth:`to_dict`; a bad field is a one-line ConfigError."""
         for k in _NAMES:
             _check(k in values, f"{where}: missing field {k!r}")
-            v = values[k]
             _check(
-                isinstance(v, int | float) and math.isfinite(v) and v > 0,
-                f"{where}: {k}={v!r} must be a positive number",
+                _positive_number(values[k]), f"{where}: {k}={values[k]!r} must be a positive number"
             )
         kind = values.get("param_kind", "total")
         _check(kind in PARAM_KINDS, f"{where}: param_kind={kind!r} is not one of {PARAM_KINDS}")
         ci = {k: (float(v[0]), float(v[1])) for k, v in (values.get("ci") or {}).items()}
+        records = {}
+        for key in ("starts", "bootstrap"):
+            recs = values.get(key) or []
+            _check(
+                isinstance(recs, list) and all(isinstance(r, dict) for r in recs),
+                f"{where}: {key} must be a list of objects",
+            )
+            records[key] = recs
+        for i, r in enumerate(records["bootstrap"]):
+            for k in _NAMES:
+                _check(
+                    _positive_number(r.get(k)),
+                    f"{where}: bootstrap[{i}].{k}={r.get(k)!r} must be a positive number",
+                )
         return cls(
             *(float(values[k]) for k in _NAMES),
             param_kind=kind,
@@ -129,7 +194,16 @@ class ChinchillaFit:
             n_runs=int(values.get("n_runs", 0)),
             objective=float(values.get("objective", float("nan"))),
             ci=ci,
+            huber_delta=float(values.get("huber_delta", 1e-3)),
+            grad_norm=float(values.get("grad_norm", float("nan"))),
+            starts=records["starts"],
+            bootstrap=records["bootstrap"],
+            seed=int(values.get("seed", 0)),
         )
+
+
+def _positive_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 FITS: dict[str, ChinchillaFit] = {
@@ -202,146 +276,173 @@ def compute_optimal(flops: Any, fit: str | ChinchillaFit = "hoffmann2022") -> Op
 
 # --------------------------------------------------------------------------- Approach 3
 
+# scipy L-BFGS-B settings: tighter than its defaults (ftol 2.2e-9, gtol 1e-5), which
+# stop while the exponents still move in the third decimal on a few hundred runs.
+LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9}
+# Box for ``(ln A, ln B, ln E, ln α, ln β)``: only the exponents are bounded, to
+# 1e-3..10, which keeps a long trial step of the line search from overflowing
+# ``exp(ln α)``; an optimum on that bound says the data do not pin the exponent.
+_BOUNDS = [(None, None)] * 3 + [(math.log(1e-3), math.log(10.0))] * 2
+
 
 def _grid() -> np.ndarray:
-    """Hoffmann et al.'s starting grid over ``(a, b, e, alpha, beta)``, 4500 points."""
-    exps = np.arange(0.0, 2.01, 0.5)
+    """Hoffmann et al.'s 4500 starting points as ``(ln A, ln B, ln E, ln α, ln β)``.
+
+    Their grid: ``ln A, ln B ∈ {0, 5, ..., 25}``, ``ln E ∈ {-1, -0.5, ..., 1}``,
+    ``α, β ∈ {0, 0.5, ..., 2}``; the exponents are optimised as logarithms (so they
+    stay positive), hence 0 becomes 0.1 here.
+    """
+    exps = np.log([0.1, 0.5, 1.0, 1.5, 2.0])
     es = np.arange(-1.0, 1.01, 0.5)
     abs_ = np.arange(0.0, 25.01, 5.0)
     return np.array(list(itertools.product(abs_, abs_, es, exps, exps)))
 
 
-def _objective_batch(
-    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
-) -> np.ndarray:
-    """Huber objective at many parameter vectors at once: ``theta [S, 5] -> [S]``."""
-    a, b, e, al, be = (theta[:, i : i + 1] for i in range(5))
-    x1 = a - al * log_n  # [S, n]
-    x = np.stack([x1, b - be * log_d, np.broadcast_to(e, x1.shape)], 0)  # [3, S, n]
-    lse = np.logaddexp.reduce(x, axis=0)  # [S, n]
-    r = np.abs(lse - log_l)
-    hub = np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta))
-    return hub.sum(-1) / delta
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    """Huber loss, ``r²/2`` where ``|r| <= δ`` and ``δ (|r| - δ/2)`` elsewhere.
+
+    Computed as ``c (|r| - c/2)`` with ``c = min(|r|, δ)``.
+    """
+    absr = np.abs(r)
+    c = np.minimum(absr, delta)
+    return c * (absr - 0.5 * c)
 
 
-def _objective(
-    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
+def huber_objective(
+    theta: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    weights: np.ndarray,
+    delta: float,
 ) -> tuple[float, np.ndarray]:
-    """Huber(δ) of ``LSE(a - α log N, b - β log D, e) - log L``, summed, / δ; and gradient."""
-    a, b, e, al, be = theta
-    x1 = a - al * log_n
-    x2 = b - be * log_d
+    """Approach 3's objective and its gradient at ``theta = (ln A, ln B, ln E, ln α, ln β)``.
+
+    ``Σ_i w_i Huber_δ(LSE(ln A - α ln N_i, ln B - β ln D_i, ln E) - ln L_i) / δ``, the
+    log-sum-exp being ``ln`` of the law's prediction. ``weights`` are per-run counts
+    (a bootstrap resample is the same runs with other counts). The gradient is the
+    chain rule written out (softmax weights of the three terms times the clipped
+    residual), so scipy needs no finite differences.
+    """
+    a, b, e, log_alpha, log_beta = theta
+    alpha, beta = math.exp(log_alpha), math.exp(log_beta)
+    x1 = a - alpha * log_n
+    x2 = b - beta * log_d
     m = np.maximum(np.maximum(x1, x2), e)
     w1, w2, w3 = np.exp(x1 - m), np.exp(x2 - m), np.exp(e - m)
     s = w1 + w2 + w3
     r = m + np.log(s) - log_l
-    absr = np.abs(r)
-    value = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)).sum() / delta
-    psi = np.clip(r, -delta, delta) / delta  # d huber / d r, scaled
-    w1, w2, w3 = psi * w1 / s, psi * w2 / s, psi * w3 / s
-    grad = np.array([w1.sum(), w2.sum(), w3.sum(), -(w1 * log_n).sum(), -(w2 * log_d).sum()])
-    return float(value), grad
+    value = float(weights @ _huber(r, delta)) / delta
+    psi = weights * np.clip(r, -delta, delta) / (delta * s)  # d value / d LSE, over s
+    g1, g2, g3 = psi * w1, psi * w2, psi * w3
+    grad = np.array([g1.sum(), g2.sum(), g3.sum(), -alpha * (g1 @ log_n), -beta * (g2 @ log_d)])
+    return value, grad
 
 
-def lbfgs(
-    fun: Any,
-    x0: np.ndarray,
-    args: tuple = (),
-    memory: int = 10,
-    maxiter: int = 1000,
-    gtol: float = 1e-9,
-    ftol: float = 1e-14,
-) -> tuple[np.ndarray, float]:
-    """Minimise ``fun(x, *args) -> (value, gradient)`` by L-BFGS; returns ``(x, value)``.
+def _grid_values(
+    grid: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    weights: np.ndarray,
+    delta: float,
+    chunk: int = 256,
+) -> np.ndarray:
+    """The objective at every grid point for every column of ``weights``: ``[G, R]``.
 
-    The two-loop recursion over the last ``memory`` steps, with a strong-Wolfe line
-    search (``scipy.optimize.line_search``). Written out because scipy's L-BFGS-B
-    spends most of its time in multi-threaded BLAS calls on these 5-vectors (30x
-    slower on a busy two-core machine).
-
-    >>> x, v = lbfgs(lambda x: (((x - 3) ** 2).sum(), 2 * (x - 3)), np.zeros(2))
-    >>> np.round(x, 6).tolist(), round(v, 12)
-    ([3.0, 3.0], 0.0)
+    ``weights`` is ``[runs, R]`` (the full data and each resample), so the grid's
+    per-run losses are computed once and reused by every resample.
     """
-    import warnings
+    out = np.empty((len(grid), weights.shape[1]))
+    for i in range(0, len(grid), chunk):
+        t = grid[i : i + chunk]
+        x1 = t[:, 0:1] - np.exp(t[:, 3:4]) * log_n
+        x2 = t[:, 1:2] - np.exp(t[:, 4:5]) * log_d
+        lse = np.logaddexp(np.logaddexp(x1, x2), t[:, 2:3])
+        out[i : i + chunk] = _huber(lse - log_l, delta) @ weights / delta
+    return out
 
-    from scipy.optimize import line_search
 
-    cache: dict[bytes, tuple[float, np.ndarray]] = {}  # evaluations of this line search
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run the body with scipy's bundled OpenBLAS on one thread (where it can be found).
 
-    def both(z: np.ndarray) -> tuple[float, np.ndarray]:
-        key = z.tobytes()
-        if key not in cache:
-            cache[key] = fun(z, *args)
-        return cache[key]
+    L-BFGS-B calls BLAS on 5-vectors; with OpenBLAS's default threads each call hands
+    work to, and spins on, a second thread, which on a busy two-core machine made a
+    fit 5-50x slower (7 ms against 40-300 ms per start measured). The thread count
+    is restored afterwards; without scipy's wheel-bundled OpenBLAS this does nothing.
+    """
+    lib = None
+    try:
+        import scipy
 
-    x = np.asarray(x0, np.float64).copy()
-    f, g = fun(x, *args)
-    s_hist: list[np.ndarray] = []
-    y_hist: list[np.ndarray] = []
-    for _ in range(maxiter):
-        if np.max(np.abs(g)) < gtol:
-            break
-        q = g.copy()
-        coefs = []
-        for s, y in zip(reversed(s_hist), reversed(y_hist)):
-            rho = 1.0 / np.dot(y, s)
-            a = rho * np.dot(s, q)
-            q -= a * y
-            coefs.append((rho, a))
-        if s_hist:
-            q *= np.dot(s_hist[-1], y_hist[-1]) / np.dot(y_hist[-1], y_hist[-1])
-        for (s, y), (rho, a) in zip(zip(s_hist, y_hist), reversed(coefs)):
-            q += (a - rho * np.dot(y, q)) * s
-        p = -q
-        if np.dot(p, g) >= 0:  # not a descent direction: restart from steepest descent
-            p = -g
-            s_hist.clear()
-            y_hist.clear()
-        cache.clear()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            step = line_search(
-                lambda z: both(z)[0], lambda z: both(z)[1], x, p, gfk=g, old_fval=f, maxiter=50
-            )[0]
-        if step is None:
-            break
-        x_new = x + step * p
-        f_new, g_new = both(x_new)
-        s, y = x_new - x, g_new - g
-        if np.dot(s, y) > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
-            s_hist.append(s)
-            y_hist.append(y)
-            if len(s_hist) > memory:
-                s_hist.pop(0)
-                y_hist.pop(0)
-        converged = abs(f - f_new) <= ftol * max(abs(f), abs(f_new), 1.0)
-        x, f, g = x_new, f_new, g_new
-        if converged:
-            break
-    return x, float(f)
+        libs = glob.glob(
+            os.path.join(os.path.dirname(scipy.__file__) + ".libs", "libscipy_openblas*")
+        )
+        if libs:
+            lib = ctypes.CDLL(libs[0])
+            before = int(lib.scipy_openblas_get_num_threads())
+            lib.scipy_openblas_set_num_threads(1)
+    except (OSError, AttributeError):
+        lib = None
+    try:
+        yield
+    finally:
+        if lib is not None:
+            lib.scipy_openblas_set_num_threads(before)
+
+
+def _params(theta: np.ndarray, centre: tuple[float, float] = (0.0, 0.0)) -> dict[str, float]:
+    """Optimiser variables -> ``{E, A, B, alpha, beta}``.
+
+    ``theta = (ln A', ln B', ln E, ln α, ln β)`` for ``ln N - centre[0]`` and
+    ``ln D - centre[1]``: ``ln A = ln A' + α centre[0]``, ``ln B = ln B' + β centre[1]``.
+    """
+    a, b, e, p, q = (float(v) for v in theta)
+    alpha, beta = math.exp(p), math.exp(q)
+    return {
+        "E": math.exp(e),
+        "A": math.exp(a + alpha * centre[0]),
+        "B": math.exp(b + beta * centre[1]),
+        "alpha": alpha,
+        "beta": beta,
+    }
 
 
 def _minimize(
-    starts: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
-) -> tuple[np.ndarray, float]:
-    """L-BFGS from each start; the lowest objective wins."""
-    best, best_val = starts[0], math.inf
-    for x0 in starts:
-        x, value = lbfgs(_objective, x0, (log_n, log_d, log_l, delta))
-        if np.all(np.isfinite(x)) and value < best_val:
-            best, best_val = x, value
-    return best, best_val
+    starts: np.ndarray, args: tuple, centre: tuple[float, float]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """scipy L-BFGS-B from each start: the best parameters and one record per start."""
+    from scipy.optimize import minimize
 
-
-def _top_starts(grid: np.ndarray, args: tuple, k: int) -> np.ndarray:
-    values = _objective_batch(grid, *args)
-    return grid[np.argsort(values)[:k]]
-
-
-def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
-    a, b, e, al, be = (float(v) for v in theta)
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": al, "beta": be}
+    best, best_loss, records = starts[0], math.inf, []
+    with _single_threaded_blas(), np.errstate(over="ignore"):
+        for x0 in starts:
+            res = minimize(
+                huber_objective,
+                x0,
+                args=args,
+                jac=True,
+                method="L-BFGS-B",
+                bounds=_BOUNDS,
+                options=LBFGS_OPTIONS,
+            )
+            loss = float(res.fun)
+            records.append(
+                {
+                    "start": _params(x0, centre),
+                    "params": _params(res.x, centre),
+                    "loss": loss,
+                    "success": bool(res.success),
+                    "message": str(res.message),
+                    "nit": int(res.nit),
+                    "nfev": int(res.nfev),
+                    "grad_norm": float(np.linalg.norm(res.jac)),
+                }
+            )
+            if math.isfinite(loss) and np.all(np.isfinite(res.x)) and loss < best_loss:
+                best, best_loss = res.x, loss
+    return _params(best, centre), records
 
 
 def check_runs(
@@ -364,55 +465,75 @@ def fit_chinchilla(
     param_kind: str = "total",
     delta: float = 1e-3,
     num_starts: int = 16,
+    bootstrap_starts: int = 3,
 ) -> ChinchillaFit:
     """Approach 3: fit ``E, A, B, alpha, beta`` to final losses of ``len(losses)`` runs.
 
     Minimises the Huber loss (``delta``) between ``log L`` and
-    ``LSE(a - alpha log N, b - beta log D, e)`` (``A = e^a``, ``B = e^b``, ``E = e^e``)
-    with L-BFGS, started from the ``num_starts`` best points of Hoffmann et al.'s
-    4500-point grid (all evaluated, vectorised); the best optimum is kept.
-    ``bootstrap > 0`` refits on that many resamples of the runs (with replacement)
-    and stores 95% percentile intervals in ``ci``.
+    ``LSE(ln A - alpha ln N, ln B - beta ln D, ln E)`` (:func:`huber_objective`) over
+    the logarithms of all five parameters (so each stays positive) with scipy's
+    L-BFGS-B, started from the ``num_starts`` best points of Hoffmann et al.'s
+    4500-point grid (all evaluated, vectorised); the best optimum is kept and every
+    start's outcome recorded (``starts``, ``grad_norm``). ``bootstrap > 0`` refits
+    that many resamples of the runs (with replacement), each from the
+    ``bootstrap_starts`` best grid points of its own objective, and stores their fits
+    (``bootstrap``) and 95% percentile intervals (``ci``).
 
     >>> n, d = np.meshgrid([1e6, 1e7, 1e8, 1e9], [1e8, 1e9, 1e10, 1e11])  # 16 runs
     >>> fit = fit_chinchilla(n, d, FITS["hoffmann2022"].predict(n, d))
-    >>> round(fit.alpha, 3), round(fit.beta, 3), round(fit.E, 3)
-    (0.34, 0.28, 1.69)
+    >>> round(fit.alpha, 3), round(fit.beta, 3), round(fit.E, 3), fit.converged
+    (0.34, 0.28, 1.69, True)
     """
     _check(param_kind in PARAM_KINDS, f"param_kind={param_kind!r} is not one of {PARAM_KINDS}")
     _check(isinstance(bootstrap, int) and bootstrap >= 0, f"bootstrap={bootstrap!r} must be >= 0")
+    for name, k in (("num_starts", num_starts), ("bootstrap_starts", bootstrap_starts)):
+        _check(isinstance(k, int) and k >= 1, f"{name}={k!r} must be >= 1")
     n, d, loss = check_runs(n_params, n_tokens, losses, min_runs=len(_NAMES))
     _check(np.unique(n).size >= 2, "n_params: every run has the same size; alpha is undefined")
     _check(np.unique(d).size >= 2, "n_tokens: every run has the same length; beta is undefined")
-    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    # ln N and ln D enter centred (ln A, ln B shifted to match): the same law, but
+    # ln A and α no longer move together, which halves L-BFGS-B's iterations.
+    centre = (float(np.log(n).mean()), float(np.log(d).mean()))
+    log_n, log_d, log_l = np.log(n) - centre[0], np.log(d) - centre[1], np.log(loss)
+    rng = np.random.default_rng(seed)
+    counts = [np.ones(n.size)]
+    counts += [
+        np.bincount(rng.integers(0, n.size, n.size), minlength=n.size) for _ in range(bootstrap)
+    ]
+    weights = np.stack(counts, 1).astype(np.float64)  # [runs, 1 + bootstrap]
     grid = _grid()
-    args = (log_n, log_d, log_l, delta)
-    theta, value = _minimize(_top_starts(grid, args, num_starts), *args)
+    grid[:, 0] -= np.exp(grid[:, 3]) * centre[0]
+    grid[:, 1] -= np.exp(grid[:, 4]) * centre[1]
+    order = np.argsort(_grid_values(grid, log_n, log_d, log_l, weights, delta), axis=0)
 
-    ci: dict[str, tuple[float, float]] = {}
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        samples = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, n.size, n.size)
-            bargs = (log_n[idx], log_d[idx], log_l[idx], delta)
-            starts = np.concatenate([theta[None], _top_starts(grid, bargs, 1)])
-            bt, _ = _minimize(starts, *bargs)
-            p = _theta_to_params(bt)
-            p["a"] = p["beta"] / (p["alpha"] + p["beta"])
-            p["b"] = p["alpha"] / (p["alpha"] + p["beta"])
-            samples.append(p)
-        for k in samples[0]:
-            vals = np.array([s[k] for s in samples])
-            ci[k] = (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
-    return ChinchillaFit(
-        **_theta_to_params(theta),
+    def fit_column(j: int, k: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        args = (log_n, log_d, log_l, weights[:, j], delta)
+        return _minimize(grid[order[:k, j]], args, centre)
+
+    params, starts = fit_column(0, num_starts)
+    resamples = []
+    for j in range(1, bootstrap + 1):
+        best, recs = fit_column(j, bootstrap_starts)
+        top = min(recs, key=lambda r: r["loss"])
+        resamples.append({**best, **{k: top[k] for k in ("loss", "success", "nit")}})
+    fit = ChinchillaFit(
+        **params,
         param_kind=param_kind,
         name=f"approach3_{param_kind}",
         n_runs=int(n.size),
-        objective=value,
-        ci=ci,
+        objective=min(r["loss"] for r in starts),
+        huber_delta=float(delta),
+        grad_norm=min(starts, key=lambda r: r["loss"])["grad_norm"],
+        starts=starts,
+        bootstrap=resamples,
+        seed=int(seed),
     )
+    if not resamples:
+        return fit
+    ci = {k: _interval([r[k] for r in resamples]) for k in _NAMES}
+    ci["a"] = fit.interval(lambda f: f.a)
+    ci["b"] = fit.interval(lambda f: f.b)
+    return dataclasses.replace(fit, ci=ci)
 
 
 # --------------------------------------------------------------------------- Approaches 1, 2
@@ -426,7 +547,9 @@ class PowerLaws:
     ``flops``, ``n_params``, ``n_tokens``, ``loss``); ``parabolas`` (Approach 2) hold
     ``(budget, c2, c1, c0)`` with ``loss = c2 x**2 + c1 x + c0``, ``x = ln N``, for
     every profile fitted; ``skipped`` lists ``(budget, reason)`` of profiles that gave
-    no optimum.
+    no optimum. ``ci`` maps ``a`` and ``b`` to 95% bootstrap intervals (over runs)
+    when ``n_resamples > 0``; ``n_resamples_used`` of the resamples gave a fit (the
+    others had fewer than two budgets with an optimum).
     """
 
     method: str
@@ -437,6 +560,9 @@ class PowerLaws:
     points: list[dict[str, float]]
     parabolas: list[tuple[float, float, float, float]] = field(default_factory=list)
     skipped: list[tuple[float, str]] = field(default_factory=list)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    n_resamples: int = 0
+    n_resamples_used: int = 0
 
     def n_opt(self, flops: Any) -> Any:
         return self.n_coef * np.asarray(flops, np.float64) ** self.a
@@ -468,33 +594,116 @@ def _laws(method: str, pts: list[dict[str, float]], **extra: Any) -> PowerLaws:
     return PowerLaws(method, a, nc, b, dc, pts, **extra)
 
 
+def _with_bootstrap(
+    law: PowerLaws, refit: Any, strata: list[np.ndarray], bootstrap: int, seed: int
+) -> PowerLaws:
+    """``law`` with 95% intervals of ``a`` and ``b`` from ``bootstrap`` resamples.
+
+    Each resample draws, from every array of unit ids in ``strata``, as many ids as it
+    holds, with replacement; ``refit(ids)`` fits the drawn units (a ConfigError means
+    that resample gave no fit, and it is left out of the intervals).
+    """
+    _check(isinstance(bootstrap, int) and bootstrap >= 0, f"bootstrap={bootstrap!r} must be >= 0")
+    if not bootstrap:
+        return law
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for _ in range(bootstrap):
+        ids = np.concatenate([m[rng.integers(0, m.size, m.size)] for m in strata])
+        try:
+            res = refit(ids)
+        except ConfigError:
+            continue
+        a.append(res.a)
+        b.append(res.b)
+    ci = {"a": _interval(a), "b": _interval(b)} if len(a) >= 2 else {}
+    return dataclasses.replace(law, ci=ci, n_resamples=bootstrap, n_resamples_used=len(a))
+
+
 def approach1(
     n_params: Any,
     n_tokens: Any,
     losses: Any,
     flops: Any = None,
     num_bins: int = 20,
+    runs: Any = None,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> PowerLaws:
     """Approach 1: the lowest-loss envelope over compute, then power laws in ``C``.
 
     Runs (or points along training curves) are binned by ``flops`` (default ``6 N D``)
     into ``num_bins`` log-spaced bins; each non-empty bin contributes its lowest-loss
-    point ``(C, N, D)``. Needs at least two bins with points.
+    point ``(C, N, D)``. Needs at least two bins with points. ``runs`` labels the run
+    each point belongs to (default: every point its own run); ``bootstrap > 0`` redoes
+    the envelope and laws on that many resamples of the runs (drawn with replacement,
+    each with all its points) for 95% intervals of ``a`` and ``b`` in ``ci``.
     """
     n, d, loss = check_runs(n_params, n_tokens, losses, min_runs=2)
     c = 6.0 * n * d if flops is None else positive_array("flops", flops, n.size)
     _check(isinstance(num_bins, int) and num_bins >= 2, f"num_bins={num_bins!r} must be >= 2")
-    edges = np.linspace(np.log(c.min()), np.log(c.max()) * (1 + 1e-12), num_bins + 1)
-    which = np.clip(np.searchsorted(edges, np.log(c), side="right") - 1, 0, num_bins - 1)
-    pts = []
-    for k in np.unique(which):
-        idx = np.flatnonzero(which == k)
-        i = idx[np.argmin(loss[idx])]
-        pts.append({"flops": c[i], "n_params": n[i], "n_tokens": d[i], "loss": loss[i]})
-    return _laws("approach1", pts)
+    labels = np.arange(n.size) if runs is None else np.asarray(runs).reshape(-1)
+    _check(labels.size == n.size, f"runs has {labels.size} labels but n_params has {n.size}")
+    run_of_point = np.unique(labels, return_inverse=True)[1]
+
+    def envelope(idx: np.ndarray) -> PowerLaws:
+        log_c = np.log(c[idx])
+        edges = np.linspace(log_c.min(), log_c.max() * (1 + 1e-12), num_bins + 1)
+        which = np.clip(np.searchsorted(edges, log_c, side="right") - 1, 0, num_bins - 1)
+        pts = []
+        for k in np.unique(which):
+            sel = idx[which == k]
+            i = sel[np.argmin(loss[sel])]
+            pts.append({"flops": c[i], "n_params": n[i], "n_tokens": d[i], "loss": loss[i]})
+        return _laws("approach1", pts)
+
+    law = envelope(np.arange(n.size))
+    return _with_bootstrap(
+        law,
+        lambda drawn: envelope(np.flatnonzero(np.isin(run_of_point, drawn))),
+        [np.arange(run_of_point.max() + 1)],
+        bootstrap,
+        seed,
+    )
 
 
-def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerLaws:
+def isoflop_minimum(
+    n_params: np.ndarray, n_tokens: np.ndarray, losses: np.ndarray
+) -> tuple[dict[str, float] | None, tuple[float, float, float] | None, str]:
+    """One IsoFLOP profile's parabola ``loss = c2 x² + c1 x + c0`` (``x = ln N``) and minimum.
+
+    Returns ``(point, (c2, c1, c0), reason)``: ``point`` has ``n_params``,
+    ``n_tokens`` and ``loss`` at the minimum, or is None (with ``reason``) when the
+    profile has fewer than 3 sizes, opens downwards, or has its minimum outside the
+    sizes it sampled. ``n_tokens`` at the minimum is read off a straight line of
+    ``ln D`` against ``ln N`` through the runs.
+    """
+    if np.unique(n_params).size < 3:
+        return None, None, "fewer than 3 sizes"
+    x = np.log(n_params)
+    c2, c1, c0 = (float(v) for v in np.polyfit(x, losses, 2))
+    if c2 <= 0:
+        return None, (c2, c1, c0), "the parabola has no minimum"
+    x_min = -c1 / (2 * c2)
+    if not x.min() <= x_min <= x.max():
+        return (
+            None,
+            (c2, c1, c0),
+            f"the minimum (N={math.exp(x_min):.3g}) is outside the sampled "
+            f"{n_params.min():.3g}..{n_params.max():.3g}",
+        )
+    slope, icpt = np.polyfit(x, np.log(n_tokens), 1)
+    point = {
+        "n_params": math.exp(x_min),
+        "n_tokens": math.exp(icpt + slope * x_min),
+        "loss": c0 - c1 * c1 / (4 * c2),
+    }
+    return point, (c2, c1, c0), ""
+
+
+def approach2(
+    n_params: Any, n_tokens: Any, losses: Any, budgets: Any, bootstrap: int = 0, seed: int = 0
+) -> PowerLaws:
     """Approach 2: a parabola of loss against ``ln N`` on each IsoFLOP profile.
 
     ``budgets`` gives each run's nominal budget ``C`` (runs sharing it form a
@@ -505,39 +714,29 @@ def approach2(n_params: Any, n_tokens: Any, losses: Any, budgets: Any) -> PowerL
     only non-embedding parameters of runs budgeted by their total. A profile gives no
     optimum (it is listed in ``skipped`` with the reason) when its parabola opens
     downwards or its minimum lies outside the sizes it sampled: an extrapolated
-    minimum says only that the optimum is beyond the sweep.
+    minimum says only that the optimum is beyond the sweep (:func:`isoflop_minimum`).
+    ``bootstrap > 0`` refits that many resamples for 95% intervals of ``a`` and
+    ``b`` in ``ci``; each resample redraws every profile's runs from that profile
+    (with replacement), so every budget keeps its number of runs.
     """
     n, d, loss = check_runs(n_params, n_tokens, losses, min_runs=3)
     c = positive_array("budgets", budgets, n.size)
-    pts, parabolas, skipped = [], [], []
-    for budget in np.unique(c):
-        idx = np.flatnonzero(c == budget)
-        if np.unique(n[idx]).size < 3:
-            skipped.append((float(budget), "fewer than 3 sizes"))
-            continue
-        x = np.log(n[idx])
-        c2, c1, c0 = np.polyfit(x, loss[idx], 2)
-        parabolas.append((float(budget), float(c2), float(c1), float(c0)))
-        if c2 <= 0:
-            skipped.append((float(budget), "the parabola has no minimum"))
-            continue
-        x_min = -c1 / (2 * c2)
-        if not x.min() <= x_min <= x.max():
-            skipped.append(
-                (
-                    float(budget),
-                    f"the minimum (N={math.exp(x_min):.3g}) is outside the sampled "
-                    f"{n[idx].min():.3g}..{n[idx].max():.3g}",
-                )
-            )
-            continue
-        slope, icpt = np.polyfit(x, np.log(d[idx]), 1)
-        pts.append(
-            {
-                "flops": float(budget),
-                "n_params": math.exp(x_min),
-                "n_tokens": math.exp(icpt + slope * x_min),
-                "loss": float(c0 - c1 * c1 / (4 * c2)),
-            }
-        )
-    return _laws("approach2", pts, parabolas=parabolas, skipped=skipped)
+
+    def profiles(idx: np.ndarray, record: bool) -> PowerLaws:
+        pts, parabolas, skipped = [], [], []
+        for budget in np.unique(c[idx]):
+            sel = idx[c[idx] == budget]
+            point, parabola, reason = isoflop_minimum(n[sel], d[sel], loss[sel])
+            if parabola is not None:
+                parabolas.append((float(budget), *parabola))
+            if point is None:
+                skipped.append((float(budget), reason))
+            else:
+                pts.append({"flops": float(budget), **point})
+        if not record:
+            return _laws("approach2", pts)
+        return _laws("approach2", pts, parabolas=parabolas, skipped=skipped)
+
+    law = profiles(np.arange(n.size), record=True)
+    strata = [np.flatnonzero(c == budget) for budget in np.unique(c)]
+    return _with_bootstrap(law, lambda idx: profiles(idx, False), strata, bootstrap, seed)

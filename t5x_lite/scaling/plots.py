@@ -1,4 +1,5 @@
-"""PNG plots of a sweep: IsoFLOP profiles, the loss-compute frontier, N_opt and D_opt.
+"""PNG plots of a sweep: IsoFLOP profiles, the loss-compute frontier, N_opt and D_opt,
+and the extrapolation check (a law fitted without the largest budget, predicting it).
 
 Every plot has log axes, labelled axes, a legend, and its fitted lines drawn over the
 measured points. Inputs are the rows of ``runs.csv`` / ``curves.csv`` (see
@@ -296,4 +297,91 @@ def optimal_figure(
         ax.legend(fontsize=8)
     axes[0].set_title("N_opt against compute (points: measured optima)")
     axes[1].set_title("D_opt against compute")
+    return fig
+
+
+def holdout_plot(rows: Sequence[dict[str, Any]], holdout: Any, path: str) -> str:
+    """Write :func:`holdout_figure` to the PNG ``path``; returns ``path``."""
+    return save(holdout_figure(rows, holdout), path)
+
+
+def holdout_figure(rows: Sequence[dict[str, Any]], holdout: Any) -> Any:
+    """The extrapolation check (a :class:`~t5x_lite.scaling.report.Holdout`), two panels.
+
+    Left: final eval loss against N (total) per budget, dots the runs the law was
+    fitted on and red squares the held-out budget's; lines the fitted law along each
+    IsoFLOP profile ``L(N, C / 6N)`` (dashed red: the held-out budget), a red star at
+    its predicted optimum and a black cross at the measured one (the profile's
+    parabola minimum, when it has one). Right: predicted against measured loss for
+    every run, with the line ``predicted = measured``.
+    """
+    plt = _pyplot()
+    fit = holdout.fit
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.0, 4.6))
+    budgets = _budgets(rows)
+    colors = _colors(len(budgets))
+    measured, predicted, held_mask = [], [], []
+    for budget, color in zip(budgets, colors):
+        sel = [r for r in rows if float(r["budget"]) == budget]
+        n = np.array([float(r["n_params"]) for r in sel])
+        d = np.array([float(r["n_tokens"]) for r in sel])
+        loss = np.array([float(r["final_eval_loss"]) for r in sel])
+        held = budget == holdout.budget
+        lo_n, hi_n = n.min(), n.max()
+        if held:  # the prediction spans its own optimum too
+            lo_n = min(lo_n, holdout.predicted_opt["n_params"])
+            hi_n = max(hi_n, holdout.predicted_opt["n_params"])
+        x = np.logspace(np.log10(lo_n) - 0.1, np.log10(hi_n) + 0.1, 100)
+        curve = fit.predict(x, budget / (6 * x))
+        if held:
+            left.scatter(n, loss, marker="s", s=40, facecolor="none", edgecolor="red", lw=1.5,
+                         zorder=4, label=f"held-out runs, C = {budget:.2g}")  # fmt: skip
+            left.plot(x, curve, color="red", ls="--", lw=1.8, zorder=3,
+                      label="prediction for the held-out budget")  # fmt: skip
+        else:
+            left.scatter(
+                n, loss, color=color, s=26, zorder=3, label=f"fitted runs, C = {budget:.2g}"
+            )
+            left.plot(x, curve, color=color, lw=1.2, zorder=2)
+        measured.append(loss)
+        predicted.append(fit.predict(n, d))
+        held_mask.append(np.full(n.size, held))
+    p = holdout.predicted_opt
+    left.scatter([p["n_params"]], [p["loss"]], marker="*", s=180, color="red", edgecolor="black",
+                 zorder=5, label="predicted optimum")  # fmt: skip
+    if holdout.measured_opt is not None:
+        m = holdout.measured_opt
+        left.scatter([m["n_params"]], [m["loss"]], marker="X", s=90, color="black", zorder=5,
+                     label="measured optimum (parabola minimum)")  # fmt: skip
+    left.plot([], [], color="gray", lw=1.2, label="law fitted without the held-out budget")
+    left.set_xscale("log")
+    _count_axis(left.xaxis)
+    _plain_log_y(left)
+    left.set_xlabel(KIND_LABEL["total"])
+    left.set_ylabel("final eval loss (nats/token)")
+    left.set_title(f"Fit on C < {holdout.budget:.2g}, predicting C = {holdout.budget:.2g}")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+
+    meas, pred, mask = (np.concatenate(v) for v in (measured, predicted, held_mask))
+    right.scatter(meas[~mask], pred[~mask], color="gray", s=26, zorder=3, label="fitted runs")
+    right.scatter(meas[mask], pred[mask], marker="s", s=40, facecolor="none", edgecolor="red",
+                  lw=1.5, zorder=4, label="held-out runs")  # fmt: skip
+    lo, hi = min(meas.min(), pred.min()) * 0.97, max(meas.max(), pred.max()) * 1.03
+    right.plot([lo, hi], [lo, hi], color="black", lw=1.0, label="predicted = measured")
+    right.set_xscale("log")
+    _plain_log_y(right)
+    from matplotlib.ticker import FormatStrFormatter
+
+    right.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    right.xaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+    right.tick_params(axis="x", which="minor", labelsize=7)
+    right.set_xlim(lo, hi)
+    right.set_ylim(lo, hi)
+    right.set_xlabel("measured final eval loss (nats/token)")
+    right.set_ylabel("predicted loss (nats/token)")
+    err = holdout.errors
+    right.set_title(f"Held-out runs: mean |error| {np.abs(err).mean():.3f} nats")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8)
     return fig

@@ -5,8 +5,12 @@ writes, next to them:
 
 * ``fit_total.json``, ``fit_non_embedding.json`` — Approach 3 fits (bootstrap CIs);
 * ``isoflop.png``, ``frontier.png``, ``optimal.png``, ``optimal_non_embedding.png``;
-* ``report.md`` — the runs, the three approaches for both parameter counts, the
-  tokens-per-parameter ratio, compared with Hoffmann et al. 2022.
+* ``report.md`` — the runs, the three approaches for both parameter counts (with
+  bootstrap intervals and the optimiser's convergence), the tokens-per-parameter
+  ratio, compared with Hoffmann et al. 2022;
+* with ``holdout=True`` (``report --holdout-largest``), an extrapolation check:
+  Approach 3 fitted without the largest budget (``fit_holdout_largest.json``)
+  against that budget's measured losses and best size (``holdout.png``).
 
 Compute is always ``C = 6 N_total D`` (what the sweep spends); the non-embedding
 analysis changes only what ``N`` counts. Approach 3's own optimum assumes
@@ -15,8 +19,10 @@ analysis changes only what ``N`` counts. Approach 3's own optimum assumes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,7 @@ from t5x_lite.scaling.fits import (
     approach2,
     compute_optimal,
     fit_chinchilla,
+    isoflop_minimum,
     save_fit,
 )
 from t5x_lite.scaling.sweep import CURVES_FILE, RUNS_FILE, read_rows
@@ -68,7 +75,9 @@ def analyse(
         res["approach3"], why3 = _try(
             fit_chinchilla, n, d, loss, bootstrap=bootstrap, seed=seed, param_kind=kind
         )
-        res["approach2"], why2 = _try(approach2, n, d, loss, budgets)
+        res["approach2"], why2 = _try(
+            approach2, n, d, loss, budgets, bootstrap=bootstrap, seed=seed
+        )
         # Approach 1: envelope of the training curves over the sweep's compute range.
         kind_n = {r["run_id"]: float(r[col]) for r in rows}
         pts = [c for c in curves if c["run_id"] in kind_n]
@@ -78,8 +87,17 @@ def analyse(
         keep = (cc >= lo) & (cc <= hi)
         if keep.sum() >= 2:
             cl = np.array([float(c["loss"]) for c in pts])
+            ids = np.array([c["run_id"] for c in pts])
             res["approach1"], why1 = _try(
-                approach1, cn[keep], cd[keep], cl[keep], flops=cc[keep], num_bins=12
+                approach1,
+                cn[keep],
+                cd[keep],
+                cl[keep],
+                flops=cc[keep],
+                num_bins=12,
+                runs=ids[keep],
+                bootstrap=bootstrap,
+                seed=seed,
             )
             res["approach1_source"] = "training-loss curves"
         else:
@@ -89,6 +107,8 @@ def analyse(
                 d,
                 loss,
                 flops=6.0 * d * np.array([n_total[r["run_id"]] for r in rows]),
+                bootstrap=bootstrap,
+                seed=seed,
             )
             res["approach1_source"] = "final eval losses"
         for name, why in (("Approach 1", why1), ("Approach 2", why2), ("Approach 3", why3)):
@@ -101,6 +121,113 @@ def analyse(
                 )
         out[kind] = res
     return out
+
+
+# --------------------------------------------------------------------------- holdout
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Approach 3 fitted without the largest budget, against that budget's runs.
+
+    ``fit`` used the runs of ``fit_budgets`` (N total, ``C = 6 N D``); ``runs`` has,
+    for each run at ``budget``, its ``run_id``, ``n_params``, ``n_tokens``,
+    ``measured`` and ``predicted`` loss. ``predicted_opt`` is the fit's
+    compute-optimal point at ``budget`` (``n_params``, ``n_tokens``, ``loss``, and
+    95% bootstrap intervals ``n_params_ci`` / ``loss_ci`` when bootstrapped);
+    ``measured_opt`` the held-out profile's parabola minimum (None, with
+    ``measured_opt_reason``, when it has none inside the sampled sizes).
+    """
+
+    budget: float
+    fit_budgets: list[float]
+    fit: ChinchillaFit
+    runs: list[dict[str, Any]]
+    predicted_opt: dict[str, Any]
+    measured_opt: dict[str, float] | None
+    measured_opt_reason: str
+
+    @property
+    def errors(self) -> np.ndarray:
+        """``predicted - measured`` loss of each held-out run (nats/token)."""
+        return np.array([r["predicted"] - r["measured"] for r in self.runs])
+
+    @property
+    def best_run(self) -> dict[str, Any]:
+        """The held-out run with the lowest measured loss."""
+        return min(self.runs, key=lambda r: r["measured"])
+
+    @property
+    def predicted_best_run(self) -> dict[str, Any]:
+        """The held-out run the fit predicts to have the lowest loss."""
+        return min(self.runs, key=lambda r: r["predicted"])
+
+    @property
+    def measured_best_n(self) -> float:
+        """Measured best size: the parabola minimum, else the best run's N."""
+        if self.measured_opt is not None:
+            return self.measured_opt["n_params"]
+        return self.best_run["n_params"]
+
+
+def holdout_largest(rows: list[dict[str, Any]], bootstrap: int = 200, seed: int = 0) -> Holdout:
+    """Fit Approach 3 on every budget but the largest and predict the largest (N total).
+
+    Needs at least two budgets left after holding one out (else ConfigError).
+    """
+    if not rows:
+        raise ConfigError("no finished runs to analyse (runs.csv is empty or missing)")
+    budgets = sorted({float(r["budget"]) for r in rows})
+    if len(budgets) - 1 < 2:
+        raise ConfigError(
+            f"--holdout-largest: runs.csv has {len(budgets)} compute budget(s); holding out "
+            f"the largest leaves {len(budgets) - 1}, fewer than the 2 a fit needs"
+        )
+    held = budgets[-1]
+    train = [r for r in rows if float(r["budget"]) < held]
+    test = [r for r in rows if float(r["budget"]) == held]
+
+    def column(sel: list[dict[str, Any]], key: str) -> np.ndarray:
+        return np.array([float(r[key]) for r in sel])
+
+    fit = fit_chinchilla(
+        column(train, "n_params"),
+        column(train, "n_tokens"),
+        column(train, "final_eval_loss"),
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    fit = dataclasses.replace(fit, name="approach3_total_holdout_largest")
+    n, d, loss = column(test, "n_params"), column(test, "n_tokens"), column(test, "final_eval_loss")
+    predicted = fit.predict(n, d)
+    runs = [
+        {
+            "run_id": r["run_id"],
+            "n_params": float(n[i]),
+            "n_tokens": float(d[i]),
+            "measured": float(loss[i]),
+            "predicted": float(predicted[i]),
+        }
+        for i, r in enumerate(test)
+    ]
+    opt = compute_optimal(held, fit)
+    predicted_opt: dict[str, Any] = {
+        "n_params": opt.n_params,
+        "n_tokens": opt.n_tokens,
+        "loss": float(fit.predict(opt.n_params, opt.n_tokens)),
+    }
+    if fit.bootstrap:
+
+        def opt_loss(f: ChinchillaFit) -> float:
+            o = compute_optimal(held, f)
+            return float(f.predict(o.n_params, o.n_tokens))
+
+        predicted_opt["n_params_ci"] = fit.interval(lambda f: compute_optimal(held, f).n_params)
+        predicted_opt["loss_ci"] = fit.interval(opt_loss)
+    measured_opt, _, reason = isoflop_minimum(n, d, loss)
+    return Holdout(
+        held, budgets[:-1], fit, runs, predicted_opt, measured_opt, "" if measured_opt else reason
+    )
 
 
 # Keys of :func:`figures` (also the keys of their paths in ``write_report``'s result)
@@ -137,10 +264,22 @@ def figures(
     return out
 
 
-def write_report(out_dir: str, bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Fit, plot and write ``report.md`` in ``out_dir`` (see module doc); returns paths."""
+HOLDOUT_FIGURE = "holdout.png"
+HOLDOUT_FIT = "fit_holdout_largest.json"
+
+
+def write_report(
+    out_dir: str, bootstrap: int = 200, seed: int = 0, holdout: bool = False
+) -> dict[str, Any]:
+    """Fit, plot and write ``report.md`` in ``out_dir`` (see module doc); returns paths.
+
+    ``holdout=True`` adds the extrapolation check (:func:`holdout_largest`): its fit
+    (``fit_holdout_largest.json``), plot (``holdout.png``) and a report section; the
+    :class:`Holdout` itself is returned under ``"holdout_result"``.
+    """
     rows = read_rows(os.path.join(out_dir, RUNS_FILE))
     curves = read_rows(os.path.join(out_dir, CURVES_FILE))
+    held = holdout_largest(rows, bootstrap=bootstrap, seed=seed) if holdout else None
     result = analyse(rows, curves, bootstrap=bootstrap, seed=seed)
     paths: dict[str, Any] = {}
     for kind in KINDS:
@@ -149,7 +288,11 @@ def write_report(out_dir: str, bootstrap: int = 200, seed: int = 0) -> dict[str,
             paths[f"fit_{kind}"] = save_fit(fit, os.path.join(out_dir, f"fit_{kind}.json"))
     for key, fig in figures(rows, curves, result).items():
         paths[key] = plots.save(fig, os.path.join(out_dir, FIGURE_FILES[key]))
-    text = render(rows, result)
+    if held is not None:
+        paths["holdout_fit"] = save_fit(held.fit, os.path.join(out_dir, HOLDOUT_FIT))
+        paths["holdout"] = plots.holdout_plot(rows, held, os.path.join(out_dir, HOLDOUT_FIGURE))
+        paths["holdout_result"] = held
+    text = render(rows, result, held)
     paths["report"] = os.path.join(out_dir, "report.md")
     with open(paths["report"], "w") as f:
         f.write(text)
@@ -167,14 +310,114 @@ def _ci(fit: ChinchillaFit, key: str, fmt: str) -> str:
     return value
 
 
+def _bracket(ci: dict[str, tuple[float, float]], key: str) -> str:
+    return f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "–"
+
+
 def _law_row(name: str, law: PowerLaws | None, c_mid: float) -> str:
     if law is None:
-        return f"| {name} | – | – | – |"
-    return f"| {name} | {law.a:.3f} | {law.b:.3f} | {law.tokens_per_param(c_mid):.1f} |"
+        return f"| {name} | – | – | – | – | – |"
+    return (
+        f"| {name} | {law.a:.3f} | {law.b:.3f} | {_bracket(law.ci, 'a')} "
+        f"| {_bracket(law.ci, 'b')} | {law.tokens_per_param(c_mid):.1f} |"
+    )
 
 
-def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
-    """The markdown text of ``report.md``."""
+def _convergence(fit: ChinchillaFit) -> str:
+    """One sentence on how the optimiser fared (starts, gradient, resamples)."""
+    best = min(fit.starts, key=lambda r: r["loss"]) if fit.starts else None
+    if best is None:
+        return ""
+    ok = sum(r["success"] for r in fit.starts)
+    text = (
+        f"Optimiser (scipy L-BFGS-B): {ok} of {len(fit.starts)} starts report convergence; "
+        f"the best ({best['nit']} iterations) says “{best['message']}”, gradient norm "
+        f"{fit.grad_norm:.2g}."
+    )
+    if fit.bootstrap:
+        ok_b = sum(r["success"] for r in fit.bootstrap)
+        text += f" {ok_b} of {len(fit.bootstrap)} bootstrap refits converged."
+    return text
+
+
+def _interval_text(ci: tuple[float, float] | None, fmt: str) -> str:
+    return f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else ""
+
+
+def render_holdout(held: Holdout) -> list[str]:
+    """The report's extrapolation section (markdown lines)."""
+    p, m = held.predicted_opt, held.measured_opt
+    err = held.errors
+    best, pbest = held.best_run, held.predicted_best_run
+    lines = [
+        "## Extrapolation check: the largest budget held out",
+        "",
+        f"Approach 3 (N total) fitted on the {held.fit.n_runs} runs of the "
+        f"{len(held.fit_budgets)} budgets {held.fit_budgets[0]:.3g}–{held.fit_budgets[-1]:.3g}, "
+        f"predicting the {len(held.runs)} runs at C = {held.budget:.3g} "
+        f"(α = {held.fit.alpha:.3f}, β = {held.fit.beta:.3f}, E = {held.fit.E:.3f}; "
+        "intervals are 95% bootstrap):",
+        "",
+        "![Held-out budget: predicted against measured](holdout.png)",
+        "",
+        "| at the held-out budget | predicted | measured | predicted − measured |",
+        "|---|---|---|---|",
+        f"| loss of each run (mean / largest absolute error) | | | {np.abs(err).mean():.3f} / "
+        f"{np.abs(err).max():.3f} nats |",
+        f"| lowest loss (fit's optimum; best run) | {p['loss']:.4f}"
+        f"{_interval_text(p.get('loss_ci'), '.3f')} | {best['measured']:.4f} "
+        f"| {p['loss'] - best['measured']:+.4f} |",
+    ]
+    if m is not None:
+        lines.append(
+            f"| best model size N (fit's N_opt; profile's parabola minimum) | "
+            f"{p['n_params']:,.0f}{_interval_text(p.get('n_params_ci'), ',.0f')} "
+            f"| {m['n_params']:,.0f} | ×{p['n_params'] / m['n_params']:.2f} |"
+        )
+    else:
+        lines.append(
+            f"| best model size N (fit's N_opt; best run — the profile has no parabola "
+            f"minimum: {held.measured_opt_reason}) | {p['n_params']:,.0f}"
+            f"{_interval_text(p.get('n_params_ci'), ',.0f')} | {best['n_params']:,.0f} "
+            f"| ×{p['n_params'] / best['n_params']:.2f} |"
+        )
+    lines += [
+        f"| best of the runs | {pbest['run_id']} | {best['run_id']} | "
+        + ("same run |" if pbest is best else "**a different run** |"),
+        "",
+    ]
+    checks = (
+        ("lowest loss", p.get("loss_ci"), best["measured"]),
+        ("best size", p.get("n_params_ci"), held.measured_best_n),
+    )
+    for what, ci, value in checks:
+        if not ci:
+            continue
+        if ci[0] <= value <= ci[1]:
+            verdict = "inside the fit's 95% bootstrap interval: the miss is within what the "
+            verdict += "smaller budgets pin down"
+        else:
+            verdict = "**outside** the fit's 95% bootstrap interval: the law does not "
+            verdict += "extrapolate to it"
+        lines.append(f"- The measured {what} lies {verdict}.")
+    lines += [
+        "",
+        "| run | N | D | measured loss | predicted loss | predicted − measured |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in held.runs:
+        diff = r["predicted"] - r["measured"]
+        lines.append(
+            f"| {r['run_id']} | {r['n_params']:,.0f} | {r['n_tokens']:,.0f} "
+            f"| {r['measured']:.4f} | {r['predicted']:.4f} | {diff:+.4f} |"
+        )
+    return [*lines, ""]
+
+
+def render(
+    rows: list[dict[str, Any]], result: dict[str, Any], holdout: Holdout | None = None
+) -> str:
+    """The markdown text of ``report.md`` (with the extrapolation section if ``holdout``)."""
     budgets = sorted({float(r["budget"]) for r in rows})
     c_mid = math.sqrt(budgets[0] * budgets[-1])
     first = rows[0]
@@ -217,29 +460,39 @@ def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
                 f"| {_ci(fit, 'E', '.3f')} | {_ci(fit, 'A', '.4g')} | {_ci(fit, 'B', '.4g')} "
                 f"| {_ci(fit, 'alpha', '.3f')} | {_ci(fit, 'beta', '.3f')} |",
                 "",
+                _convergence(fit),
+                "",
             ]
         lines += [
             f"Exponents of N_opt ∝ C^a and D_opt ∝ C^b, and D/N at C = {c_mid:.3g}:",
             "",
-            "| method | a | b | tokens per parameter |",
-            "|---|---|---|---|",
+            "| method | a | b | a, 95% interval | b, 95% interval | tokens per parameter |",
+            "|---|---|---|---|---|---|",
             _law_row(f"Approach 1 ({res['approach1_source']})", res["approach1"], c_mid),
             _law_row("Approach 2 (IsoFLOP parabolas)", res["approach2"], c_mid),
         ]
         if fit is not None:
             opt = compute_optimal(c_mid, fit)
-            a_ci = f" [{fit.ci['a'][0]:.3f}, {fit.ci['a'][1]:.3f}]" if "a" in fit.ci else ""
             lines.append(
-                f"| Approach 3 (parametric) | {fit.a:.3f}{a_ci} | {fit.b:.3f} "
-                f"| {opt.tokens_per_param:.1f} |"
+                f"| Approach 3 (parametric) | {fit.a:.3f} | {fit.b:.3f} | {_bracket(fit.ci, 'a')} "
+                f"| {_bracket(fit.ci, 'b')} | {opt.tokens_per_param:.1f} |"
             )
         h = FITS["hoffmann2022"]
         lines += [
-            f"| Hoffmann et al. 2022 (Approach 3 fit, at this C) | {h.a:.3f} | {h.b:.3f} "
+            f"| Hoffmann et al. 2022 (Approach 3 fit, at this C) | {h.a:.3f} | {h.b:.3f} | – | – "
             f"| {compute_optimal(c_mid, h).tokens_per_param:.1f} |",
-            "| Hoffmann et al. 2022 (Approaches 1–2, headline) | ≈0.5 | ≈0.5 | ≈20 |",
+            "| Hoffmann et al. 2022 (Approaches 1–2, headline) | ≈0.5 | ≈0.5 | – | – | ≈20 |",
             "",
         ]
+        for name in ("approach1", "approach2"):
+            law = res[name]
+            if law is not None and law.n_resamples_used < law.n_resamples:
+                lines += [
+                    f"{name.replace('approach', 'Approach ')}: {law.n_resamples_used} of "
+                    f"{law.n_resamples} bootstrap resamples gave a fit (the others had fewer "
+                    "than two budgets with an optimum); its intervals are over those.",
+                    "",
+                ]
         if res["approach2"] is not None and res["approach2"].points:
             lines += [
                 "IsoFLOP minima (Approach 2):",
@@ -253,6 +506,8 @@ def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
                     f"| {p['n_tokens'] / p['n_params']:.1f} | {p['loss']:.4f} |"
                 )
             lines.append("")
+    if holdout is not None:
+        lines += render_holdout(holdout)
     lines += [
         "## Reading these numbers",
         "",
@@ -286,5 +541,8 @@ def render(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
             f"| {float(r['wall_time_s']):.0f} |"
         )
     lines.append("")
-    lines.append("Regenerate with `python -m t5x_lite.scaling report --out <this directory>`.")
+    flag = " --holdout-largest" if holdout is not None else ""
+    lines.append(
+        f"Regenerate with `python -m t5x_lite.scaling report --out <this directory>{flag}`."
+    )
     return "\n".join(lines) + "\n"
