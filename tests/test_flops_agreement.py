@@ -9,14 +9,13 @@ import dataclasses
 
 import pytest
 
-from configs import base
-from t5x_lite import bench, flops, trainer
+from t5x_lite import bench, flops, presets, trainer
 from t5x_lite.config import from_dict, row_lengths, to_dict
 from t5x_lite.scaling import apply_plan
 
 
 def test_bench_planner_and_trainer_count_the_same_step(kjv_root, tmp_path):
-    values = to_dict(base.to_typed(base.load("t5_tiny")))
+    values = to_dict(presets.load_typed("t5_tiny"))
     values["model"]["max_seq_len"] = 512
     values["data"].update(seq_len=512, data_dir=str(kjv_root), prefetch_batches=0)
     values["train"].update(

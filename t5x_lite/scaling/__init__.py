@@ -16,14 +16,12 @@ from t5x_lite.scaling.fits import (
     FITS,
     ChinchillaFit,
     Optimum,
-    PowerLaws,
-    approach1,
-    approach2,
     compute_optimal,
     fit_chinchilla,
     load_fit,
     save_fit,
 )
+from t5x_lite.scaling.isoflop import PowerLaws, approach1, approach2
 from t5x_lite.scaling.planner import apply_plan, nearest_shape, plan
 
 __all__ = [

@@ -78,7 +78,8 @@ def _cmd_plan(args: argparse.Namespace) -> None:
 def _cmd_fit(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from t5x_lite.scaling.fits import approach1, approach2, fit_chinchilla, save_fit
+    from t5x_lite.scaling.fits import fit_chinchilla, save_fit
+    from t5x_lite.scaling.isoflop import approach1, approach2
     from t5x_lite.scaling.plots import KIND_COLUMN
     from t5x_lite.scaling.sweep import read_rows
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from t5x_lite.scaling.fits import FITS, ChinchillaFit, PowerLaws, compute_optimal
+from t5x_lite.scaling.fits import FITS, ChinchillaFit, compute_optimal
+from t5x_lite.scaling.isoflop import PowerLaws
 
 KIND_COLUMN = {"total": "n_params", "non_embedding": "n_non_embedding"}
 KIND_LABEL = {"total": "parameters N (total)", "non_embedding": "non-embedding parameters N"}

@@ -29,17 +29,8 @@ import numpy as np
 
 from t5x_lite.config import ConfigError
 from t5x_lite.scaling import plots
-from t5x_lite.scaling.fits import (
-    FITS,
-    ChinchillaFit,
-    PowerLaws,
-    approach1,
-    approach2,
-    compute_optimal,
-    fit_chinchilla,
-    isoflop_minimum,
-    save_fit,
-)
+from t5x_lite.scaling.fits import FITS, ChinchillaFit, compute_optimal, fit_chinchilla, save_fit
+from t5x_lite.scaling.isoflop import PowerLaws, approach1, approach2, isoflop_minimum
 from t5x_lite.scaling.sweep import CURVES_FILE, RUNS_FILE, read_rows
 
 KINDS = ("total", "non_embedding")
