@@ -109,6 +109,23 @@ def test_export_loads_in_transformers_with_identical_logits(hf_case, tmp_path):
         assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
 
 
+def test_llama_without_grouped_kv_both_ways(tmp_path):
+    """One call, as a new architecture's parity test is: plain multi-head attention
+    (as many KV heads as heads, head_dim = hidden / heads)."""
+    hf_parity.check_both_ways(
+        hf_config_cls=transformers.LlamaConfig,
+        hf_model_cls=transformers.LlamaForCausalLM,
+        hf_config=dict(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+            bos_token_id=None, eos_token_id=None,
+        ),
+        our_cfg={"arch": "llama", "num_heads": 2, "kv_heads": 2, "head_size": 16},
+        batch=_batch(),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- masks
 
 
