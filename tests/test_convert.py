@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 
+import hf_parity
 import jax
 import ml_dtypes
 import numpy as np
@@ -20,24 +21,21 @@ import transformers
 
 from t5x_lite import convert
 from t5x_lite.config import ConfigError
-from t5x_lite.models import decoder
 
 VOCAB = 61
 
 
 def _llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-        rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
+    return hf_parity.random_hf_model(
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+            rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,
+        ),
+        seed=0,
     )  # fmt: skip
-    model = transformers.LlamaForCausalLM(config)
-    model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_((1.0 if "norm" in name else 0.0) + 0.2 * torch.randn_like(p))
-    return model.eval()
 
 
 def _header(file: str) -> dict:
@@ -68,14 +66,10 @@ def test_bfloat16_llama_imports_and_matches_transformers(bf16_dir):
     assert (cfg.arch, cfg.kv_heads, cfg.activation) == ("llama", 2, "silu")
     leaves = jax.tree_util.tree_leaves(params)
     assert {x.dtype for x in leaves} == {np.dtype("float32")}
-    ids = np.random.RandomState(0).randint(0, VOCAB, (2, 9)).astype(np.int32)
-    with torch.no_grad():
-        ref = ref_model(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
-    logits = jax.jit(lambda p, b: decoder.Model(cfg).apply({"params": p}, b)["logits"])(
-        params, {"input_ids": ids}
-    )
-    assert np.abs(ref).max() > 1.0  # random weights give O(1) logits
-    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
+    batch = {"input_ids": np.random.RandomState(0).randint(0, VOCAB, (2, 9)).astype(np.int32)}
+    ref = hf_parity.hf_outputs(ref_model, batch)
+    assert np.abs(ref["logits"]).max() > 1.0  # random weights give O(1) logits
+    hf_parity.assert_outputs_close(hf_parity.our_outputs(cfg, params, batch), ref, atol=1e-4)
 
 
 def test_read_safetensors_bfloat16_values(tmp_path):

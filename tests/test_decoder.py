@@ -3,7 +3,8 @@
 The reference is an independently implemented model: a randomly initialised
 ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` (eager attention, float32) with every
 weight, norm scale and bias drawn at random, saved with ``save_pretrained`` and
-read through :func:`t5x_lite.convert.import_hf`.
+read through :func:`t5x_lite.convert.import_hf` (the shared harness: ``hf_parity``).
+Another architecture joins every test that takes ``hf_case`` with one row in ``_HF``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 
+import hf_parity
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 from jax.sharding import PartitionSpec as P
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from t5x_lite import convert, models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
@@ -29,35 +29,40 @@ from t5x_lite.models import decoder
 VOCAB = 97
 B, T = 3, 13
 
-
-def _hf_config(arch: str) -> transformers.PretrainedConfig:
-    """Tiny, awkward shapes; non-default eps / RoPE base so that their mapping matters."""
-    if arch == "gpt2":
-        return transformers.GPT2Config(
+# Tiny, awkward shapes; non-default eps / RoPE base so that their mapping matters.
+_HF = {
+    "gpt2": hf_parity.Spec(
+        transformers.GPT2Config,
+        transformers.GPT2LMHeadModel,
+        dict(
             vocab_size=VOCAB, n_embd=48, n_layer=2, n_head=4, n_positions=24, n_inner=80,
             layer_norm_epsilon=1e-3, bos_token_id=None, eos_token_id=None,
-        )  # fmt: skip
-    return transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # 4 * 16 != 48
-        max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
-        bos_token_id=None, eos_token_id=None,
-    )  # fmt: skip
+        ),
+        our_cfg=dict(
+            family="decoder", arch="gpt2", vocab_size=VOCAB, norm_eps=1e-3, d_ff=80,
+            max_seq_len=24,
+        ),
+        seed=1,
+    ),
+    "llama": hf_parity.Spec(
+        transformers.LlamaConfig,
+        transformers.LlamaForCausalLM,
+        dict(
+            vocab_size=VOCAB, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,  # 4 * 16 != 48
+            max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
+            bos_token_id=None, eos_token_id=None,
+        ),
+        our_cfg=dict(
+            family="decoder", arch="llama", vocab_size=VOCAB, norm_eps=1e-3, num_heads=4,
+            kv_heads=2, head_size=16, d_ff=72, rope_theta=500.0,
+        ),
+        seed=1,
+    ),
+}  # fmt: skip
 
 
-def _torch_model(arch: str, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.LlamaForCausalLM
-    model = cls(_hf_config(arch))
-    model.config._attn_implementation = "eager"
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_scale = p.ndim == 1 and ("norm" in name or ".ln_" in name) and "weight" in name
-            p.copy_((1.0 if is_scale else 0.0) + 0.2 * torch.randn_like(p))
-    return model.eval()
-
-
-def _batch() -> dict[str, np.ndarray]:
+def _batch(spec: hf_parity.Spec | None = None) -> dict[str, np.ndarray]:
     """Random ids with right padding in rows 1 and 2."""
     ids = np.random.RandomState(0).randint(0, VOCAB, (B, T)).astype(np.int32)
     mask = np.ones((B, T), np.int32)
@@ -66,104 +71,65 @@ def _batch() -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _torch_logits(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> np.ndarray:
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
-            attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
-        )
-    return out.logits.numpy()
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_logits(cfg: ModelConfig, params, batch) -> jax.Array:
-    return decoder.Model(cfg).apply({"params": params}, batch)["logits"]
-
-
 def _logits(cfg: ModelConfig, params, batch) -> np.ndarray:
-    return np.asarray(_jit_logits(cfg, params, batch))
-
-
-_CASES: dict[str, dict] = {}
-
-
-def _case(arch: str, tmp_path_factory) -> dict:
-    """Torch model saved with save_pretrained, imported, and its logits (built once)."""
-    if arch not in _CASES:
-        model = _torch_model(arch, seed=1)
-        path = str(tmp_path_factory.mktemp(f"hf_{arch}"))
-        model.save_pretrained(path)
-        cfg, params = convert.import_hf(path)
-        batch = _batch()
-        _CASES[arch] = {
-            "arch": arch,
-            "model": model,
-            "path": path,
-            "cfg": cfg,
-            "params": params,
-            "batch": batch,
-            "ref": _torch_logits(model, batch),
-        }
-    return _CASES[arch]
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def hf_case(request, tmp_path_factory):
-    return _case(request.param, tmp_path_factory)
+    return hf_parity.our_outputs(cfg, params, batch)["logits"]
 
 
 @pytest.fixture(scope="module")
-def llama_case(tmp_path_factory):
-    return _case("llama", tmp_path_factory)
+def cases(tmp_path_factory) -> hf_parity.Cases:
+    """Each reference model saved, imported and run on ``_batch()``, built once."""
+    return hf_parity.Cases(tmp_path_factory, _HF, _batch)
+
+
+@pytest.fixture(scope="module", params=list(_HF))
+def hf_case(request, cases) -> hf_parity.Case:
+    return cases[request.param]
+
+
+@pytest.fixture(scope="module")
+def llama_case(cases) -> hf_parity.Case:
+    return cases["llama"]
 
 
 # --------------------------------------------------------------------------- HF parity
 
 
 def test_import_matches_transformers(hf_case):
-    cfg, batch, ref = hf_case["cfg"], hf_case["batch"], hf_case["ref"]
-    assert (cfg.family, cfg.arch, cfg.vocab_size, cfg.norm_eps) == (
-        "decoder", hf_case["arch"], VOCAB, 1e-3,
-    )  # fmt: skip
-    if cfg.arch == "llama":
-        assert (cfg.num_heads, cfg.kv_heads, cfg.head_size, cfg.d_ff) == (4, 2, 16, 72)
-        assert cfg.rope_theta == 500.0
-    else:
-        assert (cfg.d_ff, cfg.max_seq_len) == (80, 24)
-    logits = _logits(cfg, hf_case["params"], batch)
-    assert logits.dtype == np.float32 and logits.shape == (B, T, VOCAB)
-    valid = batch["attention_mask"].astype(bool)
-    assert np.abs(ref).max() > 1.0  # random weights give O(1) logits, not ~0
-    np.testing.assert_allclose(logits[valid], ref[valid], atol=1e-4, rtol=0)
+    logits = hf_parity.check_import(hf_case, atol=1e-4)["logits"]
+    assert logits.shape == (B, T, VOCAB)
 
 
 def test_export_loads_in_transformers_with_identical_logits(hf_case, tmp_path):
-    cfg = hf_case["cfg"]
-    params = jax.tree_util.tree_map(jnp.asarray, hf_case["params"])  # JAX arrays, as trained
-    out = str(tmp_path / "export")
-    convert.export_hf(cfg, params, out)
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
-    cls = type(hf_case["model"])
-    loaded, info = cls.from_pretrained(out, attn_implementation="eager", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert loaded.config.model_type == hf_case["arch"]
-    if cfg.arch == "llama":
+    loaded = hf_parity.check_export(hf_case, tmp_path, atol=0.0)  # bit for bit
+    if hf_case.arch == "llama":
         assert loaded.config.num_key_value_heads == 2 and loaded.config.head_dim == 16
-    else:
+    if hf_case.arch == "gpt2":
         # Tied head: the exported file has no lm_head, transformers ties it to wte.
         assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
-    np.testing.assert_array_equal(_torch_logits(loaded.eval(), hf_case["batch"]), hf_case["ref"])
-    # And back in: the same tree.
-    cfg2, params2 = convert.import_hf(out)
-    assert cfg2 == cfg
-    jax.tree_util.tree_map(np.testing.assert_array_equal, params2, hf_case["params"])
+
+
+def test_llama_without_grouped_kv_both_ways(tmp_path):
+    """One call, as a new architecture's parity test is: plain multi-head attention
+    (as many KV heads as heads, head_dim = hidden / heads)."""
+    hf_parity.check_both_ways(
+        hf_config_cls=transformers.LlamaConfig,
+        hf_model_cls=transformers.LlamaForCausalLM,
+        hf_config=dict(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+            bos_token_id=None, eos_token_id=None,
+        ),
+        our_cfg={"arch": "llama", "num_heads": 2, "kv_heads": 2, "head_size": 16},
+        batch=_batch(),
+        tmp_path=tmp_path,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- masks
 
 
 def test_packed_documents_match_documents_alone(hf_case):
-    cfg, params = hf_case["cfg"], hf_case["params"]
+    cfg, params = hf_case.cfg, hf_case.params
     rng = np.random.RandomState(1)
     doc_a = rng.randint(0, VOCAB, 6).astype(np.int32)
     doc_b = rng.randint(0, VOCAB, 5).astype(np.int32)
@@ -182,7 +148,7 @@ def test_packed_documents_match_documents_alone(hf_case):
 
 def test_prefix_lm_mask(hf_case):
     """Prefix tokens (0..3) see each other both ways; nothing sees past its own position."""
-    cfg, params = hf_case["cfg"], hf_case["params"]
+    cfg, params = hf_case.cfg, hf_case.params
     ids = np.random.RandomState(2).randint(0, VOCAB, (1, 8)).astype(np.int32)
     prefix = np.array([[True] * 4 + [False] * 4])
 
@@ -322,7 +288,7 @@ def dropout_case():
         return jax.value_and_grad(loss)(p)
 
     ref_loss, ref_grad = loss_and_grad(params, cfg)
-    eval_loss = jnp.mean(_jit_logits(cfg, params, batch) ** 2)
+    eval_loss = np.mean(_logits(cfg, params, batch) ** 2)
     assert abs(float(eval_loss) - float(ref_loss)) > 1e-4 * float(ref_loss)  # dropout is active
     return cfg, params, loss_and_grad, ref_loss, ref_grad
 
@@ -341,16 +307,16 @@ def test_remat_and_dropout_keep_values_and_gradients(dropout_case, policy):
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(hf_case):
-    cfg = dataclasses.replace(hf_case["cfg"], dtype="bfloat16")
-    batch = hf_case["batch"]
-    params = hf_case["params"]
-    out = _jit_logits(cfg, params, batch)
+    cfg = dataclasses.replace(hf_case.cfg, dtype="bfloat16")
+    batch = hf_case.batch
+    params = hf_case.params
+    out = _logits(cfg, params, batch)
     assert out.dtype == jnp.float32
     init = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
     assert {x.dtype for x in jax.tree_util.tree_leaves(init)} == {jnp.dtype("float32")}
     valid = batch["attention_mask"].astype(bool)
-    err = np.abs(np.asarray(out) - hf_case["ref"])[valid]
-    assert err.max() < 0.1 * np.abs(hf_case["ref"]).max()
+    ref = hf_case.ref["logits"]
+    assert hf_parity.max_abs_diff(out, ref, valid) < 0.1 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("name", ["gpt2_tiny", "llama_tiny"])
@@ -367,16 +333,16 @@ def test_bfloat16_param_dtype_applies_to_every_param(name):
 def test_llama_activation_is_configurable(llama_case, tmp_path):
     """``model.activation`` reaches the gated MLP; the export carries it as hidden_act."""
     hf_case = llama_case
-    cfg = dataclasses.replace(hf_case["cfg"], activation="gelu")
-    batch, valid = hf_case["batch"], hf_case["batch"]["attention_mask"].astype(bool)
-    ours = _logits(cfg, hf_case["params"], batch)
-    assert np.abs(ours - hf_case["ref"])[valid].max() > 1e-2  # silu vs gelu differ
+    cfg = dataclasses.replace(hf_case.cfg, activation="gelu")
+    batch, valid = hf_case.batch, hf_case.batch["attention_mask"].astype(bool)
+    ours = _logits(cfg, hf_case.params, batch)
+    assert hf_parity.max_abs_diff(ours, hf_case.ref["logits"], valid) > 1e-2  # silu vs gelu
     out = str(tmp_path / "gelu")
-    convert.export_hf(cfg, hf_case["params"], out)
+    convert.export_hf(cfg, hf_case.params, out)
     loaded = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager")
     assert loaded.config.hidden_act == "gelu"
-    ref = _torch_logits(loaded.eval(), batch)
-    np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=0)
+    ref = hf_parity.hf_outputs(loaded.eval(), batch)
+    hf_parity.assert_outputs_close({"logits": ours}, ref, atol=1e-4, valid=hf_case.valid)
     assert convert.import_hf(out)[0] == cfg
 
 
@@ -384,15 +350,11 @@ def test_llama_activation_is_configurable(llama_case, tmp_path):
 
 
 def test_missing_tensor_is_named(hf_case, tmp_path):
-    tensors = load_file(os.path.join(hf_case["path"], "model.safetensors"))
-    name = "transformer.h.1.mlp.c_fc.bias" if hf_case["arch"] == "gpt2" else "lm_head.weight"
-    del tensors[name]
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    with open(os.path.join(hf_case["path"], "config.json")) as f:
-        (tmp_path / "config.json").write_text(f.read())
+    name = "transformer.h.1.mlp.c_fc.bias" if hf_case.arch == "gpt2" else "lm_head.weight"
+    path = hf_parity.copy_hf_dir(hf_case.path, tmp_path, tensors=lambda t: t.pop(name))
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")) as err:
-        convert.import_hf(str(tmp_path))
-    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+        convert.import_hf(path)
+    assert "\n" not in str(err.value) and path in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -405,7 +367,7 @@ def test_missing_tensor_is_named(hf_case, tmp_path):
     ],
 )
 def test_unsupported_config_value_is_named(tmp_path, arch, field, value):
-    _hf_config(arch).to_json_file(str(tmp_path / "config.json"))
+    _HF[arch].hf_config_obj().to_json_file(str(tmp_path / "config.json"))
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg[field] = value
     (tmp_path / "config.json").write_text(json.dumps(cfg))

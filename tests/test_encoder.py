@@ -1,28 +1,27 @@
 """Encoder-only family (BERT, RoBERTa, ALBERT) against Hugging Face transformers.
 
 Reference: randomly initialised ``transformers`` models on torch CPU (float32, eager
-attention), saved with ``save_pretrained`` and read through ``t5x_lite.convert``.
+attention), saved with ``save_pretrained`` and read through ``t5x_lite.convert``
+(the shared harness: ``hf_parity``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import re
 
+import hf_parity
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file, save_file
 
 from t5x_lite import models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
-from t5x_lite.convert import export_hf, import_hf
+from t5x_lite.convert import import_hf
 from t5x_lite.hf import bert as hf_bert
 
 B, T = 4, 12
@@ -40,47 +39,45 @@ COMMON = dict(
 )
 
 
-def _hf_models() -> dict[str, tuple[type, object]]:
-    t = transformers
-    return {
-        "bert_pretraining": (
-            t.BertForPreTraining,
-            t.BertConfig(max_position_embeddings=20, type_vocab_size=3, **COMMON),
-        ),
-        "bert_mlm": (
-            t.BertForMaskedLM,
-            t.BertConfig(max_position_embeddings=20, type_vocab_size=2, **COMMON),
-        ),
-        # HF's own convention: pad 1, positions start at pad + 1 = 2, one segment type.
-        "roberta_mlm": (
-            t.RobertaForMaskedLM,
-            t.RobertaConfig(
-                max_position_embeddings=22, type_vocab_size=1, pad_token_id=1, **COMMON
-            ),
-        ),
-        # Awkward: embedding_size 24 != hidden 32; one layer group shared by 3 layers.
-        "albert_pretraining": (
-            t.AlbertForPreTraining,
-            t.AlbertConfig(
-                embedding_size=24,
-                max_position_embeddings=20,
-                type_vocab_size=2,
-                hidden_act="gelu_new",
-                **{**COMMON, "num_hidden_layers": 3},
-            ),
-        ),
-        # Unshared: one layer group per layer (num_hidden_groups == num_hidden_layers).
-        "albert_mlm": (
-            t.AlbertForMaskedLM,
-            t.AlbertConfig(
-                embedding_size=16,
-                max_position_embeddings=20,
-                type_vocab_size=2,
-                num_hidden_groups=2,
-                **COMMON,
-            ),
-        ),
-    }
+def _encoder(seed: int, cls: type, config_cls: type, our_cfg: dict, **config) -> hf_parity.Spec:
+    """Every parameter perturbed (so LayerNorm scales and biases are not the trivial
+    1 / 0 of a fresh init)."""
+    our_cfg = {"family": "encoder", "sentence_head": cls.__name__.endswith("PreTraining")} | our_cfg
+    return hf_parity.Spec(
+        config_cls, cls, config, our_cfg, seed=seed, reinit=hf_parity.jitter(0.1)
+    )
+
+
+_HF = {
+    "bert_pretraining": _encoder(
+        0, transformers.BertForPreTraining, transformers.BertConfig, {"arch": "bert"},
+        max_position_embeddings=20, type_vocab_size=3, **COMMON,
+    ),
+    "bert_mlm": _encoder(
+        1, transformers.BertForMaskedLM, transformers.BertConfig, {"arch": "bert"},
+        max_position_embeddings=20, type_vocab_size=2, **COMMON,
+    ),
+    # HF's own convention: pad 1, positions start at pad + 1 = 2, one segment type.
+    "roberta_mlm": _encoder(
+        2, transformers.RobertaForMaskedLM, transformers.RobertaConfig,
+        {"arch": "roberta", "position_offset": 2, "max_seq_len": 20},
+        max_position_embeddings=22, type_vocab_size=1, pad_token_id=1, **COMMON,
+    ),
+    # Awkward: embedding_size 24 != hidden 32; one layer group shared by 3 layers.
+    "albert_pretraining": _encoder(
+        3, transformers.AlbertForPreTraining, transformers.AlbertConfig,
+        {"arch": "albert", "embedding_dim": 24, "d_model": 32, "share_layers": True},
+        embedding_size=24, max_position_embeddings=20, type_vocab_size=2,
+        hidden_act="gelu_new", **{**COMMON, "num_hidden_layers": 3},
+    ),
+    # Unshared: one layer group per layer (num_hidden_groups == num_hidden_layers).
+    "albert_mlm": _encoder(
+        4, transformers.AlbertForMaskedLM, transformers.AlbertConfig,
+        {"arch": "albert", "embedding_dim": 16, "num_layers": 2, "share_layers": False},
+        embedding_size=16, max_position_embeddings=20, type_vocab_size=2,
+        num_hidden_groups=2, **COMMON,
+    ),
+}  # fmt: skip
 
 
 def _batch(type_vocab: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -93,80 +90,24 @@ def _batch(type_vocab: int, pad_id: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def _torch_out(model, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v).long() for k, v in batch.items()})
-    logits = getattr(out, "prediction_logits", None)
-    logits = out.logits if logits is None else logits
-    sent = getattr(out, "seq_relationship_logits", None)
-    sent = getattr(out, "sop_logits", None) if sent is None else sent
-    return logits.numpy(), None if sent is None else sent.numpy()
+def _spec_batch(spec: hf_parity.Spec) -> dict[str, np.ndarray]:
+    hf_cfg = spec.hf_config_obj()
+    return _batch(hf_cfg.type_vocab_size, hf_cfg.pad_token_id)
 
 
 @pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-    """Each reference model, with every parameter perturbed (so LayerNorm scales and
-    biases are not the trivial 1 / 0 of a fresh init), saved to its own directory."""
-    torch.manual_seed(0)
-    out = {}
-    for name, (cls, config) in _hf_models().items():
-        config._attn_implementation = "eager"
-        model = cls(config).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-        path = str(tmp_path_factory.mktemp(name))
-        model.save_pretrained(path)
-        out[name] = (cls, model, path)
-    return out
+def cases(tmp_path_factory) -> hf_parity.Cases:
+    """Each reference model saved to its own directory, imported, run on its batch."""
+    return hf_parity.Cases(tmp_path_factory, _HF, _spec_batch)
 
 
-@pytest.fixture(scope="module")
-def imported(hf_dirs):
-    """``import_hf`` of each reference directory: ``{name: (cfg, params)}``."""
-    return {name: import_hf(path) for name, (_, _, path) in hf_dirs.items()}
-
-
-@pytest.mark.parametrize("name", list(_hf_models()))
-def test_hf_parity_and_roundtrip(name, hf_dirs, imported, tmp_path):
-    cls, ref, _ = hf_dirs[name]
-    cfg, params = imported[name]
-    hf_cfg = ref.config
-    assert cfg.family == "encoder" and cfg.arch == hf_cfg.model_type
-    assert cfg.sentence_head == name.endswith("pretraining")
-    if name == "albert_pretraining":
-        assert cfg.embedding_dim == 24 and cfg.d_model == 32 and cfg.share_layers
+@pytest.mark.parametrize("name", list(_HF))
+def test_hf_parity_and_roundtrip(name, cases, tmp_path):
+    case = cases[name]
+    hf_parity.check_import(case, atol=1e-4)  # MLM logits; NSP/SOP logits where first token real
     if name == "albert_mlm":
-        assert cfg.embedding_dim == 16 and cfg.num_layers == 2 and not cfg.share_layers
-        assert "layers_1" in params and "layer" not in params
-    if name.startswith("roberta"):
-        assert cfg.position_offset == 2 and cfg.max_seq_len == 20
-
-    batch = _batch(hf_cfg.type_vocab_size, hf_cfg.pad_token_id)
-    want_logits, want_sent = _torch_out(ref, batch)
-    got = jax.jit(models.build(cfg).apply)({"params": params}, batch)
-    real = batch["attention_mask"].astype(bool)
-    assert got["logits"].dtype == jnp.float32
-    err = np.abs(np.asarray(got["logits"]) - want_logits)[real].max()
-    assert err < 1e-4, f"MLM logits differ from transformers by {err}"
-    if cfg.sentence_head:
-        # Rows whose first token is real (HF lets pad queries attend, we do not).
-        first = real[:, 0]
-        err = np.abs(np.asarray(got["sentence_logits"]) - want_sent)[first].max()
-        assert err < 1e-4, f"NSP/SOP logits differ from transformers by {err}"
-    else:
-        assert "sentence_logits" not in got
-
-    out_dir = str(tmp_path / "export")
-    export_hf(cfg, params, out_dir)
-    with open(os.path.join(out_dir, "config.json")) as f:
-        assert json.load(f)["architectures"] == [cls.__name__]
-    back, info = cls.from_pretrained(out_dir, attn_implementation="eager", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    back_logits, back_sent = _torch_out(back.eval(), batch)
-    np.testing.assert_allclose(back_logits, want_logits, rtol=0, atol=1e-6)
-    if cfg.sentence_head:
-        np.testing.assert_allclose(back_sent, want_sent, rtol=0, atol=1e-6)
+        assert "layers_1" in case.params and "layer" not in case.params
+    hf_parity.check_export(case, tmp_path, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- packing
@@ -186,9 +127,9 @@ TINY = dict(
 
 
 @pytest.mark.parametrize("name", ["bert_pretraining", "roberta_mlm", "albert_pretraining"])
-def test_packed_documents_match_each_alone(name, imported):
+def test_packed_documents_match_each_alone(name, cases):
     """[doc A (5) | doc B (7) | pad (4)] in one row == A and B each in its own row."""
-    cfg, params = imported[name]
+    cfg, params = cases[name].cfg, cases[name].params
     rng = np.random.default_rng(1)
     a = rng.integers(3, cfg.vocab_size, 5).astype(np.int32)
     b = rng.integers(3, cfg.vocab_size, 7).astype(np.int32)
@@ -286,32 +227,20 @@ def test_count_params_matches_tree_and_transformers(preset):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_missing_tensor_names_it(hf_dirs, tmp_path):
-    _, _, path = hf_dirs["bert_pretraining"]
-    tensors = load_file(os.path.join(path, "model.safetensors"))
-    del tensors["cls.seq_relationship.weight"]
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    save_file(tensors, str(bad / "model.safetensors"))
-    with open(os.path.join(path, "config.json")) as f:
-        (bad / "config.json").write_text(f.read())
+def test_missing_tensor_names_it(cases, tmp_path):
+    bad = _with_tensors(
+        cases, "bert_pretraining", tmp_path / "bad", lambda t: t.pop("cls.seq_relationship.weight")
+    )
     with pytest.raises(
         ConfigError, match=r"'cls\.seq_relationship\.weight' is missing from the safetensors"
     ) as err:
-        import_hf(str(bad))
-    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+        import_hf(bad)
+    assert bad in str(err.value) and "\n" not in str(err.value)
 
 
-def _with_tensors(hf_dirs, model: str, dst, edit) -> str:
-    """A copy of ``hf_dirs[model]`` whose safetensors dict went through ``edit(tensors)``."""
-    _, _, path = hf_dirs[model]
-    tensors = load_file(os.path.join(path, "model.safetensors"))
-    edit(tensors)
-    dst.mkdir()
-    save_file(tensors, str(dst / "model.safetensors"))
-    with open(os.path.join(path, "config.json")) as f:
-        (dst / "config.json").write_text(f.read())
-    return str(dst)
+def _with_tensors(cases, model: str, dst, edit) -> str:
+    """A copy of ``cases[model]``'s directory whose safetensors dict went through ``edit``."""
+    return hf_parity.copy_hf_dir(cases[model].path, dst, tensors=edit)
 
 
 @pytest.mark.parametrize(
@@ -325,9 +254,9 @@ def _with_tensors(hf_dirs, model: str, dst, edit) -> str:
         ("albert_mlm", "albert.encoder.albert_layer_groups.2.albert_layers.0.ffn.bias"),
     ],
 )
-def test_unexpected_tensor_names_it(hf_dirs, tmp_path, model, extra):
+def test_unexpected_tensor_names_it(cases, tmp_path, model, extra):
     bad = _with_tensors(
-        hf_dirs, model, tmp_path / "bad", lambda t: t.update({extra: np.ones((3, 4), np.float32)})
+        cases, model, tmp_path / "bad", lambda t: t.update({extra: np.ones((3, 4), np.float32)})
     )
     with pytest.raises(
         ConfigError, match=re.escape(f"unexpected tensor '{extra}' (1 in all)")
@@ -355,18 +284,18 @@ def _add_allowed_extras(model: str, t: dict) -> None:
         t[pooler + "bias"] = np.ones((d,), np.float32)
 
 
-@pytest.mark.parametrize("model", list(_hf_models()))
-def test_allowed_extras_still_import(hf_dirs, imported, tmp_path, model):
+@pytest.mark.parametrize("model", list(_HF))
+def test_allowed_extras_still_import(cases, tmp_path, model):
     path = _with_tensors(
-        hf_dirs, model, tmp_path / "old", functools.partial(_add_allowed_extras, model)
+        cases, model, tmp_path / "old", functools.partial(_add_allowed_extras, model)
     )
     cfg, params = import_hf(path)
-    want_cfg, want = imported[model]  # the same weights without the extras
+    want_cfg, want = cases[model].cfg, cases[model].params  # the same weights without the extras
     assert cfg == want_cfg and not (cfg.sentence_head and model.endswith("_mlm"))
     assert jax.tree.structure(params) == jax.tree.structure(want)
     for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
         np.testing.assert_array_equal(got, ref)
-    ref_model = hf_dirs[model][1]
+    ref_model = cases[model].model
     np.testing.assert_array_equal(
         params["word_embeddings"]["embedding"],
         ref_model.get_input_embeddings().weight.detach().numpy(),
@@ -381,12 +310,12 @@ def test_allowed_extras_still_import(hf_dirs, imported, tmp_path, model):
         ("albert_pretraining", "predictions.decoder.bias", "predictions.bias"),
     ],
 )
-def test_untied_decoder_copy_is_error(hf_dirs, tmp_path, model, copy, of):
+def test_untied_decoder_copy_is_error(cases, tmp_path, model, copy, of):
     def edit(t: dict) -> None:
         t[copy] = t[of].copy()
         t[copy][0] += 1e-3
 
-    bad = _with_tensors(hf_dirs, model, tmp_path / "untied", edit)
+    bad = _with_tensors(cases, model, tmp_path / "untied", edit)
     with pytest.raises(ConfigError, match=re.escape(f"'{copy}' differs from '{of}'")) as err:
         import_hf(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
@@ -401,17 +330,12 @@ def test_untied_decoder_copy_is_error(hf_dirs, tmp_path, model, copy, of):
         ("bert_mlm", "hidden_act", "mish"),
     ],
 )
-def test_unsupported_field_is_one_line_error(hf_dirs, tmp_path, model, field, value):
-    _, _, path = hf_dirs[model]
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
-    config[field] = value
-    (bad / "config.json").write_text(json.dumps(config))
-    os.symlink(os.path.join(path, "model.safetensors"), bad / "model.safetensors")
+def test_unsupported_field_is_one_line_error(cases, tmp_path, model, field, value):
+    bad = hf_parity.copy_hf_dir(
+        cases[model].path, tmp_path / "bad", config=lambda c: c.update({field: value})
+    )
     with pytest.raises(ConfigError, match=f"{field}={value!r}") as err:
-        import_hf(str(bad))
+        import_hf(bad)
     assert "\n" not in str(err.value)
 
 
@@ -422,9 +346,9 @@ def test_bert_with_factorised_embeddings_is_rejected():
 
 
 @pytest.fixture(scope="module")
-def dropout_case(imported):
+def dropout_case(cases):
     """bert_pretraining with dropout: loss-and-gradient function, values without remat."""
-    cfg, params = imported["bert_pretraining"]
+    cfg, params = cases["bert_pretraining"].cfg, cases["bert_pretraining"].params
     cfg = dataclasses.replace(cfg, dropout_rate=0.1)
     batch = _batch(cfg.type_vocab_size, 0)
     # rbg keys: same semantics as threefry for dropout, a fraction of the compile time.

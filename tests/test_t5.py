@@ -3,17 +3,18 @@
 The reference is an independently implemented model: a randomly initialised
 ``T5ForConditionalGeneration`` (eager attention, float32) with every weight and norm
 scale drawn at random, saved with ``save_pretrained`` and read through
-:func:`t5x_lite.convert.import_hf`. Shapes are awkward on purpose: heads x d_kv !=
-d_model, more decoder than encoder layers, and few relative-position buckets with a
-short max distance so that the logarithmic buckets and the clamp both occur.
+:func:`t5x_lite.convert.import_hf` (the shared harness: ``hf_parity``). Shapes are
+awkward on purpose: heads x d_kv != d_model, more decoder than encoder layers, and
+few relative-position buckets with a short max distance so that the logarithmic
+buckets and the clamp both occur.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
+import hf_parity
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,6 @@ import pytest
 import torch
 import transformers
 from jax.sharding import PartitionSpec as P
-from safetensors.numpy import load_file, save_file
 
 from t5x_lite import convert, layers, models, partitioning, presets
 from t5x_lite.config import ConfigError, MeshConfig, ModelConfig
@@ -32,31 +32,33 @@ B, S, T = 3, 14, 11  # batch, encoder length, decoder length
 ENC_LENS, DEC_LENS = (14, 9, 5), (11, 7, 4)
 
 
-def _hf_config(ffn: str) -> transformers.T5Config:
-    return transformers.T5Config(
-        vocab_size=VOCAB, d_model=24, d_kv=10, num_heads=3, d_ff=40,  # 3 * 10 != 24
-        num_layers=2, num_decoder_layers=3, relative_attention_num_buckets=8,
-        relative_attention_max_distance=12, dropout_rate=0.0, layer_norm_epsilon=1e-3,
-        feed_forward_proj=ffn, tie_word_embeddings=ffn == "relu",
-        attn_implementation="eager",  # reaches the deep-copied encoder/decoder configs
+def _t5(ffn: str) -> hf_parity.Spec:
+    """Random T5; the gated-gelu (v1.1) model gets its own, untied ``lm_head``."""
+    arch = "t5" if ffn == "relu" else "t5_v1_1"
+    return hf_parity.Spec(
+        transformers.T5Config,
+        transformers.T5ForConditionalGeneration,
+        dict(
+            vocab_size=VOCAB, d_model=24, d_kv=10, num_heads=3, d_ff=40,  # 3 * 10 != 24
+            num_layers=2, num_decoder_layers=3, relative_attention_num_buckets=8,
+            relative_attention_max_distance=12, dropout_rate=0.0, layer_norm_epsilon=1e-3,
+            feed_forward_proj=ffn, tie_word_embeddings=ffn == "relu",
+        ),
+        our_cfg=dict(
+            family="encoder_decoder", arch=arch, vocab_size=VOCAB, d_model=24, head_size=10,
+            num_layers=2, decoder_layers=3, relative_num_buckets=8, relative_max_distance=12,
+            norm_eps=1e-3,
+        ),
+        seed=1,
+        reinit=lambda name, p: (
+            (1.0 if "layer_norm" in name else 0.0)
+            + (1.0 if "relative_attention_bias" in name else 0.3) * torch.randn_like(p)
+        ),
+        untie_head=ffn != "relu",
     )  # fmt: skip
 
 
-def _torch_model(ffn: str, seed: int) -> torch.nn.Module:
-    """Random T5; the gated-gelu (v1.1) model gets its own, untied ``lm_head``."""
-    torch.manual_seed(seed)
-    model = transformers.T5ForConditionalGeneration(_hf_config(ffn))
-    assert model.decoder.config._attn_implementation == "eager"
-    if ffn != "relu":
-        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_scale = "layer_norm" in name
-            std = 1.0 if "relative_attention_bias" in name else 0.3
-            p.copy_((1.0 if is_scale else 0.0) + std * torch.randn_like(p))
-    if ffn != "relu":
-        assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
-    return model.eval()
+_HF = {"relu": _t5("relu"), "gated-gelu": _t5("gated-gelu")}
 
 
 def _padded_batch(seed: int = 0) -> dict[str, np.ndarray]:
@@ -75,59 +77,29 @@ def _padded_batch(seed: int = 0) -> dict[str, np.ndarray]:
     return batch
 
 
-def _torch_logits(model: torch.nn.Module, batch: dict[str, np.ndarray]) -> np.ndarray:
-    with torch.no_grad():
-        out = model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
-    return out.logits.numpy()
-
-
-_apply = jax.jit(
-    lambda cfg, p, b: encoder_decoder.Model(cfg).apply({"params": p}, b)["logits"],
-    static_argnums=0,
-)
-
-
 def _logits(cfg: ModelConfig, params, batch) -> np.ndarray:
-    return np.asarray(_apply(cfg, params, batch))
-
-
-_CASES: dict[str, dict] = {}
-
-
-def _case(ffn: str, tmp_path_factory) -> dict:
-    """Torch model saved with save_pretrained, imported, and its logits (built once)."""
-    if ffn not in _CASES:
-        model = _torch_model(ffn, seed=1)
-        path = str(tmp_path_factory.mktemp(f"hf_t5_{ffn}"))
-        model.save_pretrained(path)
-        cfg, params = convert.import_hf(path)
-        batch = _padded_batch()
-        _CASES[ffn] = {
-            "ffn": ffn,
-            "model": model,
-            "path": path,
-            "cfg": cfg,
-            "params": params,
-            "batch": batch,
-            "ref": _torch_logits(model, batch),
-            "valid": batch["decoder_attention_mask"].astype(bool),
-        }
-    return _CASES[ffn]
-
-
-@pytest.fixture(scope="module", params=["relu", "gated-gelu"])
-def hf_case(request, tmp_path_factory):
-    return _case(request.param, tmp_path_factory)
+    return hf_parity.our_outputs(cfg, params, batch)["logits"]
 
 
 @pytest.fixture(scope="module")
-def relu_case(tmp_path_factory):
-    return _case("relu", tmp_path_factory)
+def cases(tmp_path_factory) -> hf_parity.Cases:
+    """Each reference model saved, imported and run on ``_padded_batch()``, built once."""
+    return hf_parity.Cases(tmp_path_factory, _HF, lambda spec: _padded_batch())
+
+
+@pytest.fixture(scope="module", params=list(_HF))
+def hf_case(request, cases) -> hf_parity.Case:
+    return cases[request.param]
 
 
 @pytest.fixture(scope="module")
-def gated_case(tmp_path_factory):
-    return _case("gated-gelu", tmp_path_factory)
+def relu_case(cases) -> hf_parity.Case:
+    return cases["relu"]
+
+
+@pytest.fixture(scope="module")
+def gated_case(cases) -> hf_parity.Case:
+    return cases["gated-gelu"]
 
 
 def _preset(name: str) -> ModelConfig:
@@ -154,24 +126,15 @@ def test_relative_position_buckets_match_transformers():
 
 
 def test_import_matches_transformers(hf_case):
-    cfg, ref, valid = hf_case["cfg"], hf_case["ref"], hf_case["valid"]
-    arch = "t5" if hf_case["ffn"] == "relu" else "t5_v1_1"
-    assert (cfg.family, cfg.arch, cfg.vocab_size, cfg.d_model, cfg.head_size) == (
-        "encoder_decoder", arch, VOCAB, 24, 10,
-    )  # fmt: skip
-    assert (cfg.num_layers, cfg.decoder_layers, cfg.relative_num_buckets) == (2, 3, 8)
-    assert (cfg.relative_max_distance, cfg.norm_eps) == (12, 1e-3)
-    assert ("logits_dense" in hf_case["params"]["decoder"]) == (arch == "t5_v1_1")
-    ours = _logits(cfg, hf_case["params"], hf_case["batch"])
-    assert ours.dtype == np.float32 and ours.shape == (B, T, VOCAB)
-    err = np.abs(ours - ref)[valid].max()
-    assert err < 1e-4, err
-    assert np.abs(ref[valid]).max() > 1.0  # logits are not trivially small
+    # logits on the real decoder tokens within 1e-4; the reference reaches |logit| > 1
+    ours = hf_parity.check_import(hf_case, atol=1e-4)["logits"]
+    assert ours.shape == (B, T, VOCAB)
+    assert ("logits_dense" in hf_case.params["decoder"]) == (hf_case.arch == "t5_v1_1")
 
 
 def test_encode_then_decode_match_transformers(gated_case):
     """The two halves run separately (as cached decoding will) give the same logits."""
-    cfg, params, batch = gated_case["cfg"], gated_case["params"], gated_case["batch"]
+    cfg, params, batch = gated_case.cfg, gated_case.params, gated_case.batch
     model = encoder_decoder.Model(cfg)
     encoded = jax.jit(lambda p, b: model.apply({"params": p}, b, method=model.encode))(
         params, batch
@@ -179,23 +142,15 @@ def test_encode_then_decode_match_transformers(gated_case):
     assert encoded.shape == (B, S, cfg.d_model)
     decode = jax.jit(lambda p, e, b: model.apply({"params": p}, e, b, method=model.decode))
     logits = np.asarray(decode(params, encoded, batch)["logits"])
-    valid = gated_case["valid"]
-    assert np.abs(logits - gated_case["ref"])[valid].max() < 1e-4
+    hf_parity.assert_outputs_close(
+        {"logits": logits}, gated_case.ref, atol=1e-4, valid=gated_case.valid
+    )
 
 
 def test_export_loads_in_transformers_with_identical_logits(hf_case, tmp_path):
-    out = str(tmp_path / "export")
-    convert.export_hf(hf_case["cfg"], hf_case["params"], out)
-    reloaded, info = transformers.T5ForConditionalGeneration.from_pretrained(
-        out, attn_implementation="eager", output_loading_info=True
-    )
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    reloaded = hf_parity.check_export(hf_case, tmp_path, atol=1e-6)
     tied = reloaded.lm_head.weight.data_ptr() == reloaded.shared.weight.data_ptr()
-    assert tied == (hf_case["ffn"] == "relu")
-    got = _torch_logits(reloaded.eval(), hf_case["batch"])
-    np.testing.assert_allclose(got, hf_case["ref"], atol=1e-6, rtol=0)
-    cfg2, _ = convert.import_hf(out)
-    assert cfg2 == hf_case["cfg"]
+    assert tied == (hf_case.arch == "t5")
 
 
 # --------------------------------------------------------------------------- packing
@@ -203,7 +158,7 @@ def test_export_loads_in_transformers_with_identical_logits(hf_case, tmp_path):
 
 def test_packed_examples_match_examples_alone(gated_case):
     """Two (input, target) pairs in one row == each pair alone (padding masked)."""
-    cfg, params = gated_case["cfg"], gated_case["params"]
+    cfg, params = gated_case.cfg, gated_case.params
     rng = np.random.RandomState(7)
     enc_lens, dec_lens = (6, 5), (4, 5)
     enc = [rng.randint(2, VOCAB, n).astype(np.int32) for n in enc_lens]
@@ -241,14 +196,14 @@ def test_packed_examples_match_examples_alone(gated_case):
     np.testing.assert_allclose(got[:4], want[0, :4], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got[4:9], want[1, :5], atol=1e-5, rtol=0)
     # transformers on the second example alone, unpadded, agrees too.
-    torch_alone = _torch_logits(
-        gated_case["model"],
+    torch_alone = hf_parity.hf_outputs(
+        gated_case.model,
         {
             "input_ids": enc[1][None], "attention_mask": np.ones((1, 5), np.int32),
             "decoder_input_ids": dec[1][None], "decoder_attention_mask": np.ones((1, 5)),
         },
     )  # fmt: skip
-    np.testing.assert_allclose(got[4:9], torch_alone[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[4:9], torch_alone["logits"][0], atol=1e-4, rtol=0)
 
 
 def test_segment_positions_restart_per_segment():
@@ -391,12 +346,12 @@ def test_bfloat16_param_dtype_applies_to_every_param():
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits(gated_case):
-    cfg = dataclasses.replace(gated_case["cfg"], dtype="bfloat16")
-    out = _logits(cfg, gated_case["params"], gated_case["batch"])
+    cfg = dataclasses.replace(gated_case.cfg, dtype="bfloat16")
+    out = _logits(cfg, gated_case.params, gated_case.batch)
     assert out.dtype == np.float32
     init = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
     assert {x.dtype for x in jax.tree_util.tree_leaves(init)} == {jnp.dtype("float32")}
-    ref, valid = gated_case["ref"], gated_case["valid"]
+    ref, valid = gated_case.ref["logits"], gated_case.valid["logits"]
     # bfloat16 keeps ~3 significant digits; these random weights amplify rounding
     # (transformers' own bfloat16 forward errs by more), so bound the mean error.
     err = np.abs(out - ref)[valid]
@@ -408,18 +363,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(gated_case):
 
 def _copy_dir(src: str, dst, edits=None, drop: str | None = None, remove=()) -> str:
     """Copy of an HF directory with config.json ``edits``/``remove`` and a tensor dropped."""
-    tensors = load_file(os.path.join(src, "model.safetensors"))
-    if drop is not None:
-        del tensors[drop]
-    save_file(tensors, str(dst / "model.safetensors"))
-    with open(os.path.join(src, "config.json")) as f:
-        hf = json.load(f)
-    hf.update(edits or {})
-    for key in remove:
-        hf.pop(key, None)
-    with open(dst / "config.json", "w") as f:
-        json.dump(hf, f)
-    return str(dst)
+
+    def config(hf: dict) -> None:
+        hf.update(edits or {})
+        for key in remove:
+            hf.pop(key, None)
+
+    tensors = None if drop is None else (lambda t: t.pop(drop))
+    return hf_parity.copy_hf_dir(src, dst, tensors=tensors, config=config)
 
 
 @pytest.mark.parametrize(
@@ -431,7 +382,7 @@ def _copy_dir(src: str, dst, edits=None, drop: str | None = None, remove=()) -> 
     ],
 )
 def test_missing_tensor_is_named(hf_case, tmp_path, name):
-    path = _copy_dir(hf_case["path"], tmp_path, drop=name)
+    path = _copy_dir(hf_case.path, tmp_path, drop=name)
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")) as err:
         convert.import_hf(path)
     assert path in str(err.value) and "\n" not in str(err.value)
@@ -439,7 +390,7 @@ def test_missing_tensor_is_named(hf_case, tmp_path, name):
 
 def test_missing_untied_head_is_named(gated_case, tmp_path):
     path = _copy_dir(
-        gated_case["path"], tmp_path, {"tie_word_embeddings": False}, drop="lm_head.weight"
+        gated_case.path, tmp_path, {"tie_word_embeddings": False}, drop="lm_head.weight"
     )
     with pytest.raises(ConfigError, match=r"lm_head\.weight"):
         convert.import_hf(path)
@@ -458,24 +409,23 @@ def test_missing_untied_head_is_named(gated_case, tmp_path):
     ],
 )  # fmt: skip
 def test_unsupported_config_value_is_named(gated_case, tmp_path, edits, remove, field):
-    path = _copy_dir(gated_case["path"], tmp_path, edits, remove=remove)
+    path = _copy_dir(gated_case.path, tmp_path, edits, remove=remove)
     with pytest.raises(ConfigError, match=field) as err:
         convert.import_hf(path)
     assert "config.json" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_untied_original_t5_weights_are_rejected(relu_case, tmp_path):
-    tensors = load_file(os.path.join(relu_case["path"], "model.safetensors"))
-    tensors["lm_head.weight"] = tensors["shared.weight"] + 1.0
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    with open(os.path.join(relu_case["path"], "config.json")) as f:
-        (tmp_path / "config.json").write_text(f.read())
+    def untie(t: dict) -> None:
+        t["lm_head.weight"] = t["shared.weight"] + 1.0
+
+    path = hf_parity.copy_hf_dir(relu_case.path, tmp_path, tensors=untie)
     with pytest.raises(ConfigError, match=r"lm_head\.weight.*tie_word_embeddings"):
-        convert.import_hf(str(tmp_path))
+        convert.import_hf(path)
 
 
 def test_export_rejects_activation_without_hf_equivalent(gated_case, tmp_path):
-    cfg = dataclasses.replace(gated_case["cfg"], activation="silu")
+    cfg = dataclasses.replace(gated_case.cfg, activation="silu")
     with pytest.raises(ConfigError, match=r"model\.activation"):
-        convert.export_hf(cfg, gated_case["params"], str(tmp_path / "out"))
+        convert.export_hf(cfg, gated_case.params, str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
