@@ -59,6 +59,22 @@ _HF = {
         ),
         seed=1,
     ),
+    # Llama + sliding-window attention: a window shorter than the rows, so it matters.
+    "mistral": hf_parity.Spec(
+        transformers.MistralConfig,
+        transformers.MistralForCausalLM,
+        dict(
+            vocab_size=VOCAB, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
+            sliding_window=5, bos_token_id=None, eos_token_id=None,
+        ),
+        our_cfg=dict(
+            family="decoder", arch="mistral", vocab_size=VOCAB, norm_eps=1e-3, num_heads=4,
+            kv_heads=2, head_size=16, d_ff=72, rope_theta=500.0, sliding_window=5,
+        ),
+        seed=2,
+    ),
 }  # fmt: skip
 
 
