@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from t5x_lite.config import ConfigError
+from t5x_lite.config import ConfigError, ModelConfig
 
 # HF activation names (``hidden_act`` / ``activation_function``) -> ModelConfig.activation.
 ACTIVATIONS_IN = {
@@ -70,3 +70,12 @@ def check_no_unexpected(
         raise ConfigError(
             f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} in all) for {what}"
         )
+
+
+def model_config(where: str, build: Callable[[], ModelConfig]) -> ModelConfig:
+    """``build()`` validated, its errors (bad field values, unconvertible numbers) as one
+    ConfigError line prefixed with ``where`` (the HF ``config.json`` being read)."""
+    try:
+        return build().validate()
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None

@@ -61,8 +61,9 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
         if value != want:
             raise bad(field, value, why)
     e = int(hf.get("n_embd", 768))
-    try:
-        return ModelConfig(
+    return common.model_config(
+        where,
+        lambda: ModelConfig(
             family="decoder",
             arch="gpt2",
             vocab_size=int(hf.get("vocab_size", 50257)),
@@ -76,9 +77,8 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             pad_token_id=int(hf.get("pad_token_id") or 0),
             dropout_rate=float(hf.get("resid_pdrop", 0.1)),
             initializer_range=float(hf.get("initializer_range", 0.02)),
-        ).validate()
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        ),
+    )
 
 
 def from_hf(

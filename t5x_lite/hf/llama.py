@@ -85,8 +85,9 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
     e = int(hf.get("hidden_size", 4096))
     heads = int(hf.get("num_attention_heads", 32))
     head_dim = hf.get("head_dim")
-    try:
-        return ModelConfig(
+    return common.model_config(
+        where,
+        lambda: ModelConfig(
             family="decoder",
             arch=arch,
             sliding_window=None if window is None else int(window),
@@ -104,9 +105,8 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             pad_token_id=int(hf.get("pad_token_id") or 0),
             dropout_rate=0.0,
             initializer_range=float(hf.get("initializer_range", 0.02)),
-        ).validate()
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        ),
+    )
 
 
 def from_hf(

@@ -155,8 +155,9 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             f"{where}: {field}={hf.get(field)!r} is not supported with "
             f"feed_forward_proj={ffn!r} (arch {arch} has a {want} LM head)"
         )
-    try:
-        return ModelConfig(
+    return common.model_config(
+        where,
+        lambda: ModelConfig(
             family="encoder_decoder",
             arch=arch,
             vocab_size=int(hf.get("vocab_size", 32128)),
@@ -173,9 +174,8 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             relative_max_distance=int(hf.get("relative_attention_max_distance", 128)),
             pad_token_id=int(hf.get("pad_token_id") or 0),
             dropout_rate=float(hf.get("dropout_rate", 0.1)),
-        ).validate()
-    except (ConfigError, TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from None
+        ),
+    )
 
 
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: np.ndarray) -> None:
