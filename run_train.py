@@ -212,7 +212,15 @@ def main(argv: list[str]) -> None:
         cfg = apply_scaling_plan(cfg, log=print if primary else lambda line: None)
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
-        result = trainer.train(cfg, workdir)
+        try:
+            result = trainer.train(cfg, workdir)
+        except Exception as e:  # an XLA out-of-memory error becomes one line with levers
+            from t5x_lite import preflight
+
+            message = preflight.out_of_memory_message(cfg, e)
+            if message is None:
+                raise
+            sys.exit(f"error: {message}")
     except ConfigError as e:
         sys.exit(f"error: {e}")
     if result["preempted"]:

@@ -116,3 +116,26 @@ def write_json(path: str, obj: Any) -> None:
         json.dump(obj, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def out_of_memory_message(cfg: Config, error: BaseException) -> str | None:
+    """One line for an XLA out-of-memory error (None for any other error), naming the
+    shape's levers: batch, sequence length, microbatches and remat.
+
+    E.g. ``out of memory (Out of memory allocating 107039856848 bytes) training
+    train.batch_size=32 x data.seq_len=1024 with train.microbatches=1 and
+    model.remat_policy='none'; lower train.batch_size or data.seq_len, raise
+    train.microbatches, set model.remat_policy=full, or use the preset's :cpu variant``.
+    """
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    first = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), "")
+    cause = first.split("RESOURCE_EXHAUSTED:", 1)[-1].strip()[:160]
+    return (
+        f"out of memory ({cause}) training train.batch_size={cfg.train.batch_size} x "
+        f"data.seq_len={cfg.data.seq_len} with train.microbatches={cfg.train.microbatches} "
+        f"and model.remat_policy={cfg.model.remat_policy!r}; lower train.batch_size or "
+        "data.seq_len, raise train.microbatches, set model.remat_policy=full, or use the "
+        "preset's :cpu variant"
+    )

@@ -41,11 +41,29 @@ if TYPE_CHECKING:
     import ml_collections
 
 # Named variants a preset can be loaded with (``<preset>:<variant>[,<variant>]``).
+def _at_most(limit: int) -> Any:
+    """A variant value that caps a field: ``_at_most(128)(1024) == 128``."""
+    return lambda value: min(value, limit)
+
+
+# A shape every preset runs in on a 2-core, 24 GiB CPU machine (the published
+# architecture unchanged; batch and row length shrunk).
+_CPU_SHAPE = {"batch_size": 8, "microbatches": 1}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    # A quick end-to-end check of a preset: 20 steps, small evaluations.
+    # A quick end-to-end check of a preset: 20 steps, small evaluations, the CPU shape.
     "smoke": {
-        "train": {"num_steps": 20, "log_every": 5, "eval_every": 10, "eval_batches": 1},
+        "train": {
+            "num_steps": 20, "log_every": 5, "eval_every": 10, "eval_batches": 1, **_CPU_SHAPE
+        },
+        "data": {"seq_len": _at_most(128)},
         "checkpoint": {"every_steps": 10},
+    },
+    # The preset's run on a CPU machine: batch 8, rows of at most 256 tokens, every
+    # layer rematerialised.
+    "cpu": {
+        "train": dict(_CPU_SHAPE),
+        "data": {"seq_len": _at_most(256)},
+        "model": {"remat_policy": "full"},
     },
     # bfloat16 compute with float32 master params (accelerators).
     "bf16": {"model": {"dtype": "bfloat16"}},
@@ -75,7 +93,7 @@ def apply_variant(cfg: ml_collections.ConfigDict, variant: str | None) -> None:
             )
         for section, values in VARIANTS[name].items():
             for key, value in values.items():
-                cfg[section][key] = value
+                cfg[section][key] = value(cfg[section][key]) if callable(value) else value
 
 
 def _section(cls: type, overrides: dict[str, Any] | None) -> ml_collections.ConfigDict:
