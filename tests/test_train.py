@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -148,6 +150,15 @@ def test_workdir_holds_config_metrics_events_plots_and_checkpoint(runs):
     assert evals[0]["eval_loss"] == pytest.approx(result["final_eval_loss"])
     tb = os.listdir(os.path.join(workdir, "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in tb)
+    # The command the run prints at the end reads them (tensorboard installs with us).
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    shown = subprocess.run(
+        [tensorboard, "--inspect", "--logdir", os.path.join(workdir, "tensorboard"),
+         "--tag", "eval/loss"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    scalars = shown.stdout.split("scalars", 1)[1]
+    assert f"last_step            {STEPS}" in scalars, shown.stdout[-800:]
     for plot in ("loss.png", "throughput.png"):
         with open(os.path.join(workdir, "plots", plot), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
