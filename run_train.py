@@ -60,6 +60,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_ALLOW_REPEATS = flags.DEFINE_bool(
+    "allow_repeats",
+    False,
+    "Let a run planned with scaling.flops_budget take more tokens than the corpus holds.",
+)
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config",
     False,
@@ -149,11 +154,14 @@ def resolve_config():
     return presets.load_typed(DEFAULT_CONFIG)
 
 
-def apply_scaling_plan(cfg, log=print):
+def apply_scaling_plan(cfg, log=print, check_repeats=False, allow_repeats=False):
     """``cfg`` with its scaling plan applied when ``scaling.flops_budget > 0``.
 
     The planner's choice (shape, parameters, tokens, steps) goes to ``log`` as one
     ``scaling plan: {...}`` line; the trainer then trains exactly the returned config.
+    With ``check_repeats``, a plan that takes more tokens than the corpus's training
+    split holds is a ConfigError unless ``allow_repeats`` (as ``scaling sweep`` refuses
+    it): a compute-optimal law fitted on unique tokens says nothing about repeated ones.
     """
     if cfg.scaling.flops_budget <= 0:
         return cfg
@@ -161,6 +169,20 @@ def apply_scaling_plan(cfg, log=print):
 
     cfg, info = scaling.apply_plan(cfg)
     log(f"scaling plan: {info}")
+    if check_repeats:
+        from t5x_lite.scaling import sweep
+
+        tokens = sweep.corpus_train_tokens(cfg)
+        if info["n_tokens"] > tokens:
+            epochs = info["n_tokens"] / tokens
+            if not allow_repeats:
+                raise ConfigError(
+                    f"scaling.flops_budget={cfg.scaling.flops_budget:.3g} plans "
+                    f"{info['n_tokens']:,d} tokens but data.corpus={cfg.data.corpus!r} has "
+                    f"{tokens:,d} ({epochs:.1f} epochs): it would repeat data; lower the "
+                    "budget, use a larger corpus or pass --allow_repeats"
+                )
+            log(f"warning: the plan repeats data.corpus {epochs:.1f} times (--allow_repeats)")
     return cfg
 
 
@@ -209,7 +231,12 @@ def main(argv: list[str]) -> None:
         from t5x_lite import trainer
 
         primary = jax.process_index() == 0
-        cfg = apply_scaling_plan(cfg, log=print if primary else lambda line: None)
+        cfg = apply_scaling_plan(
+            cfg,
+            log=print if primary else lambda line: None,
+            check_repeats=True,
+            allow_repeats=_ALLOW_REPEATS.value,
+        )
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
         try:

@@ -187,3 +187,30 @@ def test_the_trainer_trains_the_config_it_is_given(kjv_root, kjv_tokenizer, tmp_
     saved = from_dict(json.loads((tmp_path / "config.json").read_text()))
     assert saved == given and result["steps"] == 3
     assert "scaling plan" not in capsys.readouterr().out
+
+
+def test_a_plan_that_repeats_the_corpus_is_refused_like_the_sweep(kjv_root, kjv_tokenizer):
+    """A budget whose compute-optimal run takes more tokens than kjv's training split
+    holds: one line naming both counts (or, with allow_repeats, a warning)."""
+    import run_train
+
+    values = to_dict(_planned_run_config(kjv_root))
+    values["scaling"]["flops_budget"] = 3e12
+    cfg = from_dict(values)
+    _, info = apply_plan(cfg)
+    from t5x_lite.scaling import sweep
+
+    tokens = sweep.corpus_train_tokens(cfg)
+    assert info["n_tokens"] > tokens  # the case at hand
+    with pytest.raises(ConfigError) as err:
+        run_train.apply_scaling_plan(cfg, log=lambda line: None, check_repeats=True)
+    assert f"{info['n_tokens']:,d} tokens" in str(err.value) and f"{tokens:,d}" in str(err.value)
+    assert "--allow_repeats" in str(err.value) and "\n" not in str(err.value)
+    log: list[str] = []
+    run_train.apply_scaling_plan(cfg, log=log.append, check_repeats=True, allow_repeats=True)
+    assert "repeats data.corpus" in log[-1]
+    # Within the corpus: no error, no warning.
+    small = from_dict({**values, "scaling": {**values["scaling"], "flops_budget": 5e10}})
+    log = []
+    run_train.apply_scaling_plan(small, log=log.append, check_repeats=True)
+    assert len(log) == 1
