@@ -84,3 +84,36 @@ def test_traits_drive_counts_not_arch_names():
     # gated MLP: + one [E, F] matrix per layer (2 encoder + 2 decoder); untied head: + V x E.
     extra = 4 * 32 * 64 + 100 * 32
     assert models.count_params(v11)["total"] - models.count_params(t5)["total"] == extra
+
+
+def test_model_object_scores_and_predicts_from_its_heads():
+    """``score_batch`` is each row's weighted label log-likelihood and ``predict_batch``
+    each head's argmax, checked in float64 numpy from the module's own outputs."""
+    import jax
+    import numpy as np
+
+    cfg = C.ModelConfig(family="encoder", arch="bert", vocab_size=50, d_model=16, num_heads=2,
+                        num_layers=1, d_ff=32, max_seq_len=8, type_vocab_size=2,
+                        sentence_head=True)  # fmt: skip
+    model = models.get(cfg)
+    assert [h.output for h in model.heads] == ["logits", "sentence_logits"]
+    params = models.init_params(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "input_ids": rng.integers(1, 50, (3, 8)).astype(np.int32),
+        "labels": rng.integers(1, 50, (3, 8)).astype(np.int32),
+        "loss_weights": rng.random((3, 8)).astype(np.float32) * (rng.random((3, 8)) < 0.5),
+        "next_sentence_label": np.array([0, 1, 1], np.int32),
+    }
+    out = model.apply(params, batch)
+    logits = np.asarray(out["logits"], np.float64)
+    log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    log_p -= logits.max(-1, keepdims=True)
+    picked = np.take_along_axis(log_p, batch["labels"][..., None], -1)[..., 0]
+    want = (picked * batch["loss_weights"]).sum(-1)
+    np.testing.assert_allclose(np.asarray(model.score_batch(params, batch)), want, rtol=1e-5)
+    pred = model.predict_batch(params, batch)
+    np.testing.assert_array_equal(pred["predictions"], logits.argmax(-1))
+    np.testing.assert_array_equal(
+        pred["sentence_predictions"], np.asarray(out["sentence_logits"]).argmax(-1)
+    )
