@@ -417,10 +417,11 @@ def test_unsupported_config_value_is_named(tmp_path, arch, field, value):
 
 
 def test_unsupported_model_type(tmp_path):
-    # Mistral became supported (the mistral arch); Qwen2 (attention biases) is not.
-    transformers.Qwen2Config(
+    # Mistral and Qwen2 became supported (the mistral and qwen2 archs); GPT-NeoX
+    # (parallel attention and MLP, partial rotary) is not.
+    transformers.GPTNeoXConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2,
+        num_attention_heads=4,
     ).to_json_file(str(tmp_path / "config.json"))  # fmt: skip
-    with pytest.raises(ConfigError, match="model_type='qwen2' is not supported"):
+    with pytest.raises(ConfigError, match="model_type='gpt_neox' is not supported"):
         convert.import_hf(str(tmp_path))
