@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 Array = jax.Array
@@ -75,6 +76,9 @@ class DenseGeneral(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Initializer = normal(0.02)
     kernel_name: str = "kernel"
+    # dtype of the product (and bias add); None means ``dtype``. The LM heads pass
+    # float32: operands stay in ``dtype``, the accumulation is never rounded to it.
+    out_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -91,12 +95,15 @@ class DenseGeneral(nn.Module):
         x = x.astype(self.dtype)
         kernel = jnp.asarray(kernel, self.dtype)
         lhs = tuple(range(x.ndim - n_in, x.ndim))
-        y = jax.lax.dot_general(x, kernel, ((lhs, tuple(range(n_in))), ((), ())))
+        out_dtype = self.out_dtype or self.dtype
+        y = jax.lax.dot_general(
+            x, kernel, ((lhs, tuple(range(n_in))), ((), ())), preferred_element_type=out_dtype
+        )
         if self.use_bias:
             bias = param_with_axes(
                 self, "bias", nn.initializers.zeros, self.features, self.out_axes, self.param_dtype
             )
-            y = y + jnp.asarray(bias, self.dtype)
+            y = y + jnp.asarray(bias, out_dtype)
         return y
 
 
@@ -146,8 +153,16 @@ class Embed(nn.Module):
         return x
 
     def attend(self, x: Array) -> Array:
-        # x [B, T, E] -> logits [B, T, V] = x · Wᵀ
-        return jnp.einsum("bte,ve->btv", x, jnp.asarray(self.embedding, self.dtype))
+        """Tied logits ``x [B, T, E] -> [B, T, V] = x · Wᵀ`` in float32.
+
+        Operands are in ``dtype``; the product accumulates in float32 and is returned
+        unrounded (a bfloat16 logit of magnitude 10 would otherwise carry an error
+        of up to 2**-8 * 16 = 0.06 before the loss sees it).
+        """
+        table = jnp.asarray(self.embedding, self.dtype)
+        return jnp.einsum(
+            "bte,ve->btv", x.astype(self.dtype), table, preferred_element_type=jnp.float32
+        )
 
 
 # --------------------------------------------------------------------------- norms
@@ -416,6 +431,43 @@ def dot_product_attention(
     )
 
 
+def attention_probabilities(
+    q: Array,
+    k: Array,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    scale: float | None = None,
+) -> Array:
+    """``softmax(q·kᵀ · scale + bias)`` over keys, float32 ``[B, H, T, S]``.
+
+    ``q [B, T, H, D]``, ``k [B, S, K, D]`` (key heads repeated ``H / K`` times);
+    masked-out keys get the float32 minimum before the softmax, as
+    ``jax.nn.dot_product_attention`` does, so a row that sees nothing is uniform.
+    E.g. ``D = 1``, ``scale = 1``, ``q = [[1]]``, ``k = [[0], [ln 3]]`` give
+    ``[0.25, 0.75]``.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)  # [B, S, H, D]
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def attend_with_probabilities(probs: Array, v: Array) -> Array:
+    """``probs [B, H, T, S]``, ``v [B, S, K, D]`` -> context ``[B, T, H, D]`` in
+    ``v.dtype`` (value heads repeated ``H / K`` times)."""
+    v = jnp.repeat(v, probs.shape[1] // v.shape[2], axis=2)  # [B, S, H, D]
+    out = jnp.einsum(
+        "bhts,bshd->bthd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.astype(v.dtype)
+
+
 class MultiHeadAttention(nn.Module):
     """Attention block ``[B, T, E] (x) [B, S, E] -> [B, T, E]`` with q/k/v/o projections.
 
@@ -423,6 +475,13 @@ class MultiHeadAttention(nn.Module):
     ``[E, H, D]`` (``embed, heads, kv``) and ``[H, D, E]``. ``num_kv_heads < num_heads``
     gives grouped-query attention (``kv_heads`` axis). ``rope`` is an optional
     callable ``(q_or_k [B, T, H, D], positions [B, T]) -> same`` applied to q and k.
+
+    ``dropout_rate`` (when ``deterministic=False``, rng ``"dropout"``) drops attention
+    probabilities, scaling the kept ones by ``1 / (1 - rate)``; the dropped
+    probabilities are sown as ``intermediates/dropped_probabilities`` ``[B, H, T, S]``.
+    Deterministic calls (and ``rate = 0``) take the fused
+    ``jax.nn.dot_product_attention``. ``qkv_bias`` overrides ``use_bias`` for the
+    query, key and value projections (Qwen2: biases there, none on ``out``).
     """
 
     num_heads: int
@@ -438,6 +497,7 @@ class MultiHeadAttention(nn.Module):
     query_init_std: float | None = None
     implementation: str = "xla"
     dropout_rate: float = 0.0
+    qkv_bias: bool | None = None
 
     @nn.compact
     def __call__(
@@ -456,6 +516,8 @@ class MultiHeadAttention(nn.Module):
         kh = self.num_kv_heads or self.num_heads
         kv_axis = "kv_heads" if kh != self.num_heads else "heads"
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
+        qkv = dict(common, use_bias=qkv_bias)
         init = normal(self.init_std)
         q = DenseGeneral(
             (self.num_heads, self.head_dim),
@@ -463,7 +525,7 @@ class MultiHeadAttention(nn.Module):
             ("heads", "kv"),
             kernel_init=normal(self.query_init_std or self.init_std),
             name="query",
-            **common,
+            **qkv,
         )(x)
         k = DenseGeneral(
             (kh, self.head_dim),
@@ -471,7 +533,7 @@ class MultiHeadAttention(nn.Module):
             (kv_axis, "kv"),
             kernel_init=init,
             name="key",
-            **common,
+            **qkv,
         )(kv)
         v = DenseGeneral(
             (kh, self.head_dim),
@@ -479,7 +541,7 @@ class MultiHeadAttention(nn.Module):
             (kv_axis, "kv"),
             kernel_init=init,
             name="value",
-            **common,
+            **qkv,
         )(kv)
         if rope is not None:
             q = rope(q, q_positions)
@@ -487,10 +549,18 @@ class MultiHeadAttention(nn.Module):
         q = constrain(q, ("batch", "act_length", "act_heads", "act_kv"))
         k = constrain(k, ("batch", "act_length", "act_kv_heads", "act_kv"))
         v = constrain(v, ("batch", "act_length", "act_kv_heads", "act_kv"))
-        out = dot_product_attention(
-            q, k, v, mask=mask, bias=bias, scale=self.scale, implementation=self.implementation
-        )
-        out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+        if self.dropout_rate > 0.0 and not deterministic:
+            # Dropout on the attention probabilities, as BERT (attention_probs_dropout_prob)
+            # and T5 (dropout on the softmax weights) define it: the fused kernel has no
+            # dropout, so this path forms the [B, H, T, S] probabilities explicitly.
+            probs = attention_probabilities(q, k, mask=mask, bias=bias, scale=self.scale)
+            probs = nn.Dropout(self.dropout_rate)(probs, deterministic=False)
+            self.sow("intermediates", "dropped_probabilities", probs)
+            out = attend_with_probabilities(probs, v)  # [B, T, H, D]
+        else:
+            out = dot_product_attention(
+                q, k, v, mask=mask, bias=bias, scale=self.scale, implementation=self.implementation
+            )
         return DenseGeneral(
             (e,),
             ("heads", "kv"),
@@ -504,15 +574,66 @@ class MultiHeadAttention(nn.Module):
 # --------------------------------------------------------------------------- rotary
 
 
-def apply_rope(x: Array, positions: Array, theta: float = 10000.0) -> Array:
+def rope_frequencies(
+    head_dim: int,
+    theta: float = 10000.0,
+    rope_type: str = "default",
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_len: int = 8192,
+) -> np.ndarray:
+    """RoPE inverse frequencies ``[D/2]`` float32: ``theta ** (-2i / D)``, rescaled for
+    ``rope_type="llama3"`` as Llama 3.1 defines it (HF ``_compute_llama3_parameters``).
+
+    With wavelength ``w = 2π / f`` and ``L = original_max_len``: ``w < L /
+    high_freq_factor`` keeps ``f``; ``w > L / low_freq_factor`` uses ``f / factor``;
+    between, ``s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)``
+    blends ``(1 - s) f / factor + s f``. E.g. ``D = 6, theta = 100, L = 32``, factors
+    ``(4, 1, 4)``: ``f = [1, 0.2154, 0.0464]`` (wavelengths 6.3, 29.2, 135.4 against
+    the bounds 8 and 32) become ``[1, 0.0591, 0.0116]``: kept, blended, divided by 4.
+    """
+    f = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    f = f.astype(np.float32)
+    if rope_type == "default":
+        return f
+    assert rope_type == "llama3", rope_type
+    wavelen = 2 * np.pi / f
+    low_wavelen = original_max_len / low_freq_factor
+    high_wavelen = original_max_len / high_freq_factor
+    scaled = np.where(wavelen > low_wavelen, f / factor, f)
+    smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, blended, scaled).astype(np.float32)
+
+
+def model_rope_frequencies(cfg: Any) -> np.ndarray:
+    """:func:`rope_frequencies` of a ``ModelConfig`` (its ``head_size`` and ``rope_*``)."""
+    return rope_frequencies(
+        cfg.head_size,
+        cfg.rope_theta,
+        cfg.rope_type,
+        cfg.rope_factor,
+        cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor,
+        cfg.rope_original_max_len,
+    )
+
+
+def apply_rope(
+    x: Array, positions: Array, theta: float = 10000.0, inv_freq: np.ndarray | None = None
+) -> Array:
     """Rotary embedding, Llama / HF "rotate_half" layout.
 
     ``x [B, T, H, D]``, ``positions [B, T]`` -> ``[B, T, H, D]``; dims ``i`` and
-    ``i + D/2`` form a rotated pair with frequency ``theta ** (-2i / D)``.
+    ``i + D/2`` form a rotated pair with frequency ``inv_freq[i]`` (default
+    ``theta ** (-2i / D)``; see :func:`rope_frequencies` for scaled variants).
     """
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [D/2]
-    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))  # [D/2]
+    ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
     ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]  # [B, T, 1, D]
     cos, sin = jnp.cos(ang), jnp.sin(ang)
     xf = x.astype(jnp.float32)

@@ -19,7 +19,7 @@ def test_every_arch_has_a_family_and_an_hf_map():
     for arch, traits in C.ARCHS.items():
         assert traits.family in C.FAMILIES
         assert arch in module_for_arch(arch).ARCHS
-    assert C.archs_of("decoder") == ("gpt2", "llama", "mistral")
+    assert C.archs_of("decoder") == ("gpt2", "llama", "mistral", "qwen2")
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_every_arch_has_a_family_and_an_hf_map():
         ({"arch": "llama", "sliding_window": 16}, "model.sliding_window=16 needs arch 'mistral'"),
         ({"arch": "mistral", "sliding_window": 0}, "model.sliding_window=0 must be a positive"),
         ({"arch": "gpt2", "embed_dim": 32}, "only arch 'albert' factorises embeddings"),
-        ({"arch": "bert"}, "model.arch='bert' is not one of ('gpt2', 'llama', 'mistral')"),
+        ({"arch": "bert"}, "model.arch='bert' is not one of ('gpt2', 'llama', 'mistral', 'qwen2')"),
     ],
 )
 def test_trait_combinations_the_table_refuses(model, message):

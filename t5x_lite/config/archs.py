@@ -9,6 +9,8 @@ is one row here plus its HF name map::
     (True, 'rope')
     >>> ARCHS["t5"].tied_head, ARCHS["t5"].head_scale, ARCHS["t5_v1_1"].tied_head
     (True, True, False)
+    >>> ARCHS["qwen2"].qkv_bias, ARCHS["qwen2"].biases
+    (True, False)
 
 This module imports only the standard library.
 """
@@ -38,7 +40,10 @@ class ArchTraits:
     ``layer_sharing``: ``share_layers`` allowed (ALBERT); ``sliding_window``:
     ``model.sliding_window`` allowed (Mistral); ``pad_skipping_positions``: position
     ids count only real tokens (RoBERTa); ``head_activation``: the MLM head's
-    activation when it is not ``model.activation`` (RoBERTa: exact GELU).
+    activation when it is not ``model.activation`` (RoBERTa: exact GELU);
+    ``qkv_bias``: the query, key and value projections carry biases even without
+    ``biases`` (Qwen2); ``optional_tied_head``: ``model.tie_word_embeddings`` may tie
+    or untie the head per checkpoint (Llama 3.2-1B and Qwen2-0.5B tie theirs).
     """
 
     family: str
@@ -57,6 +62,8 @@ class ArchTraits:
     sliding_window: bool = False
     pad_skipping_positions: bool = False
     head_activation: str | None = None
+    qkv_bias: bool = False
+    optional_tied_head: bool = False
 
 
 _GPT2 = ArchTraits(
@@ -79,6 +86,7 @@ _LLAMA = ArchTraits(
     tied_head=False,
     grouped_kv=True,
     free_head_dim=True,
+    optional_tied_head=True,
 )
 _BERT = ArchTraits(
     family="encoder",
@@ -105,6 +113,7 @@ ARCHS: dict[str, ArchTraits] = {
     "gpt2": _GPT2,
     "llama": _LLAMA,
     "mistral": dataclasses.replace(_LLAMA, sliding_window=True),
+    "qwen2": dataclasses.replace(_LLAMA, qkv_bias=True),
     "bert": _BERT,
     "roberta": dataclasses.replace(_BERT, pad_skipping_positions=True, head_activation="gelu"),
     "albert": dataclasses.replace(_BERT, factorised_embedding=True, layer_sharing=True),
@@ -115,5 +124,5 @@ ARCHS: dict[str, ArchTraits] = {
 
 def archs_of(family: str) -> tuple[str, ...]:
     """The ``arch`` names of ``family``, in table order: ``archs_of("decoder")`` ->
-    ``("gpt2", "llama", "mistral")``."""
+    ``("gpt2", "llama", "mistral", "qwen2")``."""
     return tuple(name for name, t in ARCHS.items() if t.family == family)

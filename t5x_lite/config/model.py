@@ -30,6 +30,7 @@ class ModelConfig:
     decoder    gpt2                   pre-LN, learned positions, tied LM head
     decoder    llama                  RMSNorm, RoPE, SwiGLU, GQA, untied head
     decoder    mistral                llama + sliding-window attention
+    decoder    qwen2                  llama + biases on the query, key and value
     enc_dec    t5                     ReLU, relative bias, tied head * d_model**-0.5
     enc_dec    t5_v1_1                gated-GELU, relative bias, untied head
     =========  =====================  =============================================
@@ -61,6 +62,17 @@ class ModelConfig:
     norm_eps: float = 1e-5
     activation: str = "gelu_new"  # gelu | gelu_new (tanh) | relu | silu
     rope_theta: float = 10000.0
+    # RoPE frequencies (t5x_lite.layers.rope_frequencies): default | llama3 (Llama 3.1's
+    # rescaling by rope_factor between the low/high frequency factors of a context of
+    # rope_original_max_len tokens; the defaults are Llama 3.1's).
+    rope_type: str = "default"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    # Tie the LM head to the token embedding; None means the arch's traits.tied_head.
+    # Only archs with traits.optional_tied_head may differ from their row.
+    tie_word_embeddings: bool | None = None
     relative_num_buckets: int = 32
     relative_max_distance: int = 128
     # Encoders: pooler + 2-way head for NSP / SOP.
@@ -88,6 +100,13 @@ class ModelConfig:
     def traits(self) -> ArchTraits:
         """What ``arch`` is made of (its row of the architecture table)."""
         return ARCHS[self.arch]
+
+    @property
+    def tied_head(self) -> bool:
+        """Logits use the token embedding: ``tie_word_embeddings``, else the arch's."""
+        if self.tie_word_embeddings is None:
+            return self.traits.tied_head
+        return self.tie_word_embeddings
 
     @property
     def kv_heads(self) -> int:
@@ -157,6 +176,36 @@ class ModelConfig:
             or (isinstance(self.sliding_window, int) and self.sliding_window > 0),
             f"model.sliding_window={self.sliding_window!r} must be a positive integer or None",
         )
+        _check(
+            self.tie_word_embeddings in (None, t.tied_head) or t.optional_tied_head,
+            f"model.tie_word_embeddings={self.tie_word_embeddings} needs arch "
+            f"{_with('optional_tied_head')} (arch {self.arch!r} has tied_head={t.tied_head})",
+        )
+        _check(
+            self.rope_type in ("default", "llama3"),
+            f"model.rope_type={self.rope_type!r} is not one of default, llama3",
+        )
+        _check(
+            self.rope_type == "default" or t.positions == "rope",
+            f"model.rope_type={self.rope_type!r} needs rotary positions (arch "
+            f"{self.arch!r} has {t.positions!r} positions)",
+        )
+        if self.rope_type == "llama3":
+            _check(
+                self.rope_factor > 0 and self.rope_low_freq_factor > 0,
+                f"model.rope_factor={self.rope_factor} and model.rope_low_freq_factor="
+                f"{self.rope_low_freq_factor} must be positive",
+            )
+            _check(
+                self.rope_high_freq_factor > self.rope_low_freq_factor,
+                f"model.rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+                f"model.rope_low_freq_factor={self.rope_low_freq_factor}",
+            )
+            _check(
+                isinstance(self.rope_original_max_len, int) and self.rope_original_max_len > 0,
+                f"model.rope_original_max_len={self.rope_original_max_len!r} must be a "
+                "positive integer",
+            )
         _check(
             self.activation in ("gelu", "gelu_new", "relu", "silu"),
             f"model.activation={self.activation!r} is not one of gelu, gelu_new, relu, silu",

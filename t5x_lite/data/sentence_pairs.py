@@ -6,7 +6,8 @@ makes one row per epoch: ``[CLS] A [SEP] B [SEP]`` padded to ``seq_len``, where 
 the first ``a_end`` sentences (random, at least one) and
 
 * NSP: B is the rest of the chunk (label 0) or, with probability 1/2, sentences
-  from a random other document filling the remaining length (label 1);
+  from a random other document filling the remaining length (label 1); a split of
+  one document has no other document, so all its pairs are label 0;
 * SOP: B is the rest of the chunk, and with probability 1/2 A and B swap (label 1).
 
 A one-sentence chunk is split inside the sentence. The pair is truncated to
@@ -99,12 +100,14 @@ def pair_row(
     else:
         split = 1 + int(u[1] * (len(body) - 1))
     a, b = body[:split], body[split:]
-    label = int(u[0] < 0.5)
+    num_docs = len(doc_sentences) - 1
+    # NSP needs another document for a random B: with one document every pair is the
+    # true continuation (label 0), never a same-document pair labelled random.
+    label = int(u[0] < 0.5 and (kind == "sop" or num_docs > 1))
     if label and kind == "sop":
         a, b = b, a
     elif label:  # NSP: B from a random other document
-        num_docs = len(doc_sentences) - 1
-        other = (doc + 1 + int(u[2] * (num_docs - 1))) % num_docs if num_docs > 1 else doc
+        other = (doc + 1 + int(u[2] * (num_docs - 1))) % num_docs
         s0, s1 = int(doc_sentences[other]), int(doc_sentences[other + 1])
         start = s0 + int(u[3] * (s1 - s0))
         need = max(max_tokens - len(a), 1)

@@ -1,8 +1,15 @@
-"""Llama (``LlamaForCausalLM``) and Mistral (``MistralForCausalLM``) <-> t5x_lite
-``decoder`` / ``llama`` | ``mistral`` parameters.
+"""Llama (``LlamaForCausalLM``), Mistral (``MistralForCausalLM``) and Qwen2
+(``Qwen2ForCausalLM``) <-> t5x_lite ``decoder`` / ``llama`` | ``mistral`` | ``qwen2``
+parameters.
 
 Mistral is Llama with sliding-window attention (HF ``sliding_window`` <->
-``model.sliding_window``): the tensors and their names are the same.
+``model.sliding_window``): the tensors and their names are the same. Qwen2 adds
+``q_proj`` / ``k_proj`` / ``v_proj`` biases (``[H*D]``, ``[K*D]`` <->
+``attn/{query,key,value}/bias`` ``[H, D]``, ``[K, D]``). ``tie_word_embeddings``
+(Llama 3.2-1B, Qwen2-0.5B) <-> ``model.tie_word_embeddings``: no ``lm_head``, the
+logits use ``wte``. Llama 3.1's ``rope_type: "llama3"`` (``factor``,
+``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``) <->
+``model.rope_type`` and ``model.rope_*``; any other rope type is a one-line error.
 
 Hugging Face ``nn.Linear`` weights are ``[out, in]``; our kernels are ``[in, out]``
 with the head dimensions split out (``E`` width, ``H`` query heads, ``K`` key/value
@@ -37,29 +44,53 @@ import numpy as np
 from t5x_lite.config import ConfigError, ModelConfig
 from t5x_lite.hf import common
 
-MODEL_TYPES = ("llama", "mistral")
-ARCHS = ("llama", "mistral")
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+ARCHS = ("llama", "mistral", "qwen2")
 # Our arch -> (HF model_type, HF architecture class).
-_HF_NAMES = {"llama": ("llama", "LlamaForCausalLM"), "mistral": ("mistral", "MistralForCausalLM")}
+_HF_NAMES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "mistral": ("mistral", "MistralForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+}
 
 # Non-parameter buffers that older checkpoints carry.
 _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 _HF_BOS, _HF_EOS = 1, 2
+# HF rope_parameters keys of rope_type "llama3" -> ModelConfig fields.
+_LLAMA3_FIELDS = {
+    "factor": "rope_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_len",
+}
 
 
-def _rope_theta(hf: dict[str, Any], where: str) -> float:
-    """RoPE base from ``rope_parameters`` (transformers v5) or ``rope_theta`` / ``rope_scaling``."""
+def _rope(hf: dict[str, Any], where: str) -> dict[str, Any]:
+    """ModelConfig ``rope_*`` fields from ``rope_parameters`` (transformers v5) or
+    ``rope_theta`` / ``rope_scaling``: default RoPE or Llama 3.1's ``llama3`` rescaling."""
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     field = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
+    if kind not in ("default", "llama3"):
         raise ConfigError(
-            f"{where}: {field}.rope_type={kind!r} is not supported (only default RoPE)"
+            f"{where}: {field}.rope_type={kind!r} is not supported (only default, llama3)"
         )
     factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0
     if factor != 1.0:
         raise ConfigError(f"{where}: partial_rotary_factor={factor!r} is not supported (only 1.0)")
-    return float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    out: dict[str, Any] = {
+        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        "rope_type": kind,
+    }
+    if kind == "llama3":
+        for key, name in _LLAMA3_FIELDS.items():
+            if key not in rope:
+                raise ConfigError(
+                    f"{where}: {field}.{key} is missing (rope_type 'llama3' needs it)"
+                )
+            value = rope[key]
+            out[name] = int(value) if name == "rope_original_max_len" else float(value)
+    return out
 
 
 def _config(hf: dict[str, Any], source: str) -> ModelConfig:
@@ -69,18 +100,24 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
         raise ConfigError(
             f"{where}: hidden_act={act!r} is not supported (one of {sorted(common.ACTIVATIONS_IN)})"
         )
+    model_type = hf.get("model_type")
     checks = {
         "attention_bias": (False, "Llama projections have no biases"),
         "mlp_bias": (False, "Llama projections have no biases"),
-        "tie_word_embeddings": (False, "the llama arch has an untied lm_head"),
         "attention_dropout": (0.0, "attention-probability dropout is not implemented"),
     }
+    if model_type == "qwen2":
+        # Qwen2 always has q/k/v biases; its sliding window is off unless asked for.
+        checks = {
+            "attention_dropout": checks["attention_dropout"],
+            "use_sliding_window": (False, "Qwen2's per-layer sliding window is not implemented"),
+        }
     for field, (want, why) in checks.items():
         value = hf.get(field, want)
         if value != want:
             raise ConfigError(f"{where}: {field}={value!r} is not supported ({why})")
-    theta = _rope_theta(hf, where)
-    arch = "mistral" if hf.get("model_type") == "mistral" else "llama"
+    rope = _rope(hf, where)
+    arch = model_type if model_type in ("mistral", "qwen2") else "llama"
     window = hf.get("sliding_window") if arch == "mistral" else None
     e = int(hf.get("hidden_size", 4096))
     heads = int(hf.get("num_attention_heads", 32))
@@ -101,10 +138,11 @@ def _config(hf: dict[str, Any], source: str) -> ModelConfig:
             max_seq_len=int(hf.get("max_position_embeddings", 2048)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             activation=common.ACTIVATIONS_IN[act],
-            rope_theta=theta,
             pad_token_id=int(hf.get("pad_token_id") or 0),
             dropout_rate=0.0,
             initializer_range=float(hf.get("initializer_range", 0.02)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            **rope,
         ),
     )
 
@@ -125,15 +163,15 @@ def from_hf(
     params: dict[str, Any] = {"wte": {"embedding": take("model.embed_tokens.weight", (v, e))}}
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}"
-        attn = {
-            "query": {
-                "kernel": take(f"{p}.self_attn.q_proj.weight", (h * d, e)).T.reshape(e, h, d)
-            },
-            "key": {"kernel": take(f"{p}.self_attn.k_proj.weight", (k * d, e)).T.reshape(e, k, d)},
-            "value": {
-                "kernel": take(f"{p}.self_attn.v_proj.weight", (k * d, e)).T.reshape(e, k, d)
-            },
-            "out": {"kernel": take(f"{p}.self_attn.o_proj.weight", (e, h * d)).T.reshape(h, d, e)},
+        attn: dict[str, Any] = {}
+        for ours, hf_name, heads in (("query", "q", h), ("key", "k", k), ("value", "v", k)):
+            w = take(f"{p}.self_attn.{hf_name}_proj.weight", (heads * d, e))
+            attn[ours] = {"kernel": w.T.reshape(e, heads, d)}
+            if cfg.traits.qkv_bias:
+                bias = take(f"{p}.self_attn.{hf_name}_proj.bias", (heads * d,))
+                attn[ours]["bias"] = bias.reshape(heads, d)
+        attn["out"] = {
+            "kernel": take(f"{p}.self_attn.o_proj.weight", (e, h * d)).T.reshape(h, d, e)
         }
         mlp = {
             "wi_0": {"kernel": take(f"{p}.mlp.gate_proj.weight", (f, e)).T},
@@ -147,17 +185,30 @@ def from_hf(
             "mlp": mlp,
         }
     params["ln_f"] = {"scale": take("model.norm.weight", (e,))}
-    params["lm_head"] = {"kernel": take("lm_head.weight", (v, e)).T}
+    if cfg.tied_head:
+        _check_tied(tensors, params["wte"]["embedding"], source)
+    else:
+        params["lm_head"] = {"kernel": take("lm_head.weight", (v, e)).T}
     common.check_no_unexpected(
         tensors,
         expected,
         source,
         f"{_HF_NAMES[cfg.arch][1]} with {cfg.num_layers} layers",
-        _IGNORED.match,
+        lambda name: bool(_IGNORED.match(name)) or (cfg.tied_head and name == "lm_head.weight"),
     )
     # Contiguous copies, so that the params do not alias the transposed HF buffers.
     params = _map(params, np.ascontiguousarray)
     return cfg, params
+
+
+def _check_tied(tensors: dict[str, np.ndarray], embedding: np.ndarray, source: str) -> None:
+    """A tied checkpoint may still store ``lm_head.weight``; it must equal the embedding."""
+    head = tensors.get("lm_head.weight")
+    if head is not None and not np.array_equal(np.asarray(head, np.float32), embedding):
+        raise ConfigError(
+            f"{source}: tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' "
+            "but config.json has tie_word_embeddings=true"
+        )
 
 
 def _map(tree: Any, fn: Any) -> Any:
@@ -178,8 +229,9 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
     tensors = {
         "model.embed_tokens.weight": a(params["wte"]["embedding"]),
         "model.norm.weight": a(params["ln_f"]["scale"]),
-        "lm_head.weight": a(params["lm_head"]["kernel"]).T,
     }
+    if not cfg.tied_head:  # a tied head is the embedding: transformers re-ties it
+        tensors["lm_head.weight"] = a(params["lm_head"]["kernel"]).T
     for i in range(cfg.num_layers):
         lp, p = params[f"layers_{i}"], f"model.layers.{i}"
         attn, mlp = lp["attn"], lp["mlp"]
@@ -189,10 +241,16 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         tensors[f"{p}.self_attn.k_proj.weight"] = a(attn["key"]["kernel"]).reshape(e, kd).T
         tensors[f"{p}.self_attn.v_proj.weight"] = a(attn["value"]["kernel"]).reshape(e, kd).T
         tensors[f"{p}.self_attn.o_proj.weight"] = a(attn["out"]["kernel"]).reshape(hd, e).T
+        if cfg.traits.qkv_bias:
+            for ours, hf_name, width in (("query", "q", hd), ("key", "k", kd), ("value", "v", kd)):
+                tensors[f"{p}.self_attn.{hf_name}_proj.bias"] = a(attn[ours]["bias"]).reshape(width)
         tensors[f"{p}.mlp.gate_proj.weight"] = a(mlp["wi_0"]["kernel"]).reshape(e, f).T
         tensors[f"{p}.mlp.up_proj.weight"] = a(mlp["wi_1"]["kernel"]).reshape(e, f).T
         tensors[f"{p}.mlp.down_proj.weight"] = a(mlp["wo"]["kernel"]).reshape(f, e).T
     model_type, architecture = _HF_NAMES[cfg.arch]
+    rope: dict[str, Any] = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type == "llama3":
+        rope.update({key: getattr(cfg, name) for key, name in _LLAMA3_FIELDS.items()})
     hf_config = {
         "model_type": model_type,
         "architectures": [architecture],
@@ -206,12 +264,10 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "hidden_act": cfg.activation,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_parameters": rope,
         "rope_theta": cfg.rope_theta,  # read by transformers < 5
-        "attention_bias": False,
         "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": cfg.tied_head,
         "initializer_range": cfg.initializer_range,
         "bos_token_id": _HF_BOS if cfg.vocab_size > _HF_BOS else None,
         "eos_token_id": _HF_EOS if cfg.vocab_size > _HF_EOS else None,
@@ -220,4 +276,10 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
     }
     if cfg.arch == "mistral":
         hf_config["sliding_window"] = cfg.sliding_window
+    if cfg.arch == "qwen2":
+        hf_config["use_sliding_window"] = False
+    else:
+        hf_config.update(attention_bias=False, mlp_bias=False)
+    if cfg.rope_type == "llama3":
+        hf_config["rope_scaling"] = rope  # read by transformers < 5
     return hf_config, {name: np.ascontiguousarray(t) for name, t in tensors.items()}

@@ -27,6 +27,17 @@ llama      token (``wte``); blocks with RMSNorm ``ln_1`` / ``ln_2``, RoPE groupe
            final RMSNorm ``ln_f``; untied ``lm_head`` kernel ``[E, V]``.
 mistral    llama with sliding-window attention: query ``i`` sees keys ``i - W < j <= i``
            (``model.sliding_window = W``), as HF's ``MistralForCausalLM``.
+qwen2      llama with biases on ``query``, ``key`` and ``value`` (none on ``out``), as
+           HF's ``Qwen2ForCausalLM``.
+=========  ============================================================================
+
+Llama-style archs tie or untie their head with ``model.tie_word_embeddings`` (Llama
+3.2-1B ties it: no ``lm_head``, logits = H · wteᵀ) and take Llama 3.1's RoPE
+rescaling with ``model.rope_type = "llama3"``. Logits are float32 in every dtype:
+the head's operands are in ``model.dtype``, its product is accumulated and kept in
+float32.
+
+=========  ============================================================================
 =========  ============================================================================
 
 The blocks read ``cfg.traits`` (norm, positions, gated MLP, biases, tied head,
@@ -78,7 +89,7 @@ class Block(nn.Module):
         out_std = std / (2 * cfg.num_layers) ** 0.5 if t.scaled_residual_init else std
         rope = None
         if t.positions == "rope":
-            rope = functools.partial(layers.apply_rope, theta=cfg.rope_theta)
+            rope = functools.partial(layers.apply_rope, inv_freq=layers.model_rope_frequencies(cfg))
 
         h = layers.norm(cfg, "ln_1")(x)
         h = layers.MultiHeadAttention(
@@ -86,6 +97,7 @@ class Block(nn.Module):
             head_dim=cfg.head_size,
             num_kv_heads=cfg.kv_heads,
             use_bias=t.biases,
+            qkv_bias=t.biases or t.qkv_bias,
             dtype=dtype,
             param_dtype=param_dtype,
             init_std=std,
@@ -157,19 +169,20 @@ class Model(nn.Module):
             x = block(cfg, name=f"layers_{i}")(x, mask, positions, deterministic)
         x = layers.norm(cfg, "ln_f")(x)  # [B, T, E]
 
-        if not traits.tied_head:
+        if not cfg.tied_head:
             logits = layers.DenseGeneral(
                 (cfg.vocab_size,),
                 ("embed",),
                 ("vocab",),
                 use_bias=False,
                 dtype=dtype,
+                out_dtype=jnp.float32,  # bf16 operands, float32 logits
                 param_dtype=param_dtype,
                 kernel_init=layers.normal(cfg.initializer_range),
                 name="lm_head",
             )(x)
         else:
-            logits = wte.attend(x)  # tied: [B, T, V] = x · wteᵀ
+            logits = wte.attend(x)  # tied: [B, T, V] = x · wteᵀ, float32
         logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
         return {"logits": logits.astype(jnp.float32)}
 
@@ -186,9 +199,10 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     q, kv = cfg.num_heads * hd, cfg.kv_heads * hd
     norm = layers.norm_params(cfg)  # one norm's parameters
     attn = e * q + 2 * e * kv + q * e + ((q + 2 * kv + e) if t.biases else 0)
+    attn += (q + 2 * kv) if t.qkv_bias and not t.biases else 0
     mlp = (3 if t.gated_mlp else 2) * e * f + ((f + e) if t.biases else 0)
     norms = 2 * norm
-    embeddings = cfg.vocab_size * e * (1 if t.tied_head else 2)  # wte (+ untied lm_head)
+    embeddings = cfg.vocab_size * e * (1 if cfg.tied_head else 2)  # wte (+ untied lm_head)
     if t.positions == "learned":
         embeddings += cfg.max_seq_len * e
     final = norm

@@ -74,13 +74,16 @@ def head_activation(cfg: ModelConfig) -> str:
 def positions_of(cfg: ModelConfig, batch: dict[str, Array], length: int) -> Array:
     """Position ids ``[B, T]`` (before ``position_offset``).
 
-    ``positions`` when given (packed rows); with ``traits.pad_skipping_positions``
-    (RoBERTa) and an ``attention_mask``,
-    the count of real tokens before each one (``[1,1,1,0] -> [0,1,2,0]``, HF's
-    pad-skipping positions); else ``arange(T)``.
+    ``positions`` when given; packed rows without them (``segment_ids``) restart at 0
+    per segment (:func:`t5x_lite.layers.default_positions`, ``[1,1,2,2,2,0] ->
+    [0,1,0,1,2,0]``), for every arch; otherwise, with
+    ``traits.pad_skipping_positions`` (RoBERTa) and an ``attention_mask``, the count of
+    real tokens before each one (``[1,1,1,0] -> [0,1,2,0]``, HF's pad-skipping
+    positions); else ``arange(T)``.
     """
+    packed = "positions" in batch or "segment_ids" in batch
     pad_skipping = cfg.traits.pad_skipping_positions and "attention_mask" in batch
-    if "positions" not in batch and pad_skipping:
+    if not packed and pad_skipping:
         m = batch["attention_mask"].astype(jnp.int32)  # [B, T]
         return (jnp.cumsum(m, axis=1) - 1) * m
     return layers.default_positions(batch, length)
@@ -195,7 +198,7 @@ class Model(nn.Module):
         bias = layers.param_with_axes(
             self, "mlm_bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), pdt
         )
-        logits = word.attend(h).astype(jnp.float32) + bias.astype(jnp.float32)
+        logits = word.attend(h) + bias.astype(jnp.float32)  # float32 [B, T, V]
         out = {"logits": layers.constrain(logits, ("batch", "act_length", "act_vocab"))}
 
         # ---- pooler + NSP / SOP: [B, E] -> [B, 2]

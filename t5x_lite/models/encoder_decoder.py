@@ -335,7 +335,7 @@ class Decoder(nn.Module):
             y = layer(cfg, name=f"layers_{i}")(y, encoded, self_mask, enc_mask, bias, deterministic)
         y = layers.norm(cfg, "decoder_norm")(y)
         y = drop(y, deterministic=deterministic)  # [B, T, E]
-        if cfg.traits.tied_head:
+        if cfg.tied_head:
             scale = cfg.d_model**-0.5 if cfg.traits.head_scale else 1.0
             logits = self.shared_embedding.attend(y * scale)
         else:
@@ -345,6 +345,7 @@ class Decoder(nn.Module):
                 ("vocab",),
                 use_bias=False,
                 dtype=layers.dtype_of(cfg.dtype),
+                out_dtype=jnp.float32,  # bf16 operands, float32 logits
                 param_dtype=layers.dtype_of(cfg.param_dtype),
                 kernel_init=layers.normal(cfg.d_model**-0.5),
                 name="logits_dense",
@@ -419,6 +420,6 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     encoder = cfg.num_layers * (attn + mlp + 2 * n) + n
     decoder = cfg.decoder_layers * (2 * attn + mlp + 3 * n) + n
     relpos = 2 * cfg.relative_num_buckets * cfg.num_heads
-    embeddings = v * e * (1 if cfg.traits.tied_head else 2)
+    embeddings = v * e * (1 if cfg.tied_head else 2)
     non_embedding = encoder + decoder
     return non_embedding + relpos + embeddings, non_embedding
