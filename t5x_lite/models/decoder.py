@@ -128,6 +128,8 @@ class Model(nn.Module):
         mask = layers.self_attention_mask(  # [B|1, 1, T, T]
             batch, t, causal=True, window=cfg.sliding_window
         )
+        if "decode_mask" in batch:  # cached decoding: [B, 1, T, L] over the cache's slots
+            mask = batch["decode_mask"]
 
         wte = layers.Embed(
             cfg.vocab_size,
