@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from t5x_lite import models, partitioning, steps
 from t5x_lite.config import ModelConfig
@@ -408,8 +409,12 @@ def _generate(
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(cfg: ModelConfig, opts: Options) -> Callable[..., dict[str, Array]]:
-    return jax.jit(functools.partial(_generate, cfg, opts))
+def _jitted(
+    cfg: ModelConfig, opts: Options, mesh: jax.sharding.Mesh | None
+) -> Callable[..., dict[str, Array]]:
+    # On a mesh the (small) outputs come back replicated, readable on every process.
+    out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    return jax.jit(functools.partial(_generate, cfg, opts), out_shardings=out)
 
 
 def _batch_multiple(mesh: jax.sharding.Mesh | None) -> int:
@@ -468,7 +473,7 @@ def generate(
             aux[r, : len(p)] = 1
     if allowed is None:
         allowed = np.ones(cfg.vocab_size, bool)
-    fn = _jitted(cfg, opts)
+    fn = _jitted(cfg, opts, mesh)
     args = (params, ids, aux, jax.random.key(seed), np.asarray(allowed, bool))
     if mesh is None:
         out = fn(*args)
