@@ -37,7 +37,7 @@ embeddings and to the output of every attention and MLP branch, like GPT-2's
 ``embd_pdrop`` / ``resid_pdrop``; attention probabilities are not dropped.
 
 A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
-[B, T, E]``; the key/value cache of incremental decoding can be added inside
+[B, T, E]``; the key/value cache of incremental decoding lives inside
 ``attn`` without changing this interface.
 
 This module imports only jax, flax and the config.
