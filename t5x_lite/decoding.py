@@ -522,11 +522,11 @@ def fill_mask(
         batch["token_type_ids"] = np.zeros_like(ids)
     allowed = np.ones(cfg.vocab_size, bool) if allowed is None else np.asarray(allowed, bool)
     top_ids, top_p = (np.asarray(a) for a in _fill_mask_fn(cfg, k)(params, batch, allowed))
-    return [
-        [(int(t), top_ids[r, t].tolist(), top_p[r, t].tolist()) for t in np.flatnonzero(row == m)]
-        for r, row in enumerate(ids)
-        for m in (mask_id,)
-    ]
+    out = []
+    for r, row in enumerate(ids):
+        positions = np.flatnonzero(row == mask_id)
+        out.append([(int(t), top_ids[r, t].tolist(), top_p[r, t].tolist()) for t in positions])
+    return out
 
 
 # --------------------------------------------------------------------------- trainer's sampler
