@@ -511,6 +511,7 @@ class MultiHeadAttention(nn.Module):
         rope: Callable[[Array, Array], Array] | None = None,
         deterministic: bool = True,
     ) -> Array:
+        cross = kv is not None
         kv = x if kv is None else kv
         e = x.shape[-1]
         kh = self.num_kv_heads or self.num_heads
@@ -546,6 +547,8 @@ class MultiHeadAttention(nn.Module):
         if rope is not None:
             q = rope(q, q_positions)
             k = rope(k, kv_positions if kv_positions is not None else q_positions)
+        if self.is_mutable_collection("cache") and not self.is_initializing():
+            k, v = self._cached(k, v, cross, mask)  # [B, L, K, D]: the cache's keys/values
         q = constrain(q, ("batch", "act_length", "act_heads", "act_kv"))
         k = constrain(k, ("batch", "act_length", "act_kv_heads", "act_kv"))
         v = constrain(v, ("batch", "act_length", "act_kv_heads", "act_kv"))
@@ -569,6 +572,36 @@ class MultiHeadAttention(nn.Module):
             name="out",
             **common,
         )(out)
+
+    def _cached(self, k: Array, v: Array, cross: bool, mask: Array | None) -> tuple[Array, Array]:
+        """Incremental decoding (``apply(..., mutable=["cache"])``): keys/values of the
+        whole cache ``[B, L, K, D]`` in place of this call's ``k, v [B, T, K, D]``.
+
+        Self-attention writes ``k, v`` at slots ``cache_index .. cache_index + T - 1`` of
+        ``cached_key`` / ``cached_value`` ``[B, L, K, D]``, ``L = mask.shape[-1]`` (created
+        as zeros on the first call, the prefill), and advances ``cache_index``; the
+        caller's ``mask [B|1, 1, T, L]`` says which slots each query sees.
+        Cross-attention stores the encoder's keys/values on the first call and reuses
+        them afterwards (this call's projections are then dead code). Only key/value
+        heads are stored (``K``, not ``H``: grouped-query attention).
+        """
+        axes = ("batch", "act_length", "act_kv_heads", "act_kv")
+        if cross:
+            ck = self.variable("cache", "cached_key", lambda: constrain(k, axes))
+            cv = self.variable("cache", "cached_value", lambda: constrain(v, axes))
+            return ck.value, cv.value
+        assert mask is not None, "cached self-attention needs a [B|1, 1, T, L] mask"
+        b, t, kh, d = k.shape
+        shape = (b, mask.shape[-1], kh, d)
+        ck = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+        cv = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        i = index.value
+        write = jax.lax.dynamic_update_slice
+        ck.value = constrain(write(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0)), axes)
+        cv.value = constrain(write(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0)), axes)
+        index.value = i + t
+        return ck.value, cv.value
 
 
 # --------------------------------------------------------------------------- rotary

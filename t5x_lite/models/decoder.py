@@ -48,7 +48,7 @@ embeddings and to the output of every attention and MLP branch, like GPT-2's
 ``embd_pdrop`` / ``resid_pdrop``; attention probabilities are not dropped.
 
 A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
-[B, T, E]``; the key/value cache of incremental decoding can be added inside
+[B, T, E]``; the key/value cache of incremental decoding lives inside
 ``attn`` without changing this interface.
 
 This module imports only jax, flax and the config.
@@ -140,6 +140,8 @@ class Model(nn.Module):
         mask = layers.self_attention_mask(  # [B|1, 1, T, T]
             batch, t, causal=True, window=cfg.sliding_window
         )
+        if "decode_mask" in batch:  # cached decoding: [B, 1, T, L] over the cache's slots
+            mask = batch["decode_mask"]
 
         wte = layers.Embed(
             cfg.vocab_size,

@@ -324,12 +324,14 @@ class Decoder(nn.Module):
         enc_mask: Array,
         positions: Array,
         deterministic: bool = True,
+        kv_positions: Array | None = None,
     ) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         y = layers.constrain(self.shared_embedding(ids), _RESIDUAL)  # [B, T, E]
         y = drop(y, deterministic=deterministic)
-        bias = _relpos(cfg, bidirectional=False)(positions, positions)  # [B|1, H, T, T]
+        kv_positions = positions if kv_positions is None else kv_positions  # [B|1, S]
+        bias = _relpos(cfg, bidirectional=False)(positions, kv_positions)  # [B|1, H, T, S]
         layer = layers.remat(DecoderLayer, cfg.remat_policy)
         for i in range(cfg.decoder_layers):
             y = layer(cfg, name=f"layers_{i}")(y, encoded, self_mask, enc_mask, bias, deterministic)
@@ -390,13 +392,18 @@ class Model(nn.Module):
             "decoder_positions",
             "decoder_segment_ids",
         )
+        self_mask, kv_positions = decoder_mask(batch), None
+        if "decode_mask" in batch:  # cached decoding: [B, 1, T, L]; slot j holds position j
+            self_mask = batch["decode_mask"]
+            kv_positions = jnp.arange(self_mask.shape[-1], dtype=jnp.int32)[None]
         logits = self.decoder(
             batch["decoder_input_ids"],
             encoded,
-            decoder_mask(batch),
+            self_mask,
             cross_mask(batch),
             positions,
             deterministic,
+            kv_positions,
         )
         return {"logits": logits}
 

@@ -1,0 +1,163 @@
+"""Generate from a trained run: ``python -m t5x_lite.generate --workdir=DIR --prompt=TEXT``.
+
+Loads the run's ``config.json``, ``tokenizer.model`` and latest checkpoint (restored
+as the trainer restores it, onto a data-parallel mesh of this machine's devices),
+then continues the prompt with cached decoding (:func:`t5x_lite.decoding.generate`):
+
+    python -m t5x_lite.generate --workdir=runs/default --prompt="In the beginning" \\
+        [--max_new_tokens=64 --temperature=0.8 --top_k=40 --top_p=0.95 --num_beams=1 \\
+         --alpha=0.6 --seed=0]
+
+Decoders print the prompt and its continuation; encoder-decoders (T5) print the
+decoder's output for the prompt as encoder input; encoders fill the prompt's
+``[MASK]`` markers (the ``--top_k`` most likely ids each, 5 by default). With
+``--num_beams > 1`` every beam is printed with its score. Temperature 0 (the default)
+is greedy. A workdir without a run or a checkpoint, or a prompt longer than the
+model's context (``model.max_seq_len``), is a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+
+from t5x_lite import checkpoints, decoding, partitioning, steps
+from t5x_lite.config import Config, ConfigError, MeshConfig, from_dict
+from t5x_lite.preflight import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+
+MASK = "[MASK]"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m t5x_lite.generate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--workdir", required=True, help="a run directory written by run_train.py")
+    p.add_argument("--prompt", required=True, help="text to continue (encoders: with [MASK])")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=0, help="0 = off (encoders: predictions per mask)")
+    p.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--num_beams", type=int, default=1, help="> 1: beam search")
+    p.add_argument("--alpha", type=float, default=0.6, help="beam length penalty exponent")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def load(workdir: str) -> tuple[Config, Any, steps.Steps, Any, int]:
+    """``(config, tokenizer, steps, params, step)`` of the latest checkpoint in ``workdir``."""
+    from t5x_lite.data.tokenizer import Tokenizer
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{workdir} holds no run ({CONFIG_FILE} missing)")
+    with open(path) as f:
+        cfg = from_dict(json.load(f))
+    tok_path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.isfile(tok_path):
+        raise ConfigError(f"{workdir} holds no {TOKENIZER_FILE}")
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(ckpt_dir):
+        raise ConfigError(f"{workdir} holds no checkpoint ({CHECKPOINT_DIR}/ missing)")
+    ckpt = checkpoints.Checkpointer(ckpt_dir, cfg.checkpoint, create=False)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            raise ConfigError(f"{ckpt_dir} holds no checkpoint")
+        mesh = partitioning.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
+        run = steps.for_config(cfg, mesh)
+        target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
+        state, _, _ = ckpt.restore(latest, target, jax.process_index())
+    finally:
+        ckpt.close()
+    return cfg, Tokenizer(tok_path), run, state.params, latest
+
+
+def _encode_masked(tokenizer: Any, text: str) -> list[int]:
+    """``text`` with every ``[MASK]`` marker as ``tokenizer.mask_id``."""
+    ids: list[int] = []
+    for i, part in enumerate(text.split(MASK)):
+        if i:
+            ids.append(int(tokenizer.mask_id))
+        if part.strip():
+            ids.extend(tokenizer.encode(part.strip()))
+    return ids
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """The lines :func:`main` prints."""
+    cfg, tok, steps_, params, step = load(args.workdir)
+    m = cfg.model
+    context = m.max_seq_len
+    if m.family == "encoder":
+        ids = _encode_masked(tok, args.prompt)
+        if len(ids) > context:
+            raise ConfigError(f"prompt has {len(ids)} tokens; the model's context is {context}")
+        if tok.mask_id not in ids:
+            raise ConfigError(f"an encoder fills {MASK} markers; the prompt has none")
+        allowed = decoding.allowed_ids(tok, m.vocab_size)
+        k = args.top_k or 5
+        lines = [f"step {step}: {decoding.printable(args.prompt)}"]
+        filled = decoding.fill_mask(m, params, [ids], tok.mask_id, k, allowed=allowed)[0]
+        for pos, top, probs in filled:
+            guesses = ", ".join(
+                f"{decoding.printable(tok.decode([t]))!r} {p:.3f}"
+                for t, p in zip(top, probs, strict=True)
+            )
+            lines.append(f"[MASK] at {pos}: {guesses}")
+        return lines
+    ids = list(tok.encode(args.prompt))
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens")
+    room = context - 1 if m.family == "decoder" else context  # a decoder needs one new slot
+    if len(ids) > room:
+        raise ConfigError(f"prompt has {len(ids)} tokens; the model's context is {context}")
+    new = args.max_new_tokens
+    if m.family == "decoder":
+        new = min(new, context - len(ids))
+    if new <= 0:
+        raise ConfigError(f"--max_new_tokens={args.max_new_tokens} must be positive")
+    opts = decoding.Options(
+        max_new_tokens=new,
+        eos_id=int(tok.eos_id),
+        pad_id=0,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        alpha=args.alpha,
+    )
+    allowed = decoding.allowed_ids(tok, m.vocab_size)
+    out = decoding.generate(m, params, [ids], opts, args.seed, allowed, steps_.mesh)
+    prefix = ids if m.family == "decoder" else []
+
+    def text(tokens: Any, length: int) -> str:
+        body = [int(t) for t in tokens[:length] if int(t) != tok.eos_id]
+        return decoding.printable(tok.decode(prefix + body))
+
+    if args.num_beams > 1:
+        return [
+            f"beam {w} (score {float(out['scores'][0, w]):.4f}): "
+            + text(out["beams"][0, w], int(out["beam_lengths"][0, w]))
+            for w in range(args.num_beams)
+        ]
+    return [text(out["tokens"][0], int(out["lengths"][0]))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        lines = run(args)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
