@@ -552,8 +552,7 @@ def open_corpus(
         path = Path(os.path.expanduser(spec))
         if not path.exists():
             raise ConfigError(
-                f"data.corpus={spec!r} is neither 'kjv', 'tfds:NAME' nor an existing directory "
-                "(or a glob of files)"
+                f"data.corpus={spec!r} is neither 'kjv', 'tfds:NAME' nor an existing directory"
             )
         if not path.is_dir():
             raise ConfigError(
