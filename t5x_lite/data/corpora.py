@@ -183,6 +183,15 @@ def _features() -> Any:
     return tfds.features.FeaturesDict({"text": text(), "source": text()})
 
 
+def _serialize(features: Any, example: dict[str, str]) -> bytes:
+    """TFDS's ``serialize_example`` with map keys in a fixed order, so that the same
+    document gives the same bytes in every process (protobuf maps are unordered)."""
+    serializer = features._example_serializer
+    return serializer.get_tf_example(features.encode_example(example)).SerializeToString(
+        deterministic=True
+    )
+
+
 class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Documents of the files under a directory or matching a glob (see
     :mod:`t5x_lite.data.sources` for the formats), prepared by :func:`prepare_files`."""
@@ -277,7 +286,7 @@ def _text_unit(
                 tmp = folder / f".{name}.{os.getpid()}.tmp"
                 writers[split] = (ArrayRecordWriter(str(tmp), "group_size:1"), tmp, name)
                 shards[split].append([name, 0, 0])
-            writers[split][0].write(features.serialize_example({"text": text, "source": key}))
+            writers[split][0].write(_serialize(features, {"text": text, "source": key}))
             shards[split][-1][1] += 1
             shards[split][-1][2] += len(text)
             parallel.report(docs=1)
@@ -297,8 +306,9 @@ def prepare_files(
     workers: int | None = None,
     unit_bytes: int = UNIT_BYTES,
     shard_bytes: int = SHARD_BYTES,
-) -> None:
-    """Prepare ``builder``'s dataset as TFDS array_record shards, streaming.
+) -> dict[str, float]:
+    """Prepare ``builder``'s dataset as TFDS array_record shards, streaming; returns what
+    this process did (``units``, ``seconds``, ``bytes``, ``documents``).
 
     Files are grouped into units (:func:`plan_units`); process ``p`` of ``P`` prepares
     units ``p, p+P, ...`` on ``workers`` cores (default: all it may use), each unit
@@ -308,8 +318,9 @@ def prepare_files(
     one document (or one record batch) at a time.
     """
     final = Path(builder.data_dir)
+    done: dict[str, float] = {"units": 0, "seconds": 0.0, "bytes": 0, "documents": 0}
     if builder.is_prepared():
-        return
+        return done
     work = final.with_name(f".{final.name}.incomplete")
     work.mkdir(parents=True, exist_ok=True)
     error = work / "error.txt"
@@ -335,7 +346,9 @@ def prepare_files(
     try:
         if todo:
             workers = workers or parallel.available_cores()
-            parallel.run(_text_unit, tasks, todo, workers=workers, desc=f"text {final.parent.name}")
+            desc = f"text {final.parent.name}"
+            stats = parallel.run(_text_unit, tasks, todo, workers=workers, desc=desc)
+            done = {"units": len(todo), **stats}
     except ConfigError as e:
         parallel.write_atomic(error, str(e))
         raise
@@ -350,9 +363,10 @@ def prepare_files(
 
     if process_index != 0:
         parallel.wait_for(lambda: ready([final / "dataset_info.json"]), str(final))
-        return
+        return done
     parallel.wait_for(lambda: ready(manifest), f"the text units of {final}")
     _finalize(builder, work, [parallel.read_json(m) for m in manifest])
+    return done
 
 
 def _finalize(builder: TextFiles, work: Path, manifests: list[dict]) -> None:

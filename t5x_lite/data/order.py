@@ -21,7 +21,7 @@ worker.
     >>> o.group_tokens.tolist()                       # groups {pi(0), pi(1)}, {pi(2)}
     [0, 6, 7]
     >>> order, cum_end = o.layout(epoch=0, wrap=1)    # doc + EOS
-    >>> sorted(order.tolist()), cum_end[-1]           # every document once, 7 + 3 tokens
+    >>> sorted(order.tolist()), int(cum_end[-1])      # every document once, 7 + 3 tokens
     ([0, 1, 2], 10)
 """
 
@@ -127,9 +127,7 @@ class DocumentOrder:
         self.num_docs = len(doc_starts) - 1
         self.key = key
         self.group_docs = group_docs
-        self.group_tokens = (
-            group_tokens(doc_starts, key, group_docs) if groups is None else groups
-        )
+        self.group_tokens = group_tokens(doc_starts, key, group_docs) if groups is None else groups
         self.num_groups = len(self.group_tokens) - 1
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()

@@ -45,6 +45,9 @@ from t5x_lite.data.tokenizer import Tokenizer
 _FILES = ("tokens", "sentence_starts", "doc_sentences", "doc_starts")
 PIECE_DOCS = 1 << 16  # documents per piece at most
 COPY_ITEMS = 1 << 22  # elements per chunk when concatenating pieces
+# What the last preparation in this process did: units (pieces), seconds, bytes (of
+# text), documents, tokens; tokens per second per core follow from it.
+LAST_RUN: dict[str, float] = {}
 # Raw piece files: (name, dtype) of what each document batch appends.
 _PIECE_FILES = (("tokens", np.int32), ("sentence_lengths", np.int32), ("doc_counts", np.int32))
 
@@ -314,9 +317,12 @@ def _prepare(
         (k, ref, split, b, e, tok.path, tok.sha256, str(pieces), threads)
         for k, (b, e) in enumerate(bounds)
     ]
+    LAST_RUN.clear()
+    LAST_RUN.update(units=0, workers=workers)
     try:
         if todo:
-            parallel.run(_token_piece, tasks, todo, workers=workers, desc=f"tokens {split}")
+            stats = parallel.run(_token_piece, tasks, todo, workers=workers, desc=f"tokens {split}")
+            LAST_RUN.update(units=len(todo), **stats)
     except ConfigError as e:
         parallel.write_atomic(error, str(e))
         raise
