@@ -318,7 +318,8 @@ def test_epoch_windows_agree_with_the_full_layout_and_change_every_epoch():
     for epoch in (0, 1):
         full_order, cum_end = o.layout(epoch, wrap=1)
         assert sorted(full_order.tolist()) == list(range(1500)) and cum_end[-1] == total
-        starts = r.integers(0, total - 100, size=32)
+        bounds = o.wrapped_starts(1)[1:6]  # rows across group boundaries, and random ones
+        starts = np.concatenate([bounds - 10, bounds - 99, r.integers(0, total - 100, size=32)])
         want = packing.stream_window(tokens, doc_starts, full_order, cum_end, starts, 100)
         part = o.window(epoch, starts, 100, wrap=1)
         got = packing.stream_window(tokens, doc_starts, part[0], part[1], starts, 100)
