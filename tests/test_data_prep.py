@@ -321,10 +321,11 @@ def test_epoch_windows_agree_with_the_full_layout_and_change_every_epoch():
         bounds = o.wrapped_starts(1)[1:6]  # rows across group boundaries, and random ones
         starts = np.concatenate([bounds - 10, bounds - 99, r.integers(0, total - 100, size=32)])
         want = packing.stream_window(tokens, doc_starts, full_order, cum_end, starts, 100)
-        part = o.window(epoch, starts, 100, wrap=1)
-        got = packing.stream_window(tokens, doc_starts, part[0], part[1], starts, 100)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(part[2][got[1]], want[1])  # stream slots
+        for rows in (np.arange(len(starts)), *np.arange(len(starts))[:, None]):  # all; each
+            part = o.window(epoch, starts[rows], 100, wrap=1)
+            got = packing.stream_window(tokens, doc_starts, part[0], part[1], starts[rows], 100)
+            np.testing.assert_array_equal(got[0], want[0][rows])
+            np.testing.assert_array_equal(part[2][got[1]], want[1][rows])  # stream slots
     assert (o.layout(0, 1)[0] != o.layout(1, 1)[0]).mean() > 0.9
 
 
