@@ -228,13 +228,15 @@ def _assemble(pieces: Path, manifests: list[dict], tmp: Path) -> dict:
     _write_npy(tmp / "sentence_starts.npy", np.int64, n_sent + 1, sent)
     docs = _cumulative(each("doc_counts", "documents", np.int32))
     _write_npy(tmp / "doc_sentences.npy", np.int64, n_doc + 1, docs)
-    # doc_starts = sentence_starts[doc_sentences], read through memory maps in chunks.
-    starts = np.load(tmp / "sentence_starts.npy", mmap_mode="r")
-    bounds = np.load(tmp / "doc_sentences.npy", mmap_mode="r")
-    chunks = (np.asarray(starts[np.asarray(bounds[i : i + COPY_ITEMS])])
-              for i in range(0, n_doc + 1, COPY_ITEMS))  # fmt: skip
-    _write_npy(tmp / "doc_starts.npy", np.int64, n_doc + 1, chunks)
-    del starts, bounds
+
+    def doc_tokens():  # tokens per document, one piece at a time (bounded by PIECE_DOCS)
+        for k in range(len(manifests)):
+            lens = np.fromfile(pieces / f"piece-{k:05d}.sentence_lengths", np.int32)
+            counts = np.fromfile(pieces / f"piece-{k:05d}.doc_counts", np.int32)
+            if len(counts):
+                yield np.add.reduceat(lens.astype(np.int64), np.cumsum(counts) - counts)
+
+    _write_npy(tmp / "doc_starts.npy", np.int64, n_doc + 1, _cumulative(doc_tokens()))
     return {"documents": n_doc, "sentences": n_sent, "tokens": n_tok}
 
 
