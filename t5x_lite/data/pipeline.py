@@ -21,7 +21,8 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
     Infinite iterator of this process's numpy batches (``cfg.train.batch_size //
     process_count`` rows), with ``get_state() -> dict`` (JSON-serialisable) and
     ``set_state(state)``: a restored iterator yields exactly the batches the
-    uninterrupted one would have.
+    uninterrupted one would have. A split not yet tokenised is prepared first, each
+    process doing its share.
 ``eval_batches(cfg, tokenizer, num_batches, process_index=0, process_count=1)``
     ``list`` of batches from ``cfg.data.eval_split``; the same on every call.
 ``lengths(cfg) -> Lengths(input_len, target_len)``
@@ -31,7 +32,8 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
 How a batch is made (grain ``MapDataset``, everything keyed by index):
 
 1. Rows. Packed objectives cut one *stream* per epoch (documents in a seeded
-   per-epoch order, see :mod:`t5x_lite.data.packing`) into ``R`` rows; NSP/SOP make
+   per-epoch order computed on the fly, :mod:`t5x_lite.data.order`; packing in
+   :mod:`t5x_lite.data.packing`) into ``R`` rows; NSP/SOP make
    one row per sentence chunk (:mod:`t5x_lite.data.sentence_pairs`). ``R`` is the same
    every epoch.
 2. ``MapDataset.range(R).shuffle(seed).repeat()``: grain reshuffles the rows each

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,8 @@ from t5x_lite.data.tokenizer import Tokenizer
 _FILES = ("tokens", "sentence_starts", "doc_sentences", "doc_starts")
 PIECE_DOCS = 1 << 16  # documents per piece at most
 COPY_ITEMS = 1 << 22  # elements per chunk when concatenating pieces
-# What the last preparation in this process did: units (pieces), seconds, bytes (of
-# text), documents, tokens; tokens per second per core follow from it.
+# What the last preparation in this process did: units (pieces), workers, seconds,
+# bytes (of text), documents, tokens, cpu_seconds (of the pieces done here).
 LAST_RUN: dict[str, float] = {}
 # Raw piece files: (name, dtype) of what each document batch appends.
 _PIECE_FILES = (("tokens", np.int32), ("sentence_lengths", np.int32), ("doc_counts", np.int32))
@@ -143,6 +144,7 @@ def _token_piece(
 ) -> None:
     """Tokenise documents ``[begin, end)`` into piece ``k`` (files, then manifest) with
     ``threads`` SentencePiece threads (-1: all cores)."""
+    cpu0 = time.process_time()
     corpus, tok, folder = reopen(ref), Tokenizer(tok_path), Path(pieces)
     if tok.sha256 != sha:
         raise ConfigError(f"tokenizer file {tok_path} changed while preparing {folder}")
@@ -172,6 +174,7 @@ def _token_piece(
                 flush()
         flush()
     counts["bad_utf8"] = bad[0]
+    counts["cpu_seconds"] = time.process_time() - cpu0  # threads=-1 counts all threads
     for n, _ in _PIECE_FILES:
         os.replace(tmp[n], folder / f"piece-{k:05d}.{n}")
     manifest = {"begin": begin, "end": end, "tokenizer_sha256": sha, **counts}
@@ -325,6 +328,9 @@ def _prepare(
         if todo:
             stats = parallel.run(_token_piece, tasks, todo, workers=workers, desc=f"tokens {split}")
             LAST_RUN.update(units=len(todo), **stats)
+            LAST_RUN["cpu_seconds"] = sum(
+                parallel.read_json(manifest[k]).get("cpu_seconds", 0.0) for k in todo
+            )
     except ConfigError as e:
         parallel.write_atomic(error, str(e))
         raise
