@@ -386,3 +386,23 @@ def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_cli_prepare_two_processes(tmp_path, tok):
+    src = _corpus_dir(tmp_path / "src", files=2)
+    args = [
+        sys.executable, "-m", "t5x_lite.data", "--config=configs/gpt2_tiny.py", "--prepare",
+        f"--config.data.corpus={src}/*.jsonl", f"--config.data.data_dir={tmp_path / 'd'}",
+        f"--config.data.tokenizer={tok.path}", "--config.data.seq_len=16", "--process_count=2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "T5X_LITE_PREP_WORKERS": "1"}
+    procs = [
+        subprocess.Popen([*args, f"--process_index={p}"], cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for p in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    got = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert got[0] == {**got[1], "seconds": got[0]["seconds"]}
+    assert got[0]["train"]["documents"] + got[0]["validation"]["documents"] == 60
