@@ -150,7 +150,9 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     check_workdir(cfg, workdir)
     run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
     resuming_tokenizer = os.path.isfile(run_tokenizer)
-    tokenizer = pipeline.get_tokenizer(cfg, workdir if resuming_tokenizer else None)
+    tokenizer = pipeline.get_tokenizer(
+        cfg, workdir if resuming_tokenizer else None, pidx, pcount
+    )
     iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
     eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
 

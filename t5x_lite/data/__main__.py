@@ -12,6 +12,13 @@ shared machine), and per objective ``mask_rate``, ``mask_token_fraction``,
 ``random_token_fraction``, ``unchanged_fraction`` (MLM), ``noise_density``,
 ``mean_noise_span_length`` (span corruption, UL2), ``positive_fraction`` (NSP/SOP).
 ``--show=N`` prints N decoded rows of the first batch.
+``--prepare`` only prepares: the corpus, the tokenizer and the token stores of the train
+and eval splits, printing one JSON line of counts; with ``--process_index=p
+--process_count=P`` (hosts sharing ``data.data_dir``) each process does its share::
+
+    python -m t5x_lite.data --config=configs/gpt2_small.py --prepare \
+        --config.data.corpus='/data/web/*.jsonl.zst' --process_index=0 --process_count=4
+
 Bad input is one line on stderr and exit status 2.
 """
 
@@ -36,6 +43,9 @@ _STATS = flags.DEFINE_bool("stats", False, "Print statistics of --num_batches ba
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 20, "Batches to read for --stats.")
 _SHOW = flags.DEFINE_integer("show", 0, "Print this many decoded rows of the first batch.")
 _SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Which stream to read.")
+_PREPARE = flags.DEFINE_bool("prepare", False, "Only prepare corpus, tokenizer, token stores.")
+_PINDEX = flags.DEFINE_integer("process_index", 0, "This process's index (--prepare).")
+_PCOUNT = flags.DEFINE_integer("process_count", 1, "Processes preparing together (--prepare).")
 
 
 def main(argv: list[str]) -> None:
@@ -47,6 +57,9 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset it opens at INFO
     try:
         cfg = presets.to_typed(_CONFIG.value)
+        if _PREPARE.value:
+            print(json.dumps(_prepare(cfg, _PINDEX.value, _PCOUNT.value)))
+            return
         t0 = time.perf_counter()
         tok = pipeline.get_tokenizer(cfg)
         n = max(_NUM_BATCHES.value if _STATS.value else 1, 1)
@@ -94,6 +107,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return app.parse_flags_with_usage(argv)
+
+
+def _prepare(cfg, process_index: int, process_count: int) -> dict:
+    from t5x_lite.data import pipeline
+
+    t0 = time.perf_counter()
+    tok = pipeline.get_tokenizer(cfg, None, process_index, process_count)
+    out = {"corpus": cfg.data.corpus, "tokenizer": tok.path}
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.eval_split)):
+        source = pipeline.batch_source(cfg, tok, split, process_index, process_count)
+        out[split] = {"documents": source.store.num_docs, "tokens": source.store.num_tokens,
+                      "path": source.store.path}  # fmt: skip
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 if __name__ == "__main__":

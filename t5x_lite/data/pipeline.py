@@ -21,7 +21,8 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
     Infinite iterator of this process's numpy batches (``cfg.train.batch_size //
     process_count`` rows), with ``get_state() -> dict`` (JSON-serialisable) and
     ``set_state(state)``: a restored iterator yields exactly the batches the
-    uninterrupted one would have.
+    uninterrupted one would have. A split not yet tokenised is prepared first, each
+    process doing its share.
 ``eval_batches(cfg, tokenizer, num_batches, process_index=0, process_count=1)``
     ``list`` of batches from ``cfg.data.eval_split``; the same on every call.
 ``lengths(cfg) -> Lengths(input_len, target_len)``
@@ -31,7 +32,8 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
 How a batch is made (grain ``MapDataset``, everything keyed by index):
 
 1. Rows. Packed objectives cut one *stream* per epoch (documents in a seeded
-   per-epoch order, see :mod:`t5x_lite.data.packing`) into ``R`` rows; NSP/SOP make
+   per-epoch order computed on the fly, :mod:`t5x_lite.data.order`; packing in
+   :mod:`t5x_lite.data.packing`) into ``R`` rows; NSP/SOP make
    one row per sentence chunk (:mod:`t5x_lite.data.sentence_pairs`). ``R`` is the same
    every epoch.
 2. ``MapDataset.range(R).shuffle(seed).repeat()``: grain reshuffles the rows each
@@ -69,15 +71,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from t5x_lite.config import Config, ConfigError, DataConfig, RowLengths, objectives, row_lengths
-from t5x_lite.data import packing, rng
+from t5x_lite.data import order as order_lib
+from t5x_lite.data import packing, parallel, rng
 from t5x_lite.data.corpora import data_dir_of, open_corpus, split_sentences
 from t5x_lite.data.iterator_state import DataIterator, fingerprint
 from t5x_lite.data.token_store import TokenizedSplit, load_or_build
@@ -113,8 +114,15 @@ def tokenizer_size(cfg: Config) -> tuple[int, str]:
     return cfg.model.vocab_size, "model.vocab_size"
 
 
-def get_tokenizer(cfg: Config, workdir: str | None = None) -> Tokenizer:
-    """The run's tokenizer (see the module docstring)."""
+def get_tokenizer(
+    cfg: Config,
+    workdir: str | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Tokenizer:
+    """The run's tokenizer (see the module docstring). On several hosts (sharing the
+    data dir) pass ``jax.process_index()`` / ``jax.process_count()``: they prepare the
+    corpus together, and process 0 trains the tokenizer while the others wait."""
     data = cfg.data
     vocab = cfg.model.vocab_size
     size, field = tokenizer_size(cfg)
@@ -135,10 +143,12 @@ def get_tokenizer(cfg: Config, workdir: str | None = None) -> Tokenizer:
             )
         return tok
     else:
-        corpus = open_corpus(data)
+        corpus = open_corpus(data, process_index, process_count)
         slug = data.train_split.replace("/", "_")
         name = f"{corpus.key}-{slug}-{data.tokenizer_type}-{size}.model"
         path = data_dir_of(data) / "t5x_lite_tokenizers" / name
+        if not path.is_file() and process_index != 0:
+            parallel.wait_for(path.is_file, str(path))
         if not path.is_file():
             train_sentencepiece(
                 _training_sentences(corpus, data.train_split),
@@ -190,10 +200,13 @@ class BatchSource:
         self.input_len, self.target_len = row_lengths(data)
         self.prefix, self.suffix, self.width, self.extra = self.builder.layout(data, tok)
         self.row_starts: np.ndarray | None = None
+        self.wrap = len(self.prefix) + len(self.suffix)
         if self.width:
-            self.doc_starts = np.asarray(store.doc_starts)
-            self.lengths = packing.stream_lengths(self.doc_starts, self.prefix, self.suffix)
-            total = int(self.lengths.sum())
+            self.doc_starts = store.doc_starts  # [D+1], memory-mapped
+            key, k = rng.derive_key(data.seed, split, "order"), order_lib.GROUP_DOCS
+            groups = order_lib.load_or_compute_groups(store.path, self.doc_starts, key, k)
+            self.order = order_lib.DocumentOrder(self.doc_starts, key, k, groups)
+            total = store.num_tokens + self.wrap * store.num_docs
             self.rows_per_epoch = max((total - self.extra) // self.width, 0)
             self.tokens_per_epoch = total
             if self.builder.row_offsets is not None:
@@ -208,8 +221,6 @@ class BatchSource:
                 f"is too small for one row of data.seq_len={data.seq_len}"
             )
         self.shuffle_seed = rng.derive_key(data.seed, split, "rows") % (2**32)
-        self._layouts: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple:
         # grain worker processes rebuild the source from its settings (memory maps reopen).
@@ -219,20 +230,19 @@ class BatchSource:
         return rng.derive_key(self.data.seed, self.split, int(epoch), purpose)
 
     def layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(order [D], cum_end [D])`` of the epoch's document stream (cached)."""
-        with self._lock:
-            if epoch in self._layouts:
-                self._layouts.move_to_end(epoch)
-                return self._layouts[epoch]
-        order = rng.numpy_rng(self.data.seed, self.split, epoch, "order").permutation(
-            len(self.lengths)
-        )
-        layout = (order, np.cumsum(self.lengths[order]))
-        with self._lock:
-            self._layouts[epoch] = layout
-            while len(self._layouts) > 4:  # least recently used first
-                self._layouts.popitem(last=False)
-        return layout
+        """``(order [D], cum_end [D])`` of the epoch's whole document stream: O(D), for
+        inspection; rows are read through :meth:`stream` (:mod:`t5x_lite.data.order`)."""
+        return self.order.layout(epoch, self.wrap)
+
+    def stream(self, epoch: int, starts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids [B, width], slot [B, width])``: the epoch stream from each of ``starts``
+        (``slot``: the stream slot, i.e. which document of the epoch, of each token)."""
+        order, cum_end, slot_of = self.order.window(epoch, starts, width, self.wrap)
+        ids, slot = packing.stream_window(
+            self.store.tokens, self.doc_starts, order, cum_end, starts, width,
+            self.prefix, self.suffix,
+        )  # fmt: skip
+        return ids, slot_of[slot]
 
     def __call__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         epochs, rows = (np.asarray(x, dtype=np.int64) for x in batch)
@@ -254,17 +264,8 @@ class BatchSource:
         """The batch of ``rows`` of ``epoch`` (the objective's row builder)."""
         if not self.width:
             return self.builder.rows(self, epoch, rows)
-        order, cum_end = self.layout(epoch)
-        ids, slot = packing.stream_window(
-            self.store.tokens,
-            self.doc_starts,
-            order,
-            cum_end,
-            rows * self.width if self.row_starts is None else self.row_starts[rows],
-            self.width + self.extra,
-            self.prefix,
-            self.suffix,
-        )
+        starts = rows * self.width if self.row_starts is None else self.row_starts[rows]
+        ids, slot = self.stream(epoch, starts, self.width + self.extra)
         return self.builder.rows(self, epoch, rows, ids, slot)
 
 
@@ -276,8 +277,16 @@ def _source(data: DataConfig, tok_path: str, tok_sha: str, split: str) -> BatchS
     return BatchSource(data, tok, store, split)
 
 
-def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
-    """The (cached) :class:`BatchSource` of ``split`` under ``cfg``."""
+def batch_source(
+    cfg: Config,
+    tokenizer: Tokenizer,
+    split: str,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> BatchSource:
+    """The (cached) :class:`BatchSource` of ``split`` under ``cfg``; a split not yet
+    tokenised is prepared first, process ``process_index`` of ``process_count`` doing
+    its share (:func:`t5x_lite.data.token_store.load_or_build`)."""
     families = objectives.spec(cfg.data.objective).families
     if cfg.model.family not in families:
         raise ConfigError(
@@ -290,6 +299,9 @@ def batch_source(cfg: Config, tokenizer: Tokenizer, split: str) -> BatchSource:
             f"{tokenizer.path} ({tokenizer.vocab_size})"
         )
     lengths(cfg)  # target_len check
+    if process_count > 1:
+        corpus = open_corpus(cfg.data, process_index, process_count)
+        load_or_build(corpus, split, tokenizer, data_dir_of(cfg.data), process_index, process_count)
     return _source(cfg.data, tokenizer.path, tokenizer.sha256, split)
 
 
@@ -306,7 +318,7 @@ def _dataset(
             f"train.batch_size={cfg.train.batch_size} is not divisible by the "
             f"{process_count} processes"
         )
-    source = batch_source(cfg, tokenizer, split)
+    source = batch_source(cfg, tokenizer, split, process_index, process_count)
     rows = row_index_dataset(
         source.rows_per_epoch,
         source.shuffle_seed,

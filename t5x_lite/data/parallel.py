@@ -1,0 +1,166 @@
+"""Preparation split into units of work: across hosts, over cores, resumable, with progress.
+
+A preparation (text shards of a corpus, token pieces of a split) is a list of units
+numbered ``0..U-1``. Process ``p`` of ``P`` does units ``u`` with ``u % P == p`` (hosts
+share the data dir, so each does a disjoint part), on up to ``workers`` processes of
+its own (``spawn``ed, one unit each at a time). A unit writes its files under temporary
+names, renames them when complete and writes its manifest last: a unit with a manifest
+is done and never redone, a half-written one leaves only temporary files, which the
+next attempt overwrites. One process (index 0) then assembles the units' output while
+the others wait for the result.
+
+    >>> assigned(6, process_index=1, process_count=2)
+    [1, 3, 5]
+
+Progress: a ``tqdm`` bar (on a terminal) with bytes, documents and tokens per second,
+fed by the units through :func:`report`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from t5x_lite.config import ConfigError
+
+_SINK: Callable[[tuple[int, int, int]], None] | None = None
+WAIT_TIMEOUT_S = 24 * 3600.0
+
+
+def available_cores() -> int:
+    """Cores this process may use (``T5X_LITE_PREP_WORKERS`` overrides)."""
+    if os.environ.get("T5X_LITE_PREP_WORKERS"):
+        return max(1, int(os.environ["T5X_LITE_PREP_WORKERS"]))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def assigned(num_units: int, process_index: int = 0, process_count: int = 1) -> list[int]:
+    """The units process ``process_index`` of ``process_count`` prepares."""
+    if not 0 <= process_index < process_count:
+        raise ConfigError(f"process_index={process_index} outside [0, {process_count})")
+    return list(range(process_index, num_units, process_count))
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``path`` under a temporary name, then rename it (never seen half-written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def report(num_bytes: int = 0, docs: int = 0, tokens: int = 0) -> None:
+    """Count work done toward the progress bar (from a unit, in any process)."""
+    if _SINK is not None:
+        _SINK((num_bytes, docs, tokens))
+
+
+class Progress:
+    """``tqdm`` bar of bytes with documents/s and tokens/s; totals in ``.counts``."""
+
+    def __init__(self, desc: str, total_units: int, disable: bool | None = None):
+        from tqdm.auto import tqdm
+
+        self.counts = [0, 0, 0]
+        self.units = 0
+        self.total_units = total_units
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(
+            desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
+            mininterval=0.5, dynamic_ncols=True,
+        )  # fmt: skip
+
+    def __call__(self, delta: tuple[int, int, int]) -> None:
+        for i, v in enumerate(delta):
+            self.counts[i] += v
+        self.bar.update(delta[0])
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(
+            f"units {self.units}/{self.total_units}, {self.counts[1] / dt:,.0f} docs/s, "
+            f"{self.counts[2] / dt:,.0f} tokens/s",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _init_worker(q: Any) -> None:
+    global _SINK
+    _SINK = q.put
+
+
+def run(
+    fn: Callable[..., Any],
+    tasks: Sequence[tuple],
+    todo: Sequence[int],
+    *,
+    workers: int,
+    desc: str,
+) -> dict[str, float]:
+    """Run ``fn(*tasks[u])`` for each ``u`` in ``todo`` on up to ``workers`` processes.
+
+    ``fn`` must be a module-level function (workers are spawned and import it). A
+    failing unit stops the others and its exception (a ConfigError, say) is re-raised
+    here. Returns ``{"seconds", "bytes", "documents", "tokens"}`` done by this call.
+    """
+    global _SINK
+    progress = Progress(desc, len(todo))
+    workers = max(1, min(workers, len(todo)))
+    try:
+        if workers == 1:
+            _SINK = progress
+            try:
+                for u in todo:
+                    fn(*tasks[u])
+                    progress.units += 1
+            finally:
+                _SINK = None
+        else:
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(q,)) as pool:
+                pending = [pool.apply_async(fn, tasks[u]) for u in todo]
+                while pending:
+                    try:
+                        while True:
+                            progress(q.get(timeout=0.1))
+                    except queue.Empty:
+                        pass
+                    for r in [r for r in pending if r.ready()]:
+                        r.get()  # re-raises the unit's error; the pool is terminated on exit
+                        pending.remove(r)
+                        progress.units += 1
+                try:
+                    while True:
+                        progress(q.get_nowait())
+                except queue.Empty:
+                    pass
+    finally:
+        progress.close()
+    b, d, t = progress.counts
+    return {"seconds": time.perf_counter() - progress.t0, "bytes": b, "documents": d, "tokens": t}
+
+
+def wait_for(ready: Callable[[], bool], what: str, timeout: float = WAIT_TIMEOUT_S) -> None:
+    """Poll until ``ready()`` (another process prepares ``what``); ConfigError after
+    ``timeout`` seconds."""
+    t0 = time.monotonic()
+    delay = 0.05
+    while not ready():
+        if time.monotonic() - t0 > timeout:
+            raise ConfigError(f"waited {timeout:.0f} s for another process to prepare {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
