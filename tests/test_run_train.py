@@ -192,7 +192,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
         ),
         (
             ["--config=configs/gpt2_tiny.py:big"],
-            "unknown preset variant 'big' (known: bf16, fsdp, remat, smoke, tensor)",
+            "unknown preset variant 'big' (known: bf16, cpu, fsdp, remat, smoke, tensor)",
         ),
     ],
 )  # fmt: skip
