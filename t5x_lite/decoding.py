@@ -7,8 +7,9 @@ temperature, top-k, top-p, or beam search with T5X's length penalty
 ``((5 + len) / 6) ** alpha``. :func:`fill_mask` predicts an encoder's [MASK] tokens.
 :func:`sample_ids` is the trainer's end-of-run sampler on the same cached path.
 
-The cache is the Flax ``"cache"`` collection of :class:`t5x_lite.layers.
-MultiHeadAttention`, passed in and out of ``module.apply(..., mutable=["cache"])``, so
+The cache is the Flax ``"cache"`` collection of
+:class:`t5x_lite.attention.MultiHeadAttention`, passed in and out of
+``module.apply(..., mutable=["cache"])``, so
 the models stay pure functions. Per self-attention layer it holds ``cached_key``
 and ``cached_value`` ``[B, L, K, D]`` (``K`` key/value heads: grouped-query attention
 stores only those) and ``cache_index`` (the next slot); T5's cross-attention stores the

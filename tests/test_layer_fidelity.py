@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t5x_lite import layers, models
+from t5x_lite import attention, layers, models
 from t5x_lite.config import ModelConfig
 from t5x_lite.data import sentence_pairs
 
@@ -47,7 +47,7 @@ def test_attention_dropout_is_on_the_probabilities_by_hand():
     """One grouped-query attention layer (4 query heads, 2 KV heads, biases, causal mask)
     with dropout and a fixed rng, against numpy with the mask the layer drew."""
     b, t, e, h, k, d = 2, 16, 32, 4, 2, 8
-    mha = layers.MultiHeadAttention(num_heads=h, head_dim=d, num_kv_heads=k, dropout_rate=RATE)
+    mha = attention.MultiHeadAttention(num_heads=h, head_dim=d, num_kv_heads=k, dropout_rate=RATE)
     x = jax.random.normal(jax.random.key(0), (b, t, e))
     mask = layers.causal_mask(t)  # [1, 1, T, T]
     params = nn.meta.unbox(mha.init(jax.random.key(1), x, mask=mask)["params"])
@@ -289,6 +289,6 @@ def test_softmax_of_fully_masked_row_matches_fused_kernel():
     k = jax.random.normal(jax.random.key(1), (1, 5, 2, 4))
     v = jax.random.normal(jax.random.key(2), (1, 5, 2, 4))
     mask = jnp.ones((1, 1, 3, 5), bool).at[:, :, 1].set(False).at[:, :, 2, 3:].set(False)
-    fused = layers.dot_product_attention(q, k, v, mask=mask)
-    explicit = layers.attend_with_probabilities(layers.attention_probabilities(q, k, mask), v)
+    fused = attention.dot_product_attention(q, k, v, mask=mask)
+    explicit = attention.attend_with_probabilities(attention.attention_probabilities(q, k, mask), v)
     np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=1e-6, rtol=0)

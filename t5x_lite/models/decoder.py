@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import layers
+from t5x_lite import attention, layers
 from t5x_lite.config import ModelConfig
 
 Array = jax.Array
@@ -92,7 +92,7 @@ class Block(nn.Module):
             rope = functools.partial(layers.apply_rope, inv_freq=layers.model_rope_frequencies(cfg))
 
         h = layers.norm(cfg, "ln_1")(x)
-        h = layers.MultiHeadAttention(
+        h = attention.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_size,
             num_kv_heads=cfg.kv_heads,

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import layers
+from t5x_lite import attention, layers
 from t5x_lite.config import ConfigError, ModelConfig
 
 Array = jax.Array
@@ -99,7 +99,7 @@ class EncoderLayer(nn.Module):
         cfg = self.config
         dt = layers.dtype_of(cfg.dtype)
         pdt = layers.dtype_of(cfg.param_dtype)
-        h = layers.MultiHeadAttention(
+        h = attention.MultiHeadAttention(
             num_heads=cfg.num_heads,
             head_dim=cfg.head_size,
             use_bias=True,

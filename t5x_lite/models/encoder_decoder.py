@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import layers
+from t5x_lite import attention, layers
 from t5x_lite.config import ModelConfig
 
 Array = jax.Array
@@ -178,10 +178,10 @@ def cross_mask(batch: dict[str, Array]) -> Array:
 # --------------------------------------------------------------------------- layers
 
 
-def _attention(cfg: ModelConfig, name: str) -> layers.MultiHeadAttention:
+def _attention(cfg: ModelConfig, name: str) -> attention.MultiHeadAttention:
     """T5 attention: no biases, no 1/sqrt(D) scaling (folded into the query init)."""
     e, h, d = cfg.d_model, cfg.num_heads, cfg.head_size
-    return layers.MultiHeadAttention(
+    return attention.MultiHeadAttention(
         num_heads=h,
         head_dim=d,
         use_bias=False,
