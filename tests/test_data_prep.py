@@ -350,16 +350,14 @@ def test_batch_source_holds_no_per_document_arrays(kjv_root, kjv_tokenizer):
 def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
     import jax
 
-    from configs import base
-    from configs.gpt2_tiny import get_config
-    from t5x_lite import trainer
+    from t5x_lite import presets, trainer
 
     src = tmp_path / "pq"
     src.mkdir()
     docs = _docs(400, seed=5)
     for i in range(2):
         pq.write_table(pa.table({"text": docs[i::2]}), src / f"train-{i:05d}.parquet")
-    cfg = get_config()
+    cfg = presets.load("gpt2_tiny")
     cfg.data.corpus = str(src)
     cfg.data.data_dir = str(tmp_path / "tfds")
     cfg.data.seq_len = 32
@@ -374,7 +372,7 @@ def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
     cfg.train.eval_every = 2
     cfg.train.eval_batches = 1
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
-    out = trainer.train(base.to_typed(cfg), str(tmp_path / "run"), devices=jax.devices()[:1],
+    out = trainer.train(presets.to_typed(cfg), str(tmp_path / "run"), devices=jax.devices()[:1],
                         progress=False, handle_signals=False, sample=False)  # fmt: skip
     assert out["steps"] == 2 and np.isfinite(out["final_train_loss"])
     assert np.isfinite(out["final_eval_loss"])
