@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_scaling_fits import isoflop_design
 
 from t5x_lite.config import ConfigError
 from t5x_lite.scaling import FITS, ChinchillaFit, approach1, approach2, fit_chinchilla, load_fit
@@ -192,20 +193,9 @@ def test_bootstrap_intervals_cover_the_true_exponents():
     assert hits["alpha"] >= 18 and hits["beta"] >= 18, hits
 
 
-def _isoflop(true: ChinchillaFit, budgets, sizes: int, spread: float):
-    n, d, c = [], [], []
-    for budget in budgets:
-        n0 = true.G * (budget / 6) ** true.a
-        for f in np.logspace(-math.log10(spread), math.log10(spread), sizes):
-            n.append(n0 * f)
-            d.append(budget / (6 * n0 * f))
-            c.append(budget)
-    return np.array(n), np.array(d), np.array(c)
-
-
 def test_approach2_bootstrap_intervals():
     true = FITS["besiroglu2024"]
-    n, d, c = _isoflop(true, np.logspace(17, 23, 7), 9, spread=4.0)
+    n, d, c = isoflop_design(true, np.logspace(17, 23, 7), 9, spread=4.0)
     loss = noisy(true, n, d, seed=4, noise=0.003)
     law = approach2(n, d, loss, c, bootstrap=60, seed=1)
     assert law.n_resamples == 60 and 50 <= law.n_resamples_used <= 60
@@ -221,7 +211,7 @@ def test_approach2_bootstrap_intervals():
 
 def test_approach1_bootstrap_resamples_runs_not_points():
     true = FITS["hoffmann2022"]
-    n, d, _ = _isoflop(true, np.logspace(17, 23, 7), 13, spread=8.0)
+    n, d, _ = isoflop_design(true, np.logspace(17, 23, 7), 13, spread=8.0)
     # Five points along each run's training curve.
     frac = np.tile(np.linspace(0.2, 1.0, 5), n.size)
     runs = np.repeat(np.arange(n.size), 5)

@@ -224,11 +224,15 @@ class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(skipped=[], path=str(self.root)),
         )
 
+    # TFDS requires these two methods of a GeneratorBasedBuilder, but this builder's
+    # shards are written unit by unit, across processes, by prepare_files (TFDS's own
+    # download_and_prepare would read the whole corpus in one process); the builder is
+    # only ever read (as_data_source), so reaching either is a programming error.
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-        raise NotImplementedError("prepared by t5x_lite.data.corpora.prepare_files")
+        raise NotImplementedError("TextFiles shards are written by corpora.prepare_files")
 
     def _generate_examples(self) -> Iterator:
-        raise NotImplementedError
+        raise NotImplementedError("TextFiles shards are written by corpora.prepare_files")
 
 
 def _bad_utf8_error(bad: sources.BadUtf8) -> ConfigError:
