@@ -11,9 +11,9 @@ float32 ``params`` (an unboxed tree on the default device) and the ``tokenizer``
 
 A **workdir** written by the trainer holds ``config.json`` (the resolved Config),
 ``tokenizer.model`` and ``checkpoints/<step>/`` (orbax, :mod:`t5x_lite.checkpoints`);
-the latest step is loaded unless ``step`` names another. The checkpoint's train state
-is restored onto one device whatever mesh wrote it (the trainer's restore, with the
-shardings of a ``1x1x1`` mesh); only its parameters are kept.
+the latest step is loaded unless ``step`` names another. Only the parameters of the
+saved train state are read (orbax's partial restore; no optimizer state), onto one
+device whatever mesh wrote them (the shardings of a ``1x1x1`` mesh).
 
 A **Hugging Face directory** (``config.json`` with a ``model_type`` +
 ``model.safetensors``) goes through :func:`t5x_lite.convert.import_hf`; its config is
@@ -30,6 +30,7 @@ directory that is neither, a workdir without a checkpoint, a step that does not 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, convert, models, partitioning, steps
+from t5x_lite import checkpoints, convert, models, partitioning
 from t5x_lite.config import (
     Config,
     ConfigError,
@@ -75,20 +76,15 @@ class Loaded:
     kind: str
     note: str = ""
 
+    @functools.cached_property
+    def _logits_fn(self) -> Any:
+        model = self.model
+        return jax.jit(lambda p, b: model.apply(p, b)["logits"].astype(np.float32))
+
     def logits(self, batch: dict[str, Any]) -> np.ndarray:
         """``[B, T, V]`` float32 logits of a batch of Hugging Face-named numpy arrays."""
         batch = {k: np.asarray(v) for k, v in batch.items()}
-        return np.asarray(_logits_fn(self.model)(self.params, batch), np.float32)
-
-
-_LOGITS: dict[int, Any] = {}
-
-
-def _logits_fn(model: models.BaseModel) -> Any:
-    key = id(model)
-    if key not in _LOGITS:
-        _LOGITS[key] = jax.jit(lambda p, b: model.apply(p, b)["logits"].astype(np.float32))
-    return _LOGITS[key]
+        return np.asarray(self._logits_fn(self.params, batch), np.float32)
 
 
 # --------------------------------------------------------------------------- workdirs
@@ -156,13 +152,13 @@ def restore_params(cfg: Config, workdir: str, step: int) -> Any:
     """The float32 params of checkpoint ``step``, restored onto the default device."""
     device = jax.devices()[0]
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device])
-    run = steps.for_config(cfg, mesh)
-    target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
+    abstract = jax.eval_shape(lambda: models.init_params(cfg.model, jax.random.key(0)))
+    target = checkpoints.abstract_with_shardings(abstract, models.param_shardings(cfg.model, mesh))
     ckpt = checkpoints.Checkpointer(
         os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint, create=False
     )
     try:
-        state, _, _ = ckpt.restore(step, target)
+        params = ckpt.restore_params(step, target)
     except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(
@@ -172,7 +168,7 @@ def restore_params(cfg: Config, workdir: str, step: int) -> Any:
     finally:
         ckpt.close()
     # Plain single-device arrays, free of the restore mesh.
-    return jax.device_put(jax.tree_util.tree_map(np.asarray, state.params), device)
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, params), device)
 
 
 def _load_workdir(path: str, step: int | None) -> Loaded:

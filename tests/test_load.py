@@ -128,6 +128,16 @@ def test_bad_inputs_are_one_line_errors(workdir, tmp_path):
         t5x_lite.load(workdir, step=3)
     assert f"no checkpoint at step 3 (saved steps: {SAVE_EVERY}, {STEPS})" in _one_line(e)
 
+    # A config.json that no longer describes the saved weights.
+    edited = tmp_path / "edited"
+    shutil.copytree(workdir, edited)
+    saved = json.loads((edited / "config.json").read_text())
+    saved["model"]["d_ff"] *= 2
+    (edited / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError) as e:
+        t5x_lite.load(str(edited))
+    assert f"checkpoint {edited}/checkpoints/{STEPS} does not fit" in _one_line(e)
+
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     (hf_dir / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
