@@ -46,7 +46,7 @@ def preset_config(name: str, data_dir: str) -> C.Config:
             "plot_every": 1000,
         }
     )
-    values["checkpoint"].update({"every_steps": SAVE_EVERY})
+    values["checkpoint"].update({"every_steps": SAVE_EVERY, "async_save": False})
     return C.from_dict(values)
 
 
