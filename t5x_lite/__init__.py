@@ -5,3 +5,15 @@
 from t5x_lite.data import lm, mlm, sentence_pairs, span_corruption, ul2  # noqa: F401
 
 __version__ = "0.1.0"
+
+
+def load(path: str, step: int | None = None):  # -> t5x_lite.loading.Loaded
+    """A trained model from a workdir (latest checkpoint or ``step``) or an HF directory.
+
+    Returns ``config``, ``model``, ``params`` and ``tokenizer`` (see
+    :func:`t5x_lite.loading.load`); imported on first call, so ``import t5x_lite``
+    stays light.
+    """
+    from t5x_lite.loading import load as _load
+
+    return _load(path, step)

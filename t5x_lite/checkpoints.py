@@ -183,6 +183,28 @@ class Checkpointer:
         data_state = data.get(key) if isinstance(data, dict) else None
         return out["state"], data_state, dict(out["meta"])
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the ``params`` of checkpoint ``step`` (no optimizer state is read).
+
+        ``abstract_params`` leaves are ``ShapeDtypeStruct`` s with the target shardings;
+        orbax's partial restore reads just that subtree of the saved train state.
+        """
+        ocp = self._ocp
+        self.wait()
+        target = {"params": abstract_params}
+        restore_args = jax.tree_util.tree_map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target
+        )
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                )
+            ),
+        )
+        return out["state"]["params"]
+
     def close(self) -> None:
         try:
             self.wait()

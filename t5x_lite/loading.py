@@ -1,0 +1,229 @@
+"""Load what was trained: a run's workdir (or a Hugging Face directory) as one object.
+
+:func:`load` returns a :class:`Loaded` with the typed ``config``, the ``model`` object
+(``models.get(cfg.model)``: module, heads, ``score_batch``, ``predict_batch``), the
+float32 ``params`` (an unboxed tree on the default device) and the ``tokenizer``::
+
+    >>> run = t5x_lite.load("runs/default")               # doctest: +SKIP
+    >>> ids = run.tokenizer.encode("In the beginning")     # doctest: +SKIP
+    >>> run.logits({"input_ids": np.asarray([ids])}).shape # doctest: +SKIP
+    (1, 3, 8192)
+
+A **workdir** written by the trainer holds ``config.json`` (the resolved Config),
+``tokenizer.model`` and ``checkpoints/<step>/`` (orbax, :mod:`t5x_lite.checkpoints`);
+the latest step is loaded unless ``step`` names another. Only the parameters of the
+saved train state are read (orbax's partial restore; no optimizer state), onto one
+device whatever mesh wrote them (the shardings of a ``1x1x1`` mesh).
+
+A **Hugging Face directory** (``config.json`` with a ``model_type`` +
+``model.safetensors``) goes through :func:`t5x_lite.convert.import_hf`; its config is
+a Config whose only meaningful section is ``model``. Its tokenizer is ours when the
+directory was written by ``python -m t5x_lite.export --format=hf`` (which leaves
+``t5x_lite_tokenizer.json`` next to ``tokenizer.model``); any other directory loads with
+``tokenizer=None`` and a ``note`` saying to use ``transformers.AutoTokenizer``.
+
+Bad input is a one-line :class:`~t5x_lite.config.ConfigError`: a missing path, a
+directory that is neither, a workdir without a checkpoint, a step that does not exist
+(naming the steps that do).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from t5x_lite import checkpoints, convert, models, partitioning
+from t5x_lite.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    from_dict,
+)
+from t5x_lite.data.tokenizer import Tokenizer
+from t5x_lite.hf.tokenizer import MARKER_FILE, read_marker
+from t5x_lite.preflight import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+
+# The objective a model-only Config carries (any valid one of the family will do).
+_OBJECTIVE_OF = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A trained model ready to use.
+
+    ``config``: the run's Config (a model-only one for a Hugging Face directory);
+    ``model``: ``models.get(config.model)``; ``params``: float32 unboxed tree on the
+    default device; ``tokenizer``: ``encode``/``decode`` (a
+    :class:`~t5x_lite.data.tokenizer.Tokenizer`) or None; ``step``: the checkpoint
+    step (None for a Hugging Face directory); ``kind``: ``"workdir"`` or ``"hf"``;
+    ``note``: why the tokenizer is None, else empty.
+    """
+
+    config: Config
+    model: models.BaseModel
+    params: Any
+    tokenizer: Tokenizer | None
+    step: int | None
+    path: str
+    kind: str
+    note: str = ""
+
+    @functools.cached_property
+    def _logits_fn(self) -> Any:
+        model = self.model
+        return jax.jit(lambda p, b: model.apply(p, b)["logits"].astype(np.float32))
+
+    def logits(self, batch: dict[str, Any]) -> np.ndarray:
+        """``[B, T, V]`` float32 logits of a batch of Hugging Face-named numpy arrays."""
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        return np.asarray(self._logits_fn(self.params, batch), np.float32)
+
+
+# --------------------------------------------------------------------------- workdirs
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def is_workdir(path: str) -> bool:
+    """Whether ``path`` looks like a t5x_lite workdir (our config.json, not an HF one)."""
+    cfg_file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_file):
+        return False
+    saved = _read_json(cfg_file)
+    return isinstance(saved, dict) and "model" in saved and "model_type" not in saved
+
+
+def read_config(workdir: str) -> Config:
+    """The typed Config a workdir's ``config.json`` holds (one-line error otherwise)."""
+    cfg_file = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"{cfg_file}: missing; {workdir} is not a t5x_lite workdir")
+    saved = _read_json(cfg_file)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{cfg_file}: not a t5x_lite config.json")
+    try:
+        return from_dict(saved)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_file}: {e}") from None
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps saved under ``workdir/checkpoints`` (sorted; empty when there are none)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(directory)
+        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
+
+
+def choose_step(workdir: str, step: int | None) -> int:
+    """``step`` if saved in ``workdir`` (the latest one when None), else a ConfigError."""
+    saved = checkpoint_steps(workdir)
+    if not saved:
+        raise ConfigError(f"{workdir} holds no checkpoint (nothing under {CHECKPOINT_DIR}/)")
+    if step is None:
+        return saved[-1]
+    if step not in saved:
+        raise ConfigError(
+            f"{workdir} has no checkpoint at step {step} (saved steps: "
+            f"{', '.join(str(s) for s in saved)})"
+        )
+    return int(step)
+
+
+def restore_params(cfg: Config, workdir: str, step: int) -> Any:
+    """The float32 params of checkpoint ``step``, restored onto the default device."""
+    device = jax.devices()[0]
+    mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device])
+    abstract = jax.eval_shape(lambda: models.init_params(cfg.model, jax.random.key(0)))
+    target = checkpoints.abstract_with_shardings(abstract, models.param_shardings(cfg.model, mesh))
+    ckpt = checkpoints.Checkpointer(
+        os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint, create=False
+    )
+    try:
+        params = ckpt.restore_params(step, target)
+    except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"checkpoint {ckpt.directory}/{step} does not fit {workdir}/{CONFIG_FILE} "
+            f"({first[:200]})"
+        ) from None
+    finally:
+        ckpt.close()
+    # Plain single-device arrays, free of the restore mesh.
+    return jax.device_put(jax.tree_util.tree_map(np.asarray, params), device)
+
+
+def _load_workdir(path: str, step: int | None) -> Loaded:
+    cfg = read_config(path)
+    chosen = choose_step(path, step)
+    tok_file = os.path.join(path, TOKENIZER_FILE)
+    tokenizer = Tokenizer(tok_file) if os.path.isfile(tok_file) else None
+    note = "" if tokenizer else f"{tok_file} is missing"
+    params = restore_params(cfg, path, chosen)
+    return Loaded(cfg, models.get(cfg.model), params, tokenizer, chosen, path, "workdir", note)
+
+
+# --------------------------------------------------------------------------- HF dirs
+
+
+def model_only_config(model: ModelConfig) -> Config:
+    """A valid Config around ``model`` (data defaults of its family, rows that fit)."""
+    seq_len = min(DataConfig.seq_len, model.max_seq_len)
+    data = DataConfig(objective=_OBJECTIVE_OF[model.family], seq_len=seq_len)
+    return Config(model=model, data=data)
+
+
+def _load_hf(path: str, step: int | None) -> Loaded:
+    if step is not None:
+        raise ConfigError(f"{path} is a Hugging Face directory: it has no steps (drop step)")
+    model_cfg, params = convert.import_hf(path)
+    cfg = model_only_config(model_cfg)
+    params = jax.device_put(
+        jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), jax.devices()[0]
+    )
+    marker = read_marker(path)
+    tokenizer, note = None, ""
+    if marker is not None:
+        tokenizer = Tokenizer(os.path.join(path, marker["model_file"]))
+    else:
+        note = (
+            f"{path} holds no tokenizer written by t5x_lite ({MARKER_FILE}); "
+            "use transformers.AutoTokenizer.from_pretrained on it"
+        )
+    return Loaded(cfg, models.get(model_cfg), params, tokenizer, None, path, "hf", note)
+
+
+def load(path: str | os.PathLike, step: int | None = None) -> Loaded:
+    """A trained model from a t5x_lite workdir (latest or ``step``) or an HF directory."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.exists(path):
+        raise ConfigError(f"{path} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path} is not a directory (expected a workdir or an HF directory)")
+    if is_workdir(path):
+        return _load_workdir(path, step)
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return _load_hf(path, step)
+    if checkpoint_steps(path):
+        raise ConfigError(f"{os.path.join(path, CONFIG_FILE)}: missing; cannot rebuild the model")
+    raise ConfigError(
+        f"{path} is neither a t5x_lite workdir nor a Hugging Face directory (no {CONFIG_FILE})"
+    )
