@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, decoding, flops, partitioning, steps, summary
+from t5x_lite import checkpoints, decoding, flops, loading, partitioning, steps, summary
 from t5x_lite import metrics as metrics_lib
 from t5x_lite.config import Config, ConfigError, to_dict
 from t5x_lite.evaluation import evaluate
@@ -131,6 +131,7 @@ class _Session:
     latest: int | None
     start_step: int
     restore_s: float | None
+    init_note: str
     tokens_per_step: int
     flops_per_token: float
 
@@ -150,6 +151,10 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     check_workdir(cfg, workdir)
     run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
     resuming_tokenizer = os.path.isfile(run_tokenizer)
+    base = None
+    if cfg.train.init_from and not loading.checkpoint_steps(workdir):
+        base = loading.check_init_from(cfg.model, cfg.train.init_from)
+        cfg = _with_base_tokenizer(cfg, base, resuming_tokenizer)
     tokenizer = pipeline.get_tokenizer(
         cfg, workdir if resuming_tokenizer else None, pidx, pcount
     )
@@ -167,6 +172,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     latest = ckpt.latest_step()
     restore_s = None
     data_state = None
+    init_note = ""
     if latest is not None:
         t0 = time.perf_counter()
         target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
@@ -182,6 +188,13 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         restore_s = time.perf_counter() - t0
     else:
         state = run.run(run.init, jax.random.key(cfg.train.seed))
+        if base is not None:
+            params, fresh = loading.initial_params(cfg.model, base, state.params)
+            state = state.replace(params=params)
+            init_note = f"initialised from {base.path}" + (
+                f" (step {base.step})" if base.step is not None else ""
+            )
+            init_note += f"; new: {', '.join(fresh)}" if fresh else ""
     if data_state is not None:
         iterator.set_state(data_state)
     primary = pidx == 0
@@ -203,9 +216,23 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         latest=latest,
         start_step=int(replicated_value(state.step)),
         restore_s=restore_s,
+        init_note=init_note,
         tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
         flops_per_token=flops.flops_per_token_of(cfg.model, cfg.data),
     )
+
+
+def _with_base_tokenizer(cfg: Config, base: loading.Loaded, resuming: bool) -> Config:
+    """``cfg`` reading the base's tokenizer (``data.tokenizer`` unset, fresh workdir)."""
+    if cfg.data.tokenizer or resuming:
+        return cfg
+    if base.tokenizer is None:
+        raise ConfigError(
+            f"train.init_from={cfg.train.init_from!r} has no t5x_lite tokenizer "
+            f"({base.note}); set data.tokenizer to a SentencePiece .model"
+        )
+    data = dataclasses.replace(cfg.data, tokenizer=base.tokenizer.path)
+    return dataclasses.replace(cfg, data=data)
 
 
 def _log_record(
@@ -231,7 +258,7 @@ def _sample(s: _Session) -> tuple[str | None, list[int] | None]:
     prints. Decoding prompt and continuation together keeps the space between them.
     """
     cfg = s.cfg
-    if cfg.model.family != "decoder":
+    if cfg.model.family != "decoder" or cfg.model.task_head != "none":
         return None, None
     prompt_ids, sampled = decoding.sample_ids(
         s.run,
@@ -284,6 +311,9 @@ def train(
     writer = metrics_lib.MetricsWriter(workdir, enabled=s.primary, resume_step=s.start_step)
     if s.latest is not None:
         bar.write(f"resumed from {ckpt.directory}/{s.latest} (restore {s.restore_s:.2f}s)")
+    if s.init_note:
+        bar.write(s.init_note)
+    cfg = s.cfg
     # With save_on_preemption=False nothing is caught: signals keep their default
     # meaning (SIGTERM ends the process, Ctrl-C raises KeyboardInterrupt) instead of a
     # handler that would only set a flag nobody acts on.
