@@ -184,6 +184,7 @@ class TaskRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({"record": tfds.features.Text()}),
+            disable_shuffling=True,  # records stay in file order
         )
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
