@@ -22,29 +22,42 @@ def _jsonl(path, rows):
 
 
 def _task(path, **kw) -> TaskConfig:
-    return TaskConfig(kind=kw.pop("kind", "classification"), train_file=path,
-                      labels=kw.pop("labels", LABELS), **kw)  # fmt: skip
+    return TaskConfig(
+        kind=kw.pop("kind", "classification"),
+        train_file=path,
+        labels=kw.pop("labels", LABELS),
+        **kw,
+    )
 
 
 def test_classification_files_give_canonical_records(tmp_path):
-    path = _jsonl(tmp_path / "a.jsonl", [
-        {"text": "In the beginning", "label": "old"}, {"text": "Jesus wept.", "label": 1}])  # fmt: skip
+    path = _jsonl(
+        tmp_path / "a.jsonl",
+        [{"text": "In the beginning", "label": "old"}, {"text": "Jesus wept.", "label": 1}],
+    )
     assert tasks.read_records(path, _task(path)) == [
-        {"text": "In the beginning", "label": 0}, {"text": "Jesus wept.", "label": 1}]  # fmt: skip
+        {"text": "In the beginning", "label": 0},
+        {"text": "Jesus wept.", "label": 1},
+    ]
     csv = tmp_path / "b.csv"
     csv.write_text('sentence,other,y\n"Let there be light, said he",x,new\nAmen,y,old\n')
-    got = tasks.read_records(str(csv), _task(str(csv), text_field="sentence",
-                                             text_pair_field="other", label_field="y"))  # fmt: skip
-    assert got == [{"text": "Let there be light, said he", "text_pair": "x", "label": 1},
-                   {"text": "Amen", "text_pair": "y", "label": 0}]  # fmt: skip
+    got = tasks.read_records(
+        str(csv), _task(str(csv), text_field="sentence", text_pair_field="other", label_field="y")
+    )
+    assert got == [
+        {"text": "Let there be light, said he", "text_pair": "x", "label": 1},
+        {"text": "Amen", "text_pair": "y", "label": 0},
+    ]
 
 
 def test_token_and_span_files(tmp_path):
     tok = _jsonl(tmp_path / "t.jsonl", [{"tokens": ["Moses", "spake"], "tags": ["PER", "O"]}])
     task = _task(tok, kind="token_classification", labels=("O", "PER"))
     assert tasks.read_records(tok, task) == [{"tokens": ["Moses", "spake"], "tags": [1, 0]}]
-    qa = _jsonl(tmp_path / "q.jsonl", [{"question": "Who wept?", "context": "Jesus wept.",
-                                        "answer": "Jesus", "answer_start": 0}])  # fmt: skip
+    qa = _jsonl(
+        tmp_path / "q.jsonl",
+        [{"question": "Who wept?", "context": "Jesus wept.", "answer": "Jesus", "answer_start": 0}],
+    )
     recs = tasks.read_records(qa, _task(qa, kind="span_qa", labels=()))
     assert recs[0]["answer_start"] == 0
 
@@ -55,11 +68,17 @@ def test_bad_task_files_are_one_line_errors_naming_file_line_and_field(tmp_path)
         ([good, {"text": "c", "label": "neither"}], {}, r"line 2: label 'neither' is not one of"),
         ([good, {"label": "old"}], {}, r"line 2: missing field 'text' \(task.text_field\)"),
         ([good, {"text": "x", "label": 5}], {}, "line 2: label 5 is not one of"),
-        ([{"tokens": ["a", "b"], "tags": ["O"]}], {"kind": "token_classification"},
-         "line 1: 2 tokens but 1 tags"),
-        ([{"question": "q", "context": "abc", "answer": "z", "answer_start": 1}],
-         {"kind": "span_qa", "labels": ()}, "line 1: answer 'z' is not at character 1"),
-    ]  # fmt: skip
+        (
+            [{"tokens": ["a", "b"], "tags": ["O"]}],
+            {"kind": "token_classification"},
+            "line 1: 2 tokens but 1 tags",
+        ),
+        (
+            [{"question": "q", "context": "abc", "answer": "z", "answer_start": 1}],
+            {"kind": "span_qa", "labels": ()},
+            "line 1: answer 'z' is not at character 1",
+        ),
+    ]
     for i, (rows, kw, message) in enumerate(cases):
         path = _jsonl(tmp_path / f"bad{i}.jsonl", rows)
         if kw.get("kind") == "token_classification":
@@ -100,7 +119,8 @@ def test_rows_follow_the_worked_examples(kjv_tokenizer):
     enc = task_rows.encode_split(recs, "classification", "encoder", tok, 8)
     ids = tok.encode("God created")
     assert enc.arrays["input_ids"][0].tolist() == [tok.cls_id, *ids, tok.sep_id] + [0] * (
-        6 - len(ids))  # fmt: skip
+        6 - len(ids)
+    )
     assert enc.arrays["class_labels"].tolist() == [1]
     dec = task_rows.encode_split(recs, "classification", "decoder", tok, 8)
     n = len(ids) + 1
@@ -110,14 +130,21 @@ def test_rows_follow_the_worked_examples(kjv_tokenizer):
     words = ["Jehoshaphat", "slept"]
     pieces = [tok.encode(w) for w in words]
     assert len(pieces[0]) > 1
-    rows = task_rows.encode_split([{"tokens": words, "tags": [1, 0]}], "token_classification",
-                                  "encoder", tok, 16)  # fmt: skip
+    rows = task_rows.encode_split(
+        [{"tokens": words, "tags": [1, 0]}], "token_classification", "encoder", tok, 16
+    )
     w = rows.arrays["tag_weights"][0]
     assert w[1] == 1 and w[1 + len(pieces[0])] == 1 and w.sum() == 2
     assert rows.arrays["tag_labels"][0, 1] == 1
     # Span QA: the answer's first and last pieces, and their context words.
-    qa = [{"question": "Who wept?", "context": "Then Jesus wept sore.", "answer": "Jesus wept",
-           "answer_start": 5}]  # fmt: skip
+    qa = [
+        {
+            "question": "Who wept?",
+            "context": "Then Jesus wept sore.",
+            "answer": "Jesus wept",
+            "answer_start": 5,
+        }
+    ]
     sp = task_rows.encode_split(qa, "span_qa", "encoder", tok, 32)
     s, e = sp.arrays["start_positions"][0], sp.arrays["end_positions"][0]
     tw = sp.meta["token_word"][0]
@@ -144,5 +171,6 @@ def test_squad_exact_match_and_f1_by_hand():
     # "lord god of israel" vs "god of israel": 3 common; P = 3/4, R = 1 -> 6/7.
     assert tm.token_f1("the Lord God of Israel", "God of Israel") == pytest.approx(6 / 7)
     assert tm.token_f1("Moses", "Aaron") == 0.0
-    assert tm.best_span(np.array([0.0, 5, 1, 9]), np.array([9.0, 0, 2, 1]),
-                        np.array([0, 1, 1, 1], bool), 2) == (3, 3)  # fmt: skip
+    assert tm.best_span(
+        np.array([0.0, 5, 1, 9]), np.array([9.0, 0, 2, 1]), np.array([0, 1, 1, 1], bool), 2
+    ) == (3, 3)

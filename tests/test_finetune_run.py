@@ -48,16 +48,18 @@ def _finetune_cfg(base_cfg, train_file, validation_file, **model):
     return dataclasses.replace(
         base_cfg,
         model=dataclasses.replace(base_cfg.model, **model),
-        task=TaskConfig(kind="classification", train_file=train_file,
-                        validation_file=validation_file, labels=("old", "new")),  # fmt: skip
+        task=TaskConfig(
+            kind="classification",
+            train_file=train_file,
+            validation_file=validation_file,
+            labels=("old", "new"),
+        ),
         train=dataclasses.replace(base_cfg.train, num_steps=4, eval_every=2, log_every=2),
-        checkpoint=dataclasses.replace(base_cfg.checkpoint, best_metric="accuracy",
-                                       every_steps=4),  # fmt: skip
+        checkpoint=dataclasses.replace(base_cfg.checkpoint, best_metric="accuracy", every_steps=4),
     ).validate()
 
 
-def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_factory,
-                                                             tmp_path):  # fmt: skip
+def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_factory, tmp_path):
     base = trained(FAMILIES["decoder"], str(kjv_root), tmp_path_factory)
     train_file, validation_file = _task_files(tmp_path)
     cfg = preset_config(FAMILIES["decoder"], str(kjv_root))
@@ -65,10 +67,10 @@ def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=base))
     work = tmp_path / "ft"
     out = trainer.train(cfg, str(work), devices=jax.devices()[:1], progress=False)
-    evals = [json.loads(line) for line in open(work / "metrics.jsonl")]
+    evals = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if "eval_macro_f1" in e]
     assert [e["step"] for e in evals] == [2, 4]
-    best = json.load(open(work / "best.json"))
+    best = json.loads((work / "best.json").read_text())
     assert best["metric"] == "accuracy"
     assert best["value"] == max(e["eval_accuracy"] for e in evals)
     assert (work / "best" / str(best["step"])).is_dir()
@@ -77,19 +79,25 @@ def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_
     run = t5x_lite.load(str(work), "best")
     assert run.step == best["step"]
     data = task_pipeline.load(out["config"], run.tokenizer)
-    logits = [np.asarray(run.model.apply(run.params, b)["class_logits"])
-              for b in data.eval_batches()]  # fmt: skip
+    logits = [
+        np.asarray(run.model.apply(run.params, b)["class_logits"]) for b in data.eval_batches()
+    ]
     pred = np.argmax(np.concatenate(logits)[: len(data.validation)], -1)
     gold = data.validation.arrays["class_labels"]
     assert len(gold) == 12
     assert task_metrics.accuracy(gold, pred) == pytest.approx(best["value"])
     # Fine-tune from its own best checkpoint: PATH@best.
-    again = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=f"{work}@best",
-                                                               num_steps=1))  # fmt: skip
-    with pytest.raises(ConfigError, match="checkpoint.best_metric='bleu'"):
+    again = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, init_from=f"{work}@best", num_steps=1)
+    )
+    with pytest.raises(ConfigError, match=r"checkpoint\.best_metric='bleu'"):
         bad = dataclasses.replace(cfg.checkpoint, best_metric="bleu")
-        trainer.train(dataclasses.replace(again, checkpoint=bad), str(tmp_path / "x"),
-                      devices=jax.devices()[:1], progress=False)  # fmt: skip
+        trainer.train(
+            dataclasses.replace(again, checkpoint=bad),
+            str(tmp_path / "x"),
+            devices=jax.devices()[:1],
+            progress=False,
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -99,8 +107,9 @@ def test_t5_label_words_are_scored_for_accuracy(kjv_root, kjv_tokenizer, tmp_pat
     train_file, validation_file = _task_files(tmp_path)
     cfg = preset_config("t5_tiny", str(kjv_root))
     cfg = _finetune_cfg(cfg, train_file, validation_file)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=kjv_tokenizer.path,
-                                                            target_len=4))  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, tokenizer=kjv_tokenizer.path, target_len=4)
+    )
     run = steps.for_config(cfg, partitioning.make_mesh(cfg.mesh, jax.devices()[:1]))
     params = models.init_params(cfg.model, jax.random.key(3))
     data = task_pipeline.load(cfg, kjv_tokenizer)
@@ -108,11 +117,16 @@ def test_t5_label_words_are_scored_for_accuracy(kjv_root, kjv_tokenizer, tmp_pat
     got = evaluation.task_metrics(run, params, batches, data.validation, "classification")
     scores = []
     for i in range(2):  # numpy log-softmax of each label word's logits
-        rows = {**data.validation.arrays, **{k: np.repeat(v[i : i + 1], 12, 0)
-                                            for k, v in data.validation.candidates.items()}}  # fmt: skip
+        rows = {
+            **data.validation.arrays,
+            **{k: np.repeat(v[i : i + 1], 12, 0) for k, v in data.validation.candidates.items()},
+        }
         logits = np.asarray(run.model.apply(params, rows)["logits"], np.float64)
-        log_p = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
-                                keepdims=True)) - logits.max(-1, keepdims=True)  # fmt: skip
+        log_p = (
+            logits
+            - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+            - logits.max(-1, keepdims=True)
+        )
         token = np.take_along_axis(log_p, rows["labels"][..., None], -1)[..., 0]
         scores.append((token * rows["loss_weights"]).sum(-1))
     pred = np.argmax(np.stack(scores, 1), 1)
