@@ -174,3 +174,43 @@ def test_squad_exact_match_and_f1_by_hand():
     assert tm.best_span(
         np.array([0.0, 5, 1, 9]), np.array([9.0, 0, 2, 1]), np.array([0, 1, 1, 1], bool), 2
     ) == (3, 3)
+
+
+def test_task_metrics_of_token_and_span_outputs(kjv_tokenizer):
+    from t5x_lite import evaluation
+
+    tok = kjv_tokenizer
+    words = ["Moses", "and", "Aaron"]
+    split = task_rows.encode_split(
+        [{"tokens": words, "tags": [1, 0, 1]}], "token_classification", "encoder", tok, 16
+    )
+    logits = np.zeros((1, 16, 2), np.float32)
+    logits[0, :, 1] = 1.0  # every position says tag 1: 2 of the 3 labelled pieces right
+    got = evaluation.metrics_of_outputs({"tag_logits": logits}, split, "token_classification")
+    assert got["accuracy"] == pytest.approx(2 / 3)
+    assert got["macro_f1"] == pytest.approx(f1_score([1, 0, 1], [1, 1, 1], average="macro"))
+    qa = [
+        {
+            "question": "Who?",
+            "context": "Then the LORD spake unto Moses",
+            "answer": "Moses",
+            "answer_start": 25,
+        }
+    ]
+    split = task_rows.encode_split(qa, "span_qa", "encoder", tok, 32)
+    start = np.full((1, 32), -5.0, np.float32)
+    end = np.full((1, 32), -5.0, np.float32)
+    tw = split.meta["token_word"][0]
+    lord = int(np.flatnonzero(tw == 2)[0])  # predict "LORD spake unto Moses"
+    start[0, lord] = 3.0
+    end[0, int(np.flatnonzero(tw == 5)[-1])] = 3.0
+    start[0, 0] = end[0, 0] = 9.0  # [CLS] is outside the context: never chosen
+    got = evaluation.metrics_of_outputs(
+        {"start_logits": start, "end_logits": end}, split, "span_qa", max_answer_len=30
+    )
+    # "lord spake unto moses" vs "moses": P = 1/4, R = 1 -> F1 = 0.4.
+    assert got == {"exact_match": 0.0, "f1": pytest.approx(0.4)}
+    short = evaluation.metrics_of_outputs(
+        {"start_logits": start, "end_logits": end}, split, "span_qa", max_answer_len=1
+    )
+    assert short["f1"] in (0.0, 1.0)  # one token: a single word
