@@ -214,3 +214,25 @@ def test_task_metrics_of_token_and_span_outputs(kjv_tokenizer):
         {"start_logits": start, "end_logits": end}, split, "span_qa", max_answer_len=1
     )
     assert short["f1"] in (0.0, 1.0)  # one token: a single word
+
+
+def test_the_finetune_presets_load_and_keep_their_base_model():
+    import dataclasses
+    import glob
+    import os
+
+    from t5x_lite import presets
+    from t5x_lite.loading import FREE_MODEL_FIELDS
+
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    bases = {"gpt2": "default", "bert": "bert_tiny", "t5": "t5_tiny"}
+    files = sorted(glob.glob(os.path.join(root, "finetune", "kjv_*.py")))
+    assert len(files) == 3
+    for path in files:
+        cfg = presets.load_typed(path)
+        base = presets.load_typed(bases[path.rsplit("_", 1)[1][:-3]]).model
+        diff = {k for k, v in dataclasses.asdict(cfg.model).items() if getattr(base, k) != v} - set(
+            FREE_MODEL_FIELDS
+        )
+        assert not diff, (path, diff)
+        assert cfg.task.kind == "classification" and cfg.checkpoint.best_metric == "accuracy"
