@@ -404,7 +404,8 @@ def test_cli_stats_show_and_bad_input(kjv_root, kjv_tokenizer):
     bad = _cli("--config=configs/gpt2_tiny.py", "--config.data.corpus=/no/such/dir", "--stats")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
-        "error: data.corpus='/no/such/dir' is neither 'kjv', 'tfds:NAME' nor an existing directory"
+        "error: data.corpus='/no/such/dir' is neither a Bible ('kjv', 'kjv+web+ylt', ...), "
+        "'tfds:NAME' nor an existing directory"
     )
 
 
