@@ -239,11 +239,24 @@ def main(argv: list[str]) -> None:
         )
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
+        from t5x_lite import preflight
+
+        finished = preflight.finished_message(cfg, workdir)
+        if finished is not None:
+            if primary:
+                print(finished)
+            return
+        data, fsdp, tensor = preflight.check_layout(cfg, jax.device_count(), jax.process_count())
+        if primary:
+            kinds = sorted({d.device_kind for d in jax.devices()})
+            print(
+                f"mesh data={data} fsdp={fsdp} tensor={tensor} on {jax.device_count()} "
+                f"{'/'.join(kinds)} devices ({jax.process_count()} process"
+                f"{'es' if jax.process_count() > 1 else ''}); workdir {workdir}"
+            )
         try:
             result = trainer.train(cfg, workdir)
         except Exception as e:  # an XLA out-of-memory error becomes one line with levers
-            from t5x_lite import preflight
-
             message = preflight.out_of_memory_message(cfg, e)
             if message is None:
                 raise
