@@ -143,12 +143,50 @@ def replicated_value(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def to_global(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
-    """Per-process rows ``[B / P, ...]`` -> global arrays ``[B, ...]`` split by ``sharding``."""
+def data_shard(sharding: Any, global_rows: int) -> tuple[int, int]:
+    """``(index, count)``: which of ``count`` equal row blocks of a ``[global_rows,
+    ...]`` batch laid out by ``sharding`` this process's devices hold.
+
+    Processes whose devices hold the same rows (a model axis spanning hosts, e.g.
+    ``tensor=8`` on 2 hosts x 4 devices) get the same index and must feed the same
+    rows; with the data axes spread over all processes it is ``(process_index,
+    process_count)``. A layout in which a process holds non-contiguous or uneven rows
+    is a ConfigError.
+    """
+    from t5x_lite.config import ConfigError
+
+    local = {d.id for d in jax.local_devices()}
+    spans = {
+        (s.start or 0, global_rows if s.stop is None else s.stop)
+        for d, (s, *_) in sharding.devices_indices_map((global_rows,)).items()
+        if d.id in local
+    }
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    covered = np.zeros(global_rows, bool)
+    for a, b in spans:
+        covered[a:b] = True
+    rows = hi - lo
+    if not covered[lo:hi].all() or global_rows % rows or lo % rows:
+        raise ConfigError(
+            f"process {jax.process_index()} holds rows {sorted(spans)} of the "
+            f"{global_rows}-row batch: not one equal block; order the mesh so that each "
+            "process's devices hold consecutive rows"
+        )
+    return lo // rows, global_rows // rows
+
+
+def to_global(
+    local: dict[str, np.ndarray], sharding: Any, global_rows: int | None = None
+) -> dict[str, jax.Array]:
+    """Per-process rows ``[b, ...]`` -> global arrays ``[global_rows, ...]`` split by
+    ``sharding`` (``global_rows`` defaults to ``b * process_count``: disjoint rows per
+    process; pass it when processes share rows, see :func:`data_shard`)."""
     n = jax.process_count()
     return {
         k: jax.make_array_from_process_local_data(
-            sharding, np.asarray(v), (v.shape[0] * n, *v.shape[1:])
+            sharding,
+            np.asarray(v),
+            (global_rows if global_rows is not None else v.shape[0] * n, *v.shape[1:]),
         )
         for k, v in local.items()
     }

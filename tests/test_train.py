@@ -28,6 +28,7 @@ STEPS = 30
 MESHES = {
     "data8": {"data": 8, "fsdp": 1, "tensor": 1},
     "fsdp2_tensor4": {"data": 1, "fsdp": 2, "tensor": 4},
+    "tensor8": {"data": 1, "fsdp": 1, "tensor": 8},
 }
 # One preset per family objective (causal LM, MLM + NSP, span corruption); Llama,
 # ALBERT and RoBERTa share these code paths and cost ~30 s of compilation each here.
@@ -256,8 +257,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_match_one_process(runs, data_dir, tmp_path):
-    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices."""
+@pytest.mark.parametrize("mesh", ["data8", "tensor8"])
+def test_two_processes_on_loopback_match_one_process(mesh, runs, data_dir, tmp_path):
+    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices, on
+    data=8 (each process feeds half the rows) and on tensor=8, whose tensor axis spans
+    both processes (both feed the whole batch: the rows their devices hold)."""
     import subprocess
     import sys
 
@@ -265,7 +269,7 @@ def test_two_processes_on_loopback_match_one_process(runs, data_dir, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     workdir = tmp_path / "multi"
     flags = ["--config=configs/gpt2_tiny.py", f"--workdir={workdir}"]
-    for section, fields in overrides(data_dir, MESHES["data8"]).items():
+    for section, fields in overrides(data_dir, MESHES[mesh]).items():
         flags += [f"--config.{section}.{k}={v}" for k, v in fields.items()]
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
