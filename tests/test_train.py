@@ -258,28 +258,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(flags: list[str], timeout: float = 400) -> list[tuple[str, str]]:
-    """Run ``run_train.py FLAGS`` as 2 processes x 4 CPU devices (gloo on 127.0.0.1)."""
+def _slurm_port() -> int:
+    """A free port in the range JAX derives from SLURM_JOB_ID (61440 + id % 4096)."""
+    import socket
+
+    for port in range(61440 + os.getpid() % 4000, 65536):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 61440..65535")
+
+
+def _two_processes(
+    flags: list[str], slurm: bool = False, timeout: float = 400
+) -> list[tuple[str, str]]:
+    """Run ``run_train.py FLAGS`` as 2 processes x 4 CPU devices (gloo on 127.0.0.1):
+    with explicit coordinator flags, or started as ``srun`` starts them (SLURM's
+    environment variables on localhost, no coordinator flags)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    if slurm:
+        job = _slurm_port() - 61440
+        env.update(SLURM_JOB_ID=str(job), SLURM_NTASKS="2", SLURM_STEP_NODELIST="localhost",
+                   SLURM_STEP_NUM_NODES="1")  # fmt: skip
+        launches = [({"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}, []) for i in range(2)]
+    else:
+        port = _free_port()
+        launches = [
+            ({}, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}"])
+            for i in range(2)
+        ]  # fmt: skip
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "run_train.py",
-                *flags,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
+            [sys.executable, "run_train.py", *flags, *extra],
             cwd=root,
-            env=env,
+            env=dict(env, **more),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for more, extra in launches
     ]
     outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
@@ -313,7 +335,8 @@ def continued(runs, data_dir, tmp_path_factory):
 @pytest.mark.parametrize("mesh", ["data8", "tensor8"])
 def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data_dir, tmp_path):
     """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices, on
-    data=8 (each process feeds half the rows) and on tensor=8, whose tensor axis spans
+    data=8 (each process feeds half the rows; started by SLURM's environment) and on
+    tensor=8, whose tensor axis spans
     both processes (both feed the whole batch: the rows their devices hold). Checkpoints
     move between process counts: the 2-process run resumes in 1 process (data8), a
     1-process run resumes in 2 (tensor8), each continuing as the 1-process run does."""
@@ -321,7 +344,8 @@ def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data
 
     reference = runs("gpt2_tiny", "data8")  # also prepares the data dir and tokenizer
     workdir = tmp_path / "multi"
-    outs = _two_processes(_flags(data_dir, mesh, workdir))
+    # data8 starts as srun would (the cluster is detected), tensor8 with explicit flags.
+    outs = _two_processes(_flags(data_dir, mesh, workdir), slurm=mesh == "data8")
     records = read_records(str(workdir))
     losses = {r["step"]: r["loss"] for r in records if "loss" in r}
     assert sorted(losses) == list(range(1, STEPS + 1))
