@@ -196,6 +196,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             "model.attention_impl='cudnn' needs GPU devices; this run has cpu",
         ),
         (
+            ["--config=configs/gpt2_tiny.py", "--coordinator_address=127.0.0.1:9",
+             "--num_processes=2", "--process_id=1", "--init_timeout=2"],
+            "no coordinator answered at 127.0.0.1:9 within 2 s",
+        ),
+        (
             ["--config=configs/gpt2_tiny.py:big"],
             "unknown preset variant 'big' (known: bf16, cpu, fsdp, remat, smoke, tensor)",
         ),
