@@ -20,6 +20,7 @@ This module imports only jax, flax and the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,11 +64,38 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
 
     ``-1`` in the config fills the remaining devices; a product that differs from
     the device count is a one-line ConfigError raised before anything is compiled.
+    The device order is JAX's topology-aware one (``mesh_utils.create_device_mesh``:
+    neighbouring TPU chips on the inner axes); with ``mesh.dcn_data`` / ``dcn_fsdp`` >
+    1 it is a hybrid mesh (``create_hybrid_device_mesh``): each slice (TPU) or process
+    (GPU, CPU) holds one block of ``(data/dcn_data, fsdp/dcn_fsdp, tensor)`` devices
+    and the DCN positions index the blocks.
     """
+    from jax.experimental import mesh_utils
+
     devices = list(devices if devices is not None else jax.devices())
     shape = cfg.resolve(len(devices))
-    dev_array = np.asarray(devices).reshape(shape)
+    dcn = cfg.dcn_shape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if dcn == (1, 1, 1):
+        dev_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(dev_array, MESH_AXES, axis_types=axis_types)
+    from t5x_lite.config import ConfigError
+
+    ici = tuple(s // d for s, d in zip(shape, dcn))
+    # TPU slices are the granules; elsewhere (GPU nodes, CPU) each process is one.
+    by_slice = all(
+        d.platform == "tpu" and getattr(d, "slice_index", None) is not None for d in devices
+    )
+    granules = len({d.slice_index if by_slice else d.process_index for d in devices})
+    if granules != math.prod(dcn):
+        kind = "slices" if by_slice else "processes"
+        raise ConfigError(
+            f"mesh.dcn_data*dcn_fsdp = {dcn[0]}*{dcn[1]} = {math.prod(dcn)} differs from "
+            f"the {granules} {kind} holding the devices"
+        )
+    dev_array = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=not by_slice, allow_split_physical_axes=True
+    )
     return Mesh(dev_array, MESH_AXES, axis_types=axis_types)
 
 

@@ -30,6 +30,8 @@ MESHES = {
     "data8": {"data": 8, "fsdp": 1, "tensor": 1},
     "fsdp2_tensor4": {"data": 1, "fsdp": 2, "tensor": 4},
     "tensor8": {"data": 1, "fsdp": 1, "tensor": 8},
+    # data=8 as a hybrid mesh: 4 positions inside each process, 2 across (DCN).
+    "dcn2_data8": {"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": 2},
 }
 # One preset per family objective (causal LM, MLM + NSP, span corruption); Llama,
 # ALBERT and RoBERTa share these code paths and cost ~30 s of compilation each here.
@@ -332,12 +334,13 @@ def continued(runs, data_dir, tmp_path_factory):
     return out["losses"], str(reference["workdir"])
 
 
-@pytest.mark.parametrize("mesh", ["data8", "tensor8"])
+@pytest.mark.parametrize("mesh", ["data8", "tensor8", "dcn2_data8"])
 def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data_dir, tmp_path):
     """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices, on
     data=8 (each process feeds half the rows; started by SLURM's environment) and on
     tensor=8, whose tensor axis spans
-    both processes (both feed the whole batch: the rows their devices hold). Checkpoints
+    both processes (both feed the whole batch: the rows their devices hold), and on a
+    hybrid data=8 mesh (mesh.dcn_data=2: one ICI block of 4 per process). Checkpoints
     move between process counts: the 2-process run resumes in 1 process (data8), a
     1-process run resumes in 2 (tensor8), each continuing as the 1-process run does."""
     import shutil
@@ -363,10 +366,12 @@ def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=STEPS + 2))
         out = trainer.train(cfg, str(workdir), progress=False, sample=False)
         got = [out["losses"][STEPS + 1], out["losses"][STEPS + 2]]
-    else:  # 1 process -> 2
+    elif mesh == "tensor8":  # 1 process -> 2
         one = tmp_path / "one"
         shutil.copytree(reference_workdir, one)
         _two_processes(_flags(data_dir, mesh, one, STEPS + 2))
         later = {r["step"]: r["loss"] for r in read_records(str(one)) if "loss" in r}
         got = [later[STEPS + 1], later[STEPS + 2]]
+    else:
+        return
     np.testing.assert_allclose(got, want, rtol=1e-5)

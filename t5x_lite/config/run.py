@@ -135,11 +135,32 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices."""
+    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices.
+
+    ``dcn_data`` / ``dcn_fsdp``: how many of the ``data`` / ``fsdp`` axis's positions
+    lie across slices (multi-slice TPU) or nodes (multi-node GPU), reached over the data
+    centre network, as MaxText's ``dcn_*_parallelism``; the rest of each axis, and all
+    of ``tensor``, stays inside a slice or node (ICI / NVLink). Both 1: a single slice.
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+
+    def dcn_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``(dcn_data, dcn_fsdp, 1)`` for the resolved ``shape``, or a ConfigError."""
+        for name, dcn, size in (
+            ("data", self.dcn_data, shape[0]),
+            ("fsdp", self.dcn_fsdp, shape[1]),
+        ):
+            _check(isinstance(dcn, int) and dcn > 0, f"mesh.dcn_{name}={dcn!r} must be positive")
+            _check(
+                size % dcn == 0,
+                f"mesh.dcn_{name}={dcn} does not divide mesh.{name}={size}",
+            )
+        return self.dcn_data, self.dcn_fsdp, 1
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Concrete mesh shape for ``num_devices``, or a one-line ConfigError."""
