@@ -220,6 +220,11 @@ class ScalingConfig:
     sweep_budgets: tuple[float, ...] = ()
     sweep_sizes: int = 5
     sweep_spread: float = 4.0
+    # What a budget counts, for the planner, the sweep and the report alike: "6nd" is
+    # 6 * N_total * D (Kaplan's and Hoffmann's convention, whatever parameter kind the
+    # fit uses); "flops" is the model's training FLOPs from t5x_lite.flops (attention
+    # included; encoder-decoders at the decoder length the pipeline uses).
+    compute: str = "6nd"
 
     def validate(self) -> ScalingConfig:
         _check(
@@ -231,6 +236,10 @@ class ScalingConfig:
                 math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
             )
         _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        _check(
+            self.compute in ("6nd", "flops"),
+            f"scaling.compute={self.compute!r} is not one of 6nd, flops",
+        )
         _check(
             math.isfinite(self.sweep_spread) and self.sweep_spread >= 1.0,
             f"scaling.sweep_spread={self.sweep_spread} must be >= 1",
