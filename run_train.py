@@ -20,8 +20,10 @@ With ``scaling.flops_budget > 0`` the compute-optimal plan
 before the trainer sees the config; the plan is logged as one ``scaling plan:`` line.
 
 Running again on a workdir that holds checkpoints resumes from the latest one;
-SIGTERM / Ctrl-C save a checkpoint at the current step first. Multi-host:
-``--coordinator_address=host:port --num_processes=N --process_id=i`` on every host.
+SIGTERM / Ctrl-C save a checkpoint at the current step first. Multi-host: under
+``srun``, ``mpirun``, on a Cloud TPU slice or a JobSet the cluster is detected
+(:mod:`t5x_lite.cluster`); elsewhere ``--coordinator_address=host:port
+--num_processes=N --process_id=i`` on every host (``docs/multihost.md``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_CLUSTER = flags.DEFINE_string(
+    "cluster",
+    "auto",
+    "Multi-process start: auto (SLURM, Open MPI, Cloud TPU, JobSet from the environment), "
+    "none, explicit (the three flags above), slurm, ompi, tpu or k8s.",
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", 300, "Seconds to wait for the coordinator before a one-line error."
+)
 _ALLOW_REPEATS = flags.DEFINE_bool(
     "allow_repeats",
     False,
@@ -187,19 +198,14 @@ def apply_scaling_plan(cfg, log=print, check_repeats=False, allow_repeats=False)
 
 
 def _init_distributed() -> None:
-    given = [v is not None for v in (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)]
-    if not any(given):
-        return
-    if not all(given):
-        raise ConfigError("--coordinator_address, --num_processes and --process_id go together")
-    import jax
+    from t5x_lite import cluster
 
-    # CPU collectives across processes (no effect on GPU / TPU backends).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+    cluster.initialize(
+        _CLUSTER.value,
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        _INIT_TIMEOUT.value,
     )
 
 
@@ -239,11 +245,24 @@ def main(argv: list[str]) -> None:
         )
 
         workdir = _WORKDIR.value or os.path.join("runs", _config_name())
+        from t5x_lite import preflight
+
+        finished = preflight.finished_message(cfg, workdir)
+        if finished is not None:
+            if primary:
+                print(finished)
+            return
+        data, fsdp, tensor = preflight.check_layout(cfg, jax.device_count(), jax.process_count())
+        if primary:
+            kinds = sorted({d.device_kind for d in jax.devices()})
+            print(
+                f"mesh data={data} fsdp={fsdp} tensor={tensor} on {jax.device_count()} "
+                f"{'/'.join(kinds)} devices ({jax.process_count()} process"
+                f"{'es' if jax.process_count() > 1 else ''}); workdir {workdir}"
+            )
         try:
             result = trainer.train(cfg, workdir)
         except Exception as e:  # an XLA out-of-memory error becomes one line with levers
-            from t5x_lite import preflight
-
             message = preflight.out_of_memory_message(cfg, e)
             if message is None:
                 raise

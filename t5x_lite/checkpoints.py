@@ -178,10 +178,8 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore(),
             ),
         )
-        data = out["data"]
-        key = str(process_index)
-        data_state = data.get(key) if isinstance(data, dict) else None
-        return out["state"], data_state, dict(out["meta"])
+        meta = dict(out["meta"])
+        return out["state"], _data_state(out["data"], process_index, step, meta), meta
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the ``params`` of checkpoint ``step`` (no optimizer state is read).
@@ -210,3 +208,28 @@ class Checkpointer:
             self.wait()
         finally:
             self._manager.close()
+
+
+def _data_state(saved: Any, process_index: int, step: int, meta: dict[str, Any]) -> Any:
+    """This process's data-iterator state from the states every process saved.
+
+    Each state is a position in the global batch sequence (grain's ``next_index``
+    counts global batches, whatever the process's shard), so on another process
+    count every process resumes from the same saved position; states that disagree
+    cannot be mapped and are refused in one line naming both counts.
+    """
+    from t5x_lite.config import ConfigError
+
+    if not isinstance(saved, dict) or not saved:
+        return None
+    if str(process_index) in saved and len(saved) == jax.process_count():
+        return saved[str(process_index)]
+    states = list(saved.values())
+    if any(s != states[0] for s in states[1:]):
+        raise ConfigError(
+            f"checkpoint {step} was saved by {meta.get('process_count', len(saved))} "
+            f"processes at different data positions; it cannot resume on "
+            f"{jax.process_count()} processes (resume it on "
+            f"{meta.get('process_count', len(saved))})"
+        )
+    return states[0]

@@ -164,6 +164,9 @@ def to_gin(cfg: C.Config, header: str = "") -> str:
     for name, cls in SECTIONS.items():
         section = getattr(cfg, name)
         default = cls()
+        if name == "optimizer":  # the learning rate's default depends on the optimizer
+            own = C.OptimizerConfig(name=section.name).peak_learning_rate
+            default = dataclasses.replace(default, learning_rate=own)
         always = ALWAYS_WRITTEN.get(name, ())
         changed = [
             f

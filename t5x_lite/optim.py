@@ -50,7 +50,7 @@ Schedule = Callable[[jax.Array], jax.Array]
 
 def make_schedule(cfg: OptimizerConfig, num_steps: int) -> Schedule:
     """Learning rate as a function of the (0-based) step; see the module docstring."""
-    peak = float(cfg.learning_rate)
+    peak = cfg.peak_learning_rate
     floor = peak * float(cfg.min_lr_ratio)
     warmup = int(cfg.warmup_steps)
     decay_steps = max(int(num_steps) - warmup, 1)

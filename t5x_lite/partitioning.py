@@ -20,6 +20,7 @@ This module imports only jax, flax and the config.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,11 +64,38 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
 
     ``-1`` in the config fills the remaining devices; a product that differs from
     the device count is a one-line ConfigError raised before anything is compiled.
+    The device order is JAX's topology-aware one (``mesh_utils.create_device_mesh``:
+    neighbouring TPU chips on the inner axes); with ``mesh.dcn_data`` / ``dcn_fsdp`` >
+    1 it is a hybrid mesh (``create_hybrid_device_mesh``): each slice (TPU) or process
+    (GPU, CPU) holds one block of ``(data/dcn_data, fsdp/dcn_fsdp, tensor)`` devices
+    and the DCN positions index the blocks.
     """
+    from jax.experimental import mesh_utils
+
     devices = list(devices if devices is not None else jax.devices())
     shape = cfg.resolve(len(devices))
-    dev_array = np.asarray(devices).reshape(shape)
+    dcn = cfg.dcn_shape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if dcn == (1, 1, 1):
+        dev_array = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(dev_array, MESH_AXES, axis_types=axis_types)
+    from t5x_lite.config import ConfigError
+
+    ici = tuple(s // d for s, d in zip(shape, dcn))
+    # TPU slices are the granules; elsewhere (GPU nodes, CPU) each process is one.
+    by_slice = all(
+        d.platform == "tpu" and getattr(d, "slice_index", None) is not None for d in devices
+    )
+    granules = len({d.slice_index if by_slice else d.process_index for d in devices})
+    if granules != math.prod(dcn):
+        kind = "slices" if by_slice else "processes"
+        raise ConfigError(
+            f"mesh.dcn_data*dcn_fsdp = {dcn[0]}*{dcn[1]} = {math.prod(dcn)} differs from "
+            f"the {granules} {kind} holding the devices"
+        )
+    dev_array = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=not by_slice, allow_split_physical_axes=True
+    )
     return Mesh(dev_array, MESH_AXES, axis_types=axis_types)
 
 
@@ -143,12 +171,50 @@ def replicated_value(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
-def to_global(local: dict[str, np.ndarray], sharding: Any) -> dict[str, jax.Array]:
-    """Per-process rows ``[B / P, ...]`` -> global arrays ``[B, ...]`` split by ``sharding``."""
+def data_shard(sharding: Any, global_rows: int) -> tuple[int, int]:
+    """``(index, count)``: which of ``count`` equal row blocks of a ``[global_rows,
+    ...]`` batch laid out by ``sharding`` this process's devices hold.
+
+    Processes whose devices hold the same rows (a model axis spanning hosts, e.g.
+    ``tensor=8`` on 2 hosts x 4 devices) get the same index and must feed the same
+    rows; with the data axes spread over all processes it is ``(process_index,
+    process_count)``. A layout in which a process holds non-contiguous or uneven rows
+    is a ConfigError.
+    """
+    from t5x_lite.config import ConfigError
+
+    local = {d.id for d in jax.local_devices()}
+    spans = {
+        (s.start or 0, global_rows if s.stop is None else s.stop)
+        for d, (s, *_) in sharding.devices_indices_map((global_rows,)).items()
+        if d.id in local
+    }
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    covered = np.zeros(global_rows, bool)
+    for a, b in spans:
+        covered[a:b] = True
+    rows = hi - lo
+    if not covered[lo:hi].all() or global_rows % rows or lo % rows:
+        raise ConfigError(
+            f"process {jax.process_index()} holds rows {sorted(spans)} of the "
+            f"{global_rows}-row batch: not one equal block; order the mesh so that each "
+            "process's devices hold consecutive rows"
+        )
+    return lo // rows, global_rows // rows
+
+
+def to_global(
+    local: dict[str, np.ndarray], sharding: Any, global_rows: int | None = None
+) -> dict[str, jax.Array]:
+    """Per-process rows ``[b, ...]`` -> global arrays ``[global_rows, ...]`` split by
+    ``sharding`` (``global_rows`` defaults to ``b * process_count``: disjoint rows per
+    process; pass it when processes share rows, see :func:`data_shard`)."""
     n = jax.process_count()
     return {
         k: jax.make_array_from_process_local_data(
-            sharding, np.asarray(v), (v.shape[0] * n, *v.shape[1:])
+            sharding,
+            np.asarray(v),
+            (global_rows if global_rows is not None else v.shape[0] * n, *v.shape[1:]),
         )
         for k, v in local.items()
     }

@@ -8,6 +8,7 @@ these functions creates or changes a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -25,8 +26,21 @@ RUNTIME_MODEL_FIELDS = ("dtype", "attention_impl", "remat_policy", "dropout_rate
 
 
 def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
-    """Mesh shape ``(data, fsdp, tensor)``, or a one-line ConfigError for the layout."""
-    data, fsdp, tensor = cfg.mesh.resolve(num_devices)
+    """Mesh shape ``(data, fsdp, tensor)``, or a one-line ConfigError for the layout.
+
+    A mesh that needs more devices than a CPU-only host has names the flag that
+    splits the CPU (``run_train.py --host_devices=N``).
+    """
+    try:
+        data, fsdp, tensor = cfg.mesh.resolve(num_devices)
+    except ConfigError as e:
+        sizes = [v for v in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if v > 0]
+        need = math.prod(sizes)
+        if need > num_devices and jax.default_backend() == "cpu":
+            raise ConfigError(
+                f"{e}; on a CPU, run_train.py --host_devices={need} splits it into {need} devices"
+            ) from None
+        raise
     rows = cfg.train.batch_size
     split = data * fsdp
     if rows % split:
@@ -39,10 +53,8 @@ def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple
             f"train.batch_size/train.microbatches = {rows}/{cfg.train.microbatches} = {micro} "
             f"rows per microbatch is not divisible by mesh data*fsdp = {split}"
         )
-    if rows % process_count:
-        raise ConfigError(
-            f"train.batch_size={rows} is not divisible by the {process_count} processes"
-        )
+    # Processes feed the rows their devices hold (partitioning.data_shard): when a model
+    # axis spans processes they share rows, so the process count need not divide rows.
     return data, fsdp, tensor
 
 
@@ -79,7 +91,12 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a t5x_lite config.json ({e})") from None
     wanted = to_dict(cfg.model)
-    for key in sorted(set(saved_model) | set(wanted)):
+    # What the model is comes first: a run of another family or architecture is named
+    # as such, not by the first of its many differing fields.
+    first = ("family", "arch")
+    names = set(saved_model) | set(wanted)
+    keys = [k for k in first if k in names] + sorted(names - set(first))
+    for key in keys:
         if key in RUNTIME_MODEL_FIELDS:
             continue
         if saved_model.get(key) != wanted.get(key):
@@ -139,4 +156,27 @@ def out_of_memory_message(cfg: Config, error: BaseException) -> str | None:
         f"and model.remat_policy={cfg.model.remat_policy!r}; lower train.batch_size or "
         "data.seq_len, raise train.microbatches, set model.remat_policy=full, or use the "
         "preset's :cpu variant"
+    )
+
+
+def finished_message(cfg: Config, workdir: str) -> str | None:
+    """One line when ``workdir`` already holds this run finished (a checkpoint at or past
+    ``train.num_steps``; read-only), else None: re-running a finished command then says
+    so instead of restoring and re-evaluating it."""
+    from t5x_lite import checkpoints
+
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory) or check_workdir(cfg, workdir) is None:
+        return None
+    ckpt = checkpoints.Checkpointer(directory, cfg.checkpoint, create=False)
+    try:
+        latest = ckpt.latest_step()
+    finally:
+        ckpt.close()
+    if latest is None or latest < cfg.train.num_steps:
+        return None
+    return (
+        f"{workdir} already holds this run, finished at step {latest} "
+        f"(train.num_steps={cfg.train.num_steps}): nothing to train; raise "
+        "--config.train.num_steps to continue it, or pass another --workdir"
     )

@@ -164,6 +164,10 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     tokenizer = pipeline.get_tokenizer(
         cfg, workdir if resuming_tokenizer else None, pidx, pcount
     )
+    # Each process reads the rows of the global batch its devices hold (processes that
+    # share rows, when a model axis spans hosts, read the same ones).
+    mesh = partitioning.make_mesh(cfg.mesh, devices)
+    shard = partitioning.data_shard(partitioning.batch_sharding(mesh, 1), cfg.train.batch_size)
     task = None
     if cfg.task.kind != "none":  # fine-tuning: the task's rows, all of its validation split
         from t5x_lite.data import task_pipeline
@@ -172,8 +176,10 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         iterator = task.train_iterator(pidx, pcount)
         eval_local = task.eval_batches(pidx, pcount)
     else:
-        iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
-        eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
+        iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount, shard)
+        eval_local = pipeline.eval_batches(
+            cfg, tokenizer, cfg.train.eval_batches, pidx, pcount, shard
+        )
     best_value = _best_so_far(cfg, workdir)
 
     # Every check passed: only now is the workdir created and the tokenizer copied in.
@@ -181,7 +187,6 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     if not resuming_tokenizer:
         pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
 
-    mesh = partitioning.make_mesh(cfg.mesh, devices)
     run = steps.for_config(cfg, mesh)
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
     latest = ckpt.latest_step()
@@ -224,7 +229,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         primary=primary,
         tokenizer=tokenizer,
         iterator=iterator,
-        eval_batches=[to_global(b, run.batch_sharding) for b in eval_local],
+        eval_batches=[to_global(b, run.batch_sharding, cfg.train.batch_size) for b in eval_local],
         run=run,
         ckpt=ckpt,
         state=state,
@@ -425,7 +430,7 @@ def train(
 
     try:
         while step < tc.num_steps:
-            batch = to_global(next(s.iterator), run.batch_sharding)
+            batch = to_global(next(s.iterator), run.batch_sharding, tc.batch_size)
             t0 = time.perf_counter()
             s.state, step_metrics = run.run(run.train, s.state, batch)
             m = {k: float(v) for k, v in replicated_value(step_metrics).items()}

@@ -1,4 +1,5 @@
-"""Corpora through TFDS (kjv, a directory, tfds:NAME), bad input, preparation rules."""
+"""Corpora through TFDS (kjv and joined Bibles, a directory, tfds:NAME), bad input,
+preparation rules."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from t5x_lite.config import ConfigError, DataConfig
-from t5x_lite.data import corpora, token_store
+from t5x_lite.data import bibles, corpora, token_store
 from t5x_lite.data.tokenizer import train_sentencepiece
 
 
@@ -49,6 +50,38 @@ def test_kjv_prepared_once_split_and_reused(kjv_root):
     again = corpora.open_corpus(DataConfig(data_dir=str(kjv_root)))
     assert again.num_documents("train") == 1165
     assert _mtimes(kjv_root / "kjv") == before  # nothing rebuilt
+
+
+def test_bibles_join_translations_and_hold_out_the_same_chapters(tmp_path):
+    corpus = corpora.open_corpus(DataConfig(corpus="kjv+web", data_dir=str(tmp_path)))
+    assert corpus.num_documents("train") == 2 * 1165
+    assert corpus.num_documents("validation") == 2 * 24
+    source = corpus.builder.as_data_source(split="validation")
+    titles = [source[i]["title"].decode() for i in range(len(source))]
+    kjv = [t[4:] for t in titles if t.startswith("KJV ")]
+    web = [t[4:] for t in titles if t.startswith("WEB ")]
+    assert len(kjv) == len(web) == 24 and sorted(kjv) == sorted(web)  # same chapters
+    train = corpus.builder.as_data_source(split="train")
+    train_titles = {train[i]["title"].decode() for i in range(len(train))}
+    assert not {f"WEB {t}" for t in kjv} & train_titles
+    texts = {t: x for t, x in zip(titles, corpus.texts("validation"))}
+    first = next(t for t in titles if t.startswith("KJV "))
+    assert texts[first] != texts["WEB " + first[4:]]  # two translations, not a copy
+    web_genesis = bibles.chapters("web")[0][1]
+    assert web_genesis[0] == "In the beginning God created the heavens and the earth."
+    assert corpus.key == "bibles-kjv_web-1.0.0"
+
+
+def test_bible_spec_errors(tmp_path, monkeypatch):
+    assert bibles.parse_spec("kjv+ylt") == ("kjv", "ylt")
+    assert bibles.parse_spec("/data/a+b") is None  # a path, not a Bible
+    with pytest.raises(ConfigError, match=r"'nkjv' is no Bible translation \(known: kjv, asv"):
+        corpora.open_corpus(DataConfig(corpus="kjv+nkjv", data_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="names a translation twice"):
+        corpora.open_corpus(DataConfig(corpus="kjv+kjv", data_dir=str(tmp_path)))
+    monkeypatch.setitem(bibles.VERSIONS, "web", "pythonbible_not_installed")
+    with pytest.raises(ConfigError, match=r"needs the package pythonbible-not-installed \(pip"):
+        bibles.chapters("web")
 
 
 def test_split_helpers():
@@ -131,7 +164,10 @@ def test_directory_bad_utf8_skip_warns_with_count_and_error_names_file(tmp_path)
 @pytest.mark.parametrize(
     "make, pattern",
     [
-        (lambda p: p / "missing", r"neither 'kjv', 'tfds:NAME' nor an existing directory"),
+        (
+            lambda p: p / "missing",
+            r"neither a Bible \('kjv', 'kjv\+web\+ylt', ...\), 'tfds:NAME' nor an existing dir",
+        ),
         (lambda p: (p / "empty").mkdir() or p / "empty", r"contains no \.txt or \.jsonl files"),
         (lambda p: (p / "f.txt").write_text("x") and p / "f.txt", r"is a file"),
     ],

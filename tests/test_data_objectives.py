@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import make_cfg
 
 from t5x_lite.config import ConfigError
-from t5x_lite.data import lm, mlm, packing, rng, sentence_pairs, span_corruption, ul2
+from t5x_lite.data import lm, mlm, packing, pipeline, rng, sentence_pairs, span_corruption, ul2
 
 # A toy vocabulary: 0 pad, 1 eos, 2 bos, 3 unk, 4 [CLS], 5 [SEP], 6 [MASK], 7-9 modes,
 # 10..899 ordinary, 900..999 sentinels (<extra_id_0> = 999).
@@ -635,3 +637,56 @@ def test_ul2_long_rows_use_t5_span_counts_within_the_sentinels():
             longest[mean, density] = max(longest[mean, density], n)
     assert longest[3.0, 0.5] == 602 and longest[3.0, 0.15] == 2009  # the limits bind
     assert longest[64.0, 0.5] > 1000 and longest[8.0, 0.5] > 1000
+
+
+def _greedy_chunks(sentence_starts, doc_sentences, max_tokens):
+    """A sentence-by-sentence transcription of the chunking rule (the reference)."""
+    out = []
+    for d in range(len(doc_sentences) - 1):
+        begin, total = int(doc_sentences[d]), 0
+        for s in range(int(doc_sentences[d]), int(doc_sentences[d + 1])):
+            total += int(sentence_starts[s + 1] - sentence_starts[s])
+            if total >= max_tokens or s == int(doc_sentences[d + 1]) - 1:
+                if sentence_starts[s + 1] - sentence_starts[begin] >= 2:
+                    out.append((d, begin, s + 1))
+                begin, total = s + 1, 0
+    return np.asarray(out, dtype=np.int64).reshape(-1, 3)
+
+
+def test_vectorised_chunks_equal_the_greedy_rule_block_by_block():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # empty sentences, empty documents, one-token chunks included
+        num_sent, num_docs = int(rng.integers(0, 60)), int(rng.integers(1, 12))
+        starts = np.concatenate([[0], np.cumsum(rng.integers(0, 9, num_sent))])
+        cuts = np.sort(rng.integers(0, num_sent + 1, num_docs - 1))
+        docs = np.concatenate([[0], cuts, [num_sent]])
+        max_tokens = int(rng.integers(1, 20))
+        want = _greedy_chunks(starts, docs, max_tokens)
+        np.testing.assert_array_equal(sentence_pairs.make_chunks(starts, docs, max_tokens), want)
+        blocks = sentence_pairs.chunk_blocks(starts, docs, max_tokens, int(rng.integers(1, 4)))
+        np.testing.assert_array_equal(np.concatenate(list(blocks)), want)
+
+
+@pytest.mark.parametrize("objective, sentence", [("mlm", "nsp"), ("ul2", "none")])
+def test_row_tables_are_memory_mapped_from_the_token_store(
+    kjv_root, kjv_tokenizer, objective, sentence
+):
+    """NSP/SOP chunks and UL2 row offsets are written once beside the token ids and
+    memory-mapped (no per-process array), with the values computed in memory."""
+    cfg = make_cfg(kjv_root, objective, sentence, seq_len=64)
+    source = pipeline.batch_source(cfg, kjv_tokenizer, "validation")
+    table = source.chunks if sentence != "none" else source.row_starts
+    assert isinstance(table, np.memmap) and len(table) == source.rows_per_epoch
+    files = [p.name for p in Path(source.store.path).iterdir()]
+    assert any(n.startswith("pair-chunks-" if sentence != "none" else "ul2-offsets-")
+               for n in files), files  # fmt: skip
+    if sentence != "none":
+        store = source.store
+        want = _greedy_chunks(
+            np.asarray(store.sentence_starts), np.asarray(store.doc_sentences), 61
+        )
+    else:
+        total = source.store.num_tokens + source.wrap * source.store.num_docs
+        want, width = ul2.row_offsets(ul2._plan_key(source), total, **ul2._lengths(source))
+        assert width == source.width and not isinstance(want, np.memmap)
+    np.testing.assert_array_equal(np.asarray(table), want)

@@ -102,3 +102,16 @@ def test_embedding_gather_on_data_fsdp_tensor_mesh_compiles_without_full_remat(c
         jax.jit(jax.value_and_grad(loss)).lower(params, b).compile()
     err = capfd.readouterr().err
     assert "Involuntary full rematerialization" not in err, err[:2000]
+
+
+def test_mesh_is_topology_ordered_and_dcn_axes_are_checked():
+
+    mesh = partitioning.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert mesh.devices.ravel().tolist() == jax.devices()  # the CPU's order, unchanged
+    with pytest.raises(ConfigError, match=r"mesh.dcn_data=3 does not divide mesh.data=8"):
+        partitioning.make_mesh(MeshConfig(data=8, dcn_data=3))
+    with pytest.raises(ConfigError, match=r"= 2 differs from the 1 processes holding"):
+        partitioning.make_mesh(MeshConfig(data=8, dcn_data=2))
+    with pytest.raises(ConfigError, match=r"mesh.dcn_fsdp=0 must be positive"):
+        partitioning.make_mesh(MeshConfig(data=8, dcn_fsdp=0))

@@ -160,6 +160,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             "data*fsdp*tensor = 3*1*1 = 3 differs from the 8 available devices",
         ),
         (
+            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=16"],
+            "= 16 differs from the 8 available devices; on a CPU, run_train.py "
+            "--host_devices=16 splits it into 16 devices",
+        ),
+        (
             ["--config=configs/gpt2_tiny.py", "--config.mesh.data=8",
              "--config.train.batch_size=12"],
             "train.batch_size=12 is not divisible by mesh data*fsdp = 8*1 = 8",
@@ -189,6 +194,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             ["--config=configs/gpt2_tiny.py", "--config.model.attention_impl=cudnn",
              "--config.model.dtype=bfloat16"],
             "model.attention_impl='cudnn' needs GPU devices; this run has cpu",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--coordinator_address=127.0.0.1:9",
+             "--num_processes=2", "--process_id=1", "--init_timeout=2"],
+            "no coordinator answered at 127.0.0.1:9 within 2 s",
         ),
         (
             ["--config=configs/gpt2_tiny.py:big"],
@@ -239,6 +249,13 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
     before = snapshot(str(workdir))
     proc = cli("--config=configs/gpt2_tiny.py", f"--workdir={workdir}")
     assert_one_line_error(proc, "holds a model with model.num_layers=3")
+    assert snapshot(str(workdir)) == before
+    # Another family and architecture is named as such, before any differing size.
+    bert = C.to_dict(presets.load_typed("bert_tiny"))
+    (workdir / "config.json").write_text(json.dumps(bert))
+    before = snapshot(str(workdir))
+    proc = cli("--config=configs/gpt2_tiny.py", f"--workdir={workdir}")
+    assert_one_line_error(proc, "holds a model with model.family='encoder'; the requested ")
     assert snapshot(str(workdir)) == before
 
 
@@ -350,6 +367,17 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     assert f"eval at step {stopped + 2}" in again.stdout
     assert "sample: 'In the beginning" in again.stdout
     assert f"plot: {workdir / 'plots' / 'loss.png'}" in again.stdout
+    assert "mesh data=8 fsdp=1 tensor=1 on 8 cpu devices (1 process)" in again.stdout
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, stopped + 3))
+    # The same command once more: the run is finished, so it says so and does nothing.
+    before = snapshot(str(workdir))
+    done = cli(*args, f"--config.train.num_steps={stopped + 2}", "--config.train.sample_tokens=5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"{workdir} already holds this run, finished at step {stopped + 2} (train.num_steps="
+        f"{stopped + 2}): nothing to train; raise --config.train.num_steps to continue it, "
+        "or pass another --workdir"
+    )
+    assert snapshot(str(workdir)) == before

@@ -103,7 +103,30 @@ def test_plan_from_a_non_embedding_fit_file(tmp_path):
     n = flops.param_counts(chosen)["non_embedding"]
     assert info["param_kind"] == "non_embedding" and info["n_params"] == n
     assert n == pytest.approx(compute_optimal(1e17, fit).n_params, rel=0.25)
-    assert 6 * n * steps * 32 * 128 == pytest.approx(1e17, rel=0.05)
+    # The fit picks the size; the whole model spends the budget (6 N_total D = C).
+    total = flops.param_counts(chosen)["total"]
+    assert 6 * total * steps * 32 * 128 == pytest.approx(1e17, rel=0.05)
+    assert info["flops_6nd"] == pytest.approx(1e17, rel=0.05) and info["compute"] == "6nd"
+
+
+def test_planned_compute_is_what_the_run_spends():
+    """scaling.compute='flops': the plan's budget equals the training FLOPs the trainer
+    reports for the run (t5_small span corruption: the decoder at its real length)."""
+    from t5x_lite import presets
+    from t5x_lite.scaling import apply_plan
+
+    cfg = presets.load_typed("t5_small")
+    cfg = dataclasses.replace(
+        cfg, scaling=dataclasses.replace(cfg.scaling, flops_budget=1e18, compute="flops")
+    )
+    new, info = apply_plan(cfg)
+    spent = flops.flops_per_token_of(new.model, new.data) * info["n_tokens"]
+    assert spent == pytest.approx(1e18, rel=0.05) and info["flops_train"] == pytest.approx(spent)
+    six = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, compute="6nd"))
+    new6, info6 = apply_plan(six)
+    assert info6["flops_6nd"] == pytest.approx(1e18, rel=0.05)
+    with pytest.raises(ConfigError, match=r"scaling.compute='6ND' is not one of 6nd, flops"):
+        from_dict({"scaling": {"compute": "6ND"}})
 
 
 def _one_line(match: str, *args, **kwargs):

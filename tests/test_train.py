@@ -10,6 +10,7 @@ directory per module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -28,6 +29,9 @@ STEPS = 30
 MESHES = {
     "data8": {"data": 8, "fsdp": 1, "tensor": 1},
     "fsdp2_tensor4": {"data": 1, "fsdp": 2, "tensor": 4},
+    "tensor8": {"data": 1, "fsdp": 1, "tensor": 8},
+    # data=8 as a hybrid mesh: 4 positions inside each process, 2 across (DCN).
+    "dcn2_data8": {"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": 2},
 }
 # One preset per family objective (causal LM, MLM + NSP, span corruption); Llama,
 # ALBERT and RoBERTa share these code paths and cost ~30 s of compilation each here.
@@ -256,40 +260,95 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_match_one_process(runs, data_dir, tmp_path):
-    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices."""
-    import subprocess
-    import sys
+def _slurm_port() -> int:
+    """A free port in the range JAX derives from SLURM_JOB_ID (61440 + id % 4096)."""
+    import socket
 
-    reference = runs("gpt2_tiny", "data8")  # also prepares the data dir and tokenizer
+    for port in range(61440 + os.getpid() % 4000, 65536):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 61440..65535")
+
+
+def _two_processes(
+    flags: list[str], slurm: bool = False, timeout: float = 400
+) -> list[tuple[str, str]]:
+    """Run ``run_train.py FLAGS`` as 2 processes x 4 CPU devices (gloo on 127.0.0.1):
+    with explicit coordinator flags, or started as ``srun`` starts them (SLURM's
+    environment variables on localhost, no coordinator flags)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    workdir = tmp_path / "multi"
-    flags = ["--config=configs/gpt2_tiny.py", f"--workdir={workdir}"]
-    for section, fields in overrides(data_dir, MESHES["data8"]).items():
-        flags += [f"--config.{section}.{k}={v}" for k, v in fields.items()]
-    port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    if slurm:
+        job = _slurm_port() - 61440
+        env.update(SLURM_JOB_ID=str(job), SLURM_NTASKS="2", SLURM_STEP_NODELIST="localhost",
+                   SLURM_STEP_NUM_NODES="1")  # fmt: skip
+        launches = [({"SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}, []) for i in range(2)]
+    else:
+        port = _free_port()
+        launches = [
+            ({}, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                  f"--process_id={i}"])
+            for i in range(2)
+        ]  # fmt: skip
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "run_train.py",
-                *flags,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
+            [sys.executable, "run_train.py", *flags, *extra],
             cwd=root,
-            env=env,
+            env=dict(env, **more),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in range(2)
+        for more, extra in launches
     ]
-    outs = [p.communicate(timeout=400) for p in procs]
+    outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def _flags(data_dir: str, mesh: str, workdir, num_steps: int = STEPS) -> list[str]:
+    flags = ["--config=configs/gpt2_tiny.py", f"--workdir={workdir}"]
+    for section, fields in overrides(data_dir, MESHES[mesh]).items():
+        fields = dict(fields, num_steps=num_steps) if section == "train" else fields
+        flags += [f"--config.{section}.{k}={v}" for k, v in fields.items()]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def continued(runs, data_dir, tmp_path_factory):
+    """The 1-process data=8 reference run continued in 1 process to STEPS + 2: losses."""
+    import shutil
+
+    reference = runs("gpt2_tiny", "data8")
+    workdir = tmp_path_factory.mktemp("continued") / "run"
+    shutil.copytree(reference["workdir"], workdir)
+    cfg = preset_config("gpt2_tiny", data_dir, MESHES["data8"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=STEPS + 2))
+    out = trainer.train(cfg, str(workdir), progress=False, sample=False)
+    assert out["start_step"] == STEPS
+    return out["losses"], str(reference["workdir"])
+
+
+@pytest.mark.parametrize("mesh", ["data8", "tensor8", "dcn2_data8"])
+def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data_dir, tmp_path):
+    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices, on
+    data=8 (each process feeds half the rows; started by SLURM's environment) and on
+    tensor=8, whose tensor axis spans
+    both processes (both feed the whole batch: the rows their devices hold), and on a
+    hybrid data=8 mesh (mesh.dcn_data=2: one ICI block of 4 per process). Checkpoints
+    move between process counts: the 2-process run resumes in 1 process (data8), a
+    1-process run resumes in 2 (tensor8), each continuing as the 1-process run does."""
+    import shutil
+
+    reference = runs("gpt2_tiny", "data8")  # also prepares the data dir and tokenizer
+    workdir = tmp_path / "multi"
+    # data8 starts as srun would (the cluster is detected), tensor8 with explicit flags.
+    outs = _two_processes(_flags(data_dir, mesh, workdir), slurm=mesh == "data8")
     records = read_records(str(workdir))
     losses = {r["step"]: r["loss"] for r in records if "loss" in r}
     assert sorted(losses) == list(range(1, STEPS + 1))
@@ -299,3 +358,20 @@ def test_two_processes_on_loopback_match_one_process(runs, data_dir, tmp_path):
     assert evals == [pytest.approx(reference["final_eval_loss"], rel=1e-5)]
     assert os.listdir(workdir / "checkpoints") == [str(STEPS)]
     assert "eval at step 30" in outs[0][0] and "eval at step" not in outs[1][0]
+
+    next_two, reference_workdir = continued
+    want = [next_two[STEPS + 1], next_two[STEPS + 2]]
+    if mesh == "data8":  # 2 processes -> 1
+        cfg = preset_config("gpt2_tiny", data_dir, MESHES["data8"])
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=STEPS + 2))
+        out = trainer.train(cfg, str(workdir), progress=False, sample=False)
+        got = [out["losses"][STEPS + 1], out["losses"][STEPS + 2]]
+    elif mesh == "tensor8":  # 1 process -> 2
+        one = tmp_path / "one"
+        shutil.copytree(reference_workdir, one)
+        _two_processes(_flags(data_dir, mesh, one, STEPS + 2))
+        later = {r["step"]: r["loss"] for r in read_records(str(one)) if "loss" in r}
+        got = [later[STEPS + 1], later[STEPS + 2]]
+    else:
+        return
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -439,3 +439,20 @@ def test_workdir_with_another_model_is_rejected_untouched(tmp_path):
     saved["model"]["dtype"] = "bfloat16"
     path.write_text(json.dumps(saved))
     assert trainer.check_workdir(cfg, str(tmp_path))["model"]["dtype"] == "bfloat16"
+
+
+def test_data_state_moves_between_process_counts():
+    """Saved data positions count global batches, so another process count resumes
+    from them; positions that disagree are refused in one line naming both counts."""
+    a = {"format": 1, "grain": {"next_index": 7}}
+    b = {"format": 1, "grain": {"next_index": 5}}
+    meta = {"process_count": 2}
+    assert checkpoints._data_state({"0": a, "1": a}, 0, 30, meta) == a  # 2 -> 1 process
+    assert checkpoints._data_state({"0": a}, 0, 30, {"process_count": 1}) == a
+    assert checkpoints._data_state({}, 0, 30, meta) is None
+    with pytest.raises(C.ConfigError) as e:
+        checkpoints._data_state({"0": a, "1": b}, 0, 30, meta)
+    assert str(e.value) == (
+        "checkpoint 30 was saved by 2 processes at different data positions; it cannot "
+        "resume on 1 processes (resume it on 2)"
+    )

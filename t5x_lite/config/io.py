@@ -68,6 +68,7 @@ def from_dict(values: dict[str, Any]) -> Config:
     sections = {
         name: section_from_dict(hints[name], dict(values.get(name) or {}), name) for name in hints
     }
+    sections["optimizer"] = sections["optimizer"].resolved()
     return Config(**sections).validate()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -10,6 +11,12 @@ from t5x_lite.config.data import DataConfig
 from t5x_lite.config.errors import check as _check
 from t5x_lite.config.model import ModelConfig
 from t5x_lite.config.task import TaskConfig
+
+# What each optimizer's peak learning rate is when the config leaves it unset. AdamW's is
+# GPT-3's small-model range; Adafactor scales updates by each parameter's RMS
+# (multiply_by_parameter_scale), so T5's 1e-2 is its equivalent: at AdamW's 3e-4 it
+# barely moves (eval perplexity 1792 against AdamW's 206 on llama_tiny, 500 steps).
+DEFAULT_LEARNING_RATES = {"adamw": 3e-4, "adafactor": 1e-2}
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,10 @@ class OptimizerConfig:
     """
 
     name: str = "adamw"  # adamw | adafactor
-    learning_rate: float = 3e-4
+    # Peak learning rate; None: the optimizer's own default (DEFAULT_LEARNING_RATES:
+    # AdamW 3e-4; Adafactor 1e-2, as T5, since its updates are relative to each
+    # parameter's RMS), filled in when the config is built (config.json records it).
+    learning_rate: float | None = None
     schedule: str = "cosine"  # cosine | inverse_sqrt | constant | linear
     warmup_steps: int = 100
     # cosine / linear end at learning_rate * min_lr_ratio at train.num_steps (the
@@ -45,6 +55,17 @@ class OptimizerConfig:
     z_loss: float = 0.0
     label_smoothing: float = 0.0
 
+    @property
+    def peak_learning_rate(self) -> float:
+        """``learning_rate``, or the optimizer's default when it is None."""
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return DEFAULT_LEARNING_RATES.get(self.name, DEFAULT_LEARNING_RATES["adamw"])
+
+    def resolved(self) -> OptimizerConfig:
+        """This config with ``learning_rate`` filled in (:attr:`peak_learning_rate`)."""
+        return dataclasses.replace(self, learning_rate=self.peak_learning_rate)
+
     def validate(self) -> OptimizerConfig:
         _check(
             self.name in ("adamw", "adafactor"),
@@ -55,7 +76,8 @@ class OptimizerConfig:
             f"optimizer.schedule={self.schedule!r} is not one of cosine, inverse_sqrt, "
             "constant, linear",
         )
-        _check(self.learning_rate > 0, f"optimizer.learning_rate={self.learning_rate} must be > 0")
+        lr = self.learning_rate
+        _check(lr is None or lr > 0, f"optimizer.learning_rate={lr} must be > 0")
         _check(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
         _check(
             0.0 <= self.label_smoothing < 1.0,
@@ -118,11 +140,32 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices."""
+    """Device mesh ``(data, fsdp, tensor)``; -1 fills the remaining devices.
+
+    ``dcn_data`` / ``dcn_fsdp``: how many of the ``data`` / ``fsdp`` axis's positions
+    lie across slices (multi-slice TPU) or nodes (multi-node GPU), reached over the data
+    centre network, as MaxText's ``dcn_*_parallelism``; the rest of each axis, and all
+    of ``tensor``, stays inside a slice or node (ICI / NVLink). Both 1: a single slice.
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+
+    def dcn_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``(dcn_data, dcn_fsdp, 1)`` for the resolved ``shape``, or a ConfigError."""
+        for name, dcn, size in (
+            ("data", self.dcn_data, shape[0]),
+            ("fsdp", self.dcn_fsdp, shape[1]),
+        ):
+            _check(isinstance(dcn, int) and dcn > 0, f"mesh.dcn_{name}={dcn!r} must be positive")
+            _check(
+                size % dcn == 0,
+                f"mesh.dcn_{name}={dcn} does not divide mesh.{name}={size}",
+            )
+        return self.dcn_data, self.dcn_fsdp, 1
 
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Concrete mesh shape for ``num_devices``, or a one-line ConfigError."""
@@ -190,6 +233,11 @@ class ScalingConfig:
     sweep_budgets: tuple[float, ...] = ()
     sweep_sizes: int = 5
     sweep_spread: float = 4.0
+    # What a budget counts, for the planner, the sweep and the report alike: "6nd" is
+    # 6 * N_total * D (Kaplan's and Hoffmann's convention, whatever parameter kind the
+    # fit uses); "flops" is the model's training FLOPs from t5x_lite.flops (attention
+    # included; encoder-decoders at the decoder length the pipeline uses).
+    compute: str = "6nd"
 
     def validate(self) -> ScalingConfig:
         _check(
@@ -201,6 +249,10 @@ class ScalingConfig:
                 math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
             )
         _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        _check(
+            self.compute in ("6nd", "flops"),
+            f"scaling.compute={self.compute!r} is not one of 6nd, flops",
+        )
         _check(
             math.isfinite(self.sweep_spread) and self.sweep_spread >= 1.0,
             f"scaling.sweep_spread={self.sweep_spread} must be >= 1",

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for i in range(min(_SHOW.value, len(batches[0]["input_ids"]))):
-        print(stats.show_row(batches[0], i, tok))
+        print(stats.show_row(batches[0], i, tok, cfg.data.sentence_objective))
     if _STATS.value:
         slots = sum(b["input_ids"].size for b in batches)
         real = sum(int(stats.non_pad_mask(b).sum()) for b in batches)

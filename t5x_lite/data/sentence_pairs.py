@@ -34,21 +34,65 @@ def make_chunks(
 ) -> np.ndarray:
     """``[C, 3]`` int64 chunks ``(doc, first_sentence, end_sentence)``.
 
+    Within each document, sentences are taken greedily until they hold at least
+    ``max_tokens`` tokens or the document ends; a chunk of fewer than 2 tokens is
+    dropped. Vectorised over documents (one numpy pass per chunk position, no Python
+    loop over sentences), so it runs on billions of sentences:
+
     >>> make_chunks(np.array([0, 3, 6, 8, 12]), np.array([0, 3, 4]), 5).tolist()
     [[0, 0, 2], [0, 2, 3], [1, 3, 4]]
     """
-    lengths = np.diff(sentence_starts)
-    out = []
-    for d in range(len(doc_sentences) - 1):
-        first, end = int(doc_sentences[d]), int(doc_sentences[d + 1])
-        begin, total = first, 0
-        for s in range(first, end):
-            total += int(lengths[s])
-            if total >= max_tokens or s == end - 1:
-                if int(sentence_starts[s + 1] - sentence_starts[begin]) >= 2:
-                    out.append((d, begin, s + 1))
-                begin, total = s + 1, 0
-    return np.asarray(out, dtype=np.int64).reshape(-1, 3)
+    return np.concatenate(list(chunk_blocks(sentence_starts, doc_sentences, max_tokens)))
+
+
+def chunk_blocks(
+    sentence_starts: np.ndarray,
+    doc_sentences: np.ndarray,
+    max_tokens: int,
+    docs_per_block: int = 1 << 16,
+):
+    """:func:`make_chunks` as ``[c, 3]`` blocks, ``docs_per_block`` documents at a time
+    (what :func:`load_chunks` writes to disk; memory bounded by one block)."""
+    num_docs = len(doc_sentences) - 1
+    yield np.zeros((0, 3), np.int64)
+    for lo in range(0, num_docs, docs_per_block):
+        hi = min(lo + docs_per_block, num_docs)
+        first = np.asarray(doc_sentences[lo : hi + 1], dtype=np.int64)
+        s_lo, s_hi = int(first[0]), int(first[-1])
+        # Token offsets of this block's sentences, relative to its first one: [S + 1].
+        starts = np.asarray(sentence_starts[s_lo : s_hi + 1], dtype=np.int64)
+        docs = np.arange(lo, hi, dtype=np.int64)
+        begin, end = first[:-1] - s_lo, first[1:] - s_lo  # per document, local sentences
+        active = begin < end
+        docs, begin, end = docs[active], begin[active], end[active]
+        rows = []
+        while len(docs):
+            # The chunk ends at the first sentence boundary reaching max_tokens tokens.
+            stop = np.searchsorted(starts, starts[begin] + max_tokens, side="left")
+            stop = np.minimum(np.maximum(stop, begin + 1), end)  # one sentence at least
+            keep = starts[stop] - starts[begin] >= 2
+            rows.append(np.stack([docs[keep], begin[keep] + s_lo, stop[keep] + s_lo], axis=1))
+            more = stop < end
+            docs, begin, end = docs[more], stop[more], end[more]
+        if rows:
+            block = np.concatenate(rows)
+            # Found position by position; ordered by (document, first sentence).
+            yield block[np.lexsort((block[:, 1], block[:, 0]))]
+
+
+def load_chunks(store: Any, max_tokens: int) -> np.ndarray:
+    """The split's chunks, computed once into the token store's folder and memory-mapped
+    (3 x 8 bytes per chunk on disk, shared by every process and worker)."""
+    from t5x_lite.data import parallel
+
+    starts, docs = store.sentence_starts, store.doc_sentences
+    return parallel.cached_blocks(
+        getattr(store, "path", None),
+        f"pair-chunks-{max_tokens}.i64",
+        np.int64,
+        3,
+        lambda: chunk_blocks(starts, docs, max_tokens),
+    )
 
 
 def _truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int, u: float, v: float):
@@ -172,10 +216,7 @@ def _layout(data: Any, tok: Any) -> Layout:
 
 
 def _chunk_rows(src: Any) -> int:
-    store = src.store
-    src.chunks = make_chunks(
-        np.asarray(store.sentence_starts), np.asarray(store.doc_sentences), src.data.seq_len - 3
-    )
+    src.chunks = load_chunks(src.store, src.data.seq_len - 3)
     return len(src.chunks)
 
 

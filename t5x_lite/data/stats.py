@@ -122,8 +122,20 @@ def render(ids: Sequence[int], tokenizer: Tokenizer) -> str:
     return "".join(parts)
 
 
-def show_row(batch: dict[str, np.ndarray], i: int, tokenizer: Tokenizer) -> str:
-    """A multi-line description of row ``i``: segments, masks, targets, labels."""
+# What next_sentence_label means (Hugging Face's convention, as BertForPreTraining):
+# 0 = B is A's true continuation, in order; 1 = B is random (NSP) or swapped (SOP).
+SENTENCE_LABELS = {
+    "nsp": ("B follows A", "B is from another document"),
+    "sop": ("A then B, in order", "A and B swapped"),
+}
+
+
+def show_row(
+    batch: dict[str, np.ndarray], i: int, tokenizer: Tokenizer, sentence_objective: str = "nsp"
+) -> str:
+    """A multi-line description of row ``i``: segments, masks, targets, labels
+    (``next_sentence_label: 1 (B is from another document)`` for NSP, as
+    :data:`SENTENCE_LABELS` says for ``sentence_objective``)."""
     ids = batch["input_ids"][i]
     lines = [f"--- row {i}"]
     if "segment_ids" in batch and "decoder_input_ids" not in batch:
@@ -133,7 +145,9 @@ def show_row(batch: dict[str, np.ndarray], i: int, tokenizer: Tokenizer) -> str:
     else:
         lines.append(f"input: {render(ids, tokenizer)!r}")
     if "token_type_ids" in batch and "next_sentence_label" in batch:
-        lines.append(f"next_sentence_label: {int(batch['next_sentence_label'][i])}")
+        label = int(batch["next_sentence_label"][i])
+        meaning = SENTENCE_LABELS.get(sentence_objective, SENTENCE_LABELS["nsp"])[label]
+        lines.append(f"next_sentence_label: {label} ({meaning})")
     if "decoder_input_ids" in batch:
         lines.append(f"target: {render(batch['labels'][i], tokenizer)!r}")
         mode = {v: MODE_PIECES[k] for k, v in tokenizer.mode_ids.items()}.get(int(ids[0]))

@@ -39,6 +39,7 @@ while the stream's document order, the noise spans and the rows' shuffle do.
 from __future__ import annotations
 
 import functools
+import zlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -212,31 +213,65 @@ def plan_rows(
     return Plan(*(np.stack(x, axis=1) for x in (den, length, split)))
 
 
+def _used_blocks(
+    key: int,
+    num_tokens: int,
+    block: int,
+    *,
+    mixture: str,
+    seq_len: int,
+    target_len: int,
+    max_spans: int,
+):
+    """Raw tokens each row takes, ``block`` rows at a time, until they cover the stream."""
+    total, start = 0, 0
+    while total < num_tokens:
+        plan = plan_rows(
+            key, np.arange(start, start + block), mixture=mixture, seq_len=seq_len,
+            target_len=target_len, max_spans=max_spans,
+        )  # fmt: skip
+        used = plan.length.sum(axis=1)
+        yield used
+        total += int(used.sum())
+        start += block
+
+
 def row_offsets(
-    key: int, num_tokens: int, *, mixture: str, seq_len: int, target_len: int, max_spans: int
+    key: int,
+    num_tokens: int,
+    *,
+    mixture: str,
+    seq_len: int,
+    target_len: int,
+    max_spans: int,
+    folder: str | None = None,
 ) -> tuple[np.ndarray, int]:
     """``(offsets [R], width)``: row ``r`` starts at ``offsets[r]`` of a stream of
     ``num_tokens`` and takes at most ``width`` tokens; ``R`` counts the rows whose
-    ``width`` window lies inside the stream."""
+    ``width`` window lies inside the stream.
+
+    With a ``folder`` (the token store's) the offsets are written there once, block by
+    block, and memory-mapped: 8 bytes per row on disk, shared by every process and
+    worker, and no ``[R]`` array built in memory.
+    """
+    from t5x_lite.data import parallel
+
+    lens = dict(mixture=mixture, seq_len=seq_len, target_len=target_len, max_spans=max_spans)
     block = 1 << 15
-    parts, total, start = [], 0, 0
-    while total < num_tokens:
-        plan = plan_rows(
-            key,
-            np.arange(start, start + block),
-            mixture=mixture,
-            seq_len=seq_len,
-            target_len=target_len,
-            max_spans=max_spans,
-        )
-        used = plan.length.sum(axis=1)
-        parts.append(used)
-        total += int(used.sum())
-        start += block
-    used = np.concatenate(parts)
-    width = int(used.max())
-    offsets = np.concatenate([[0], np.cumsum(used)[:-1]]).astype(np.int64)
-    return offsets[offsets + width <= num_tokens], width
+    # The widest row bounds the window; a row never takes more than seq_len + target_len
+    # raw tokens, so one pass over the plans finds it without keeping them.
+    width = max(int(u.max()) for u in _used_blocks(key, num_tokens, block, **lens))
+
+    def offsets():
+        done = 0
+        for used in _used_blocks(key, num_tokens, block, **lens):
+            starts = done + np.concatenate([[0], np.cumsum(used)[:-1]])
+            done += int(used.sum())
+            yield starts[starts + width <= num_tokens]
+
+    digest = f"{key:016x}-{num_tokens}-{mixture}-{seq_len}-{target_len}-{max_spans}"
+    name = f"ul2-offsets-{zlib.crc32(digest.encode()):08x}.i64"
+    return parallel.cached_blocks(folder, name, np.int64, 0, offsets), width
 
 
 def ul2_rows(
@@ -361,7 +396,8 @@ def _plan_key(src: Any) -> int:
 
 
 def _row_offsets(src: Any, total: int) -> tuple[np.ndarray, int]:
-    return row_offsets(_plan_key(src), total, **_lengths(src))
+    folder = getattr(src.store, "path", None)
+    return row_offsets(_plan_key(src), total, **_lengths(src), folder=folder)
 
 
 def _rows(src: Any, epoch: int, rows: np.ndarray, ids: np.ndarray, slot: np.ndarray):

@@ -5,8 +5,8 @@ Examples::
     # The compute-optimal shape and steps for some budgets (a preset + overrides):
     python -m t5x_lite.scaling plan --budget 1e18 1e20 --config configs/gpt2_small.py
     # An IsoFLOP sweep through the trainer (restart the same command to continue):
-    python -m t5x_lite.scaling sweep --config configs/scaling_sweep.py \\
-        --out results/scaling --workdir /tmp/t5x_lite_scaling
+    # (the runs' workdirs go under OUT/workdirs unless --workdir says otherwise)
+    python -m t5x_lite.scaling sweep --config configs/scaling_sweep.py --out results/scaling
     # Refit and redraw from the CSV (and check a fit without the largest budget):
     python -m t5x_lite.scaling report --out results/scaling --holdout-largest
     # Fit a runs CSV (columns n_params or n_non_embedding, n_tokens, final_eval_loss):
@@ -126,7 +126,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set)
     rows = run_sweep(
-        cfg, args.out, args.workdir, dry_run=args.dry_run, allow_repeats=args.allow_repeats
+        cfg,
+        args.out,
+        args.workdir or os.path.join(args.out, "workdirs"),
+        dry_run=args.dry_run,
+        allow_repeats=args.allow_repeats,
     )
     if not args.dry_run:
         paths = write_report(args.out, bootstrap=args.bootstrap)
@@ -187,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("sweep", help="IsoFLOP sweep through the trainer, then the report")
     config_args(q, required=True)
     q.add_argument("--out", required=True, help="results directory (CSV, plots, report)")
-    q.add_argument("--workdir", required=True, help="root of the runs' workdirs")
+    q.add_argument(
+        "--workdir", help="root of the runs' workdirs (default: OUT/workdirs, git-ignored)"
+    )
     q.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
     q.add_argument(
         "--allow-repeats",

@@ -150,8 +150,13 @@ def plan(
     batch_size: int,
     fit: str | ChinchillaFit = "hoffmann2022",
     target_len: int | None = None,
+    compute: str = "6nd",
 ) -> tuple[ModelConfig, int, dict[str, Any]]:
     """``(model, num_steps, info)`` spending ``flops_budget`` compute-optimally.
+
+    The steps make the run spend the budget as ``compute`` counts it
+    (:func:`step_compute`), whichever parameter kind the fit's ``N`` is: a
+    non-embedding fit picks the size, the whole model spends the compute.
 
     ``info`` describes the choice (budget, fit, ``n_opt``, ``d_opt``, the chosen
     shape, its parameter counts, tokens, ``6ND``, the trainer's FLOP count and the
@@ -185,7 +190,8 @@ def plan(
     counts = flops_lib.param_counts(chosen)
     n = counts[kind]
     tokens_per_step = batch_size * seq_len
-    num_steps = round(flops_budget / (6.0 * n * tokens_per_step))
+    per_step = step_compute(chosen, seq_len, batch_size, compute, target_len)
+    num_steps = round(flops_budget / per_step)
     if num_steps < 1:
         raise ConfigError(
             f"scaling.flops_budget={flops_budget:.3g} buys less than one step of "
@@ -210,12 +216,43 @@ def plan(
         "num_steps": num_steps,
         "n_tokens": n_tokens,
         "tokens_per_param": n_tokens / n,
-        "flops_6nd": 6.0 * n * n_tokens,
+        "compute": compute,
+        "flops_6nd": 6.0 * counts["total"] * n_tokens,
         "flops_train": per_token * n_tokens,
         "flops_train_per_step": per_token * tokens_per_step,
         "predicted_loss": float(f.predict(n, n_tokens)),
     }
     return chosen, num_steps, info
+
+
+COMPUTE_LABELS = {
+    "6nd": "C = 6·N·D, N total",
+    "flops": "C = training FLOPs (t5x_lite.flops)",
+}
+
+
+def step_compute(
+    model: ModelConfig,
+    seq_len: int,
+    batch_size: int,
+    compute: str = "6nd",
+    target_len: int | None = None,
+) -> float:
+    """FLOPs one training step of ``batch_size`` rows of ``seq_len`` counts as:
+    ``6 * N_total * tokens`` (``compute="6nd"``) or the model's training FLOPs per
+    token times tokens (``"flops"``, :func:`t5x_lite.flops.train_flops_per_token`;
+    ``target_len`` the decoder length of an encoder-decoder).
+
+    >>> m = ModelConfig(vocab_size=256, d_model=64, num_heads=2, num_layers=2, d_ff=256)
+    >>> step_compute(m, 64, 8) == 6 * flops_lib.param_counts(m)["total"] * 64 * 8
+    True
+    """
+    tokens = batch_size * seq_len
+    if compute == "6nd":
+        return 6.0 * flops_lib.param_counts(model)["total"] * tokens
+    if compute == "flops":
+        return flops_lib.train_flops_per_token(model, seq_len, target_len) * tokens
+    raise ConfigError(f"scaling.compute={compute!r} is not one of 6nd, flops")
 
 
 def apply_plan(cfg: Config) -> tuple[Config, dict[str, Any]]:
@@ -234,6 +271,7 @@ def apply_plan(cfg: Config) -> tuple[Config, dict[str, Any]]:
         cfg.train.batch_size,
         cfg.scaling.fit,
         row_lengths(cfg.data).target_len if cfg.model.family == "encoder_decoder" else None,
+        cfg.scaling.compute,
     )
     optimizer = cfg.optimizer
     if optimizer.warmup_steps >= num_steps:

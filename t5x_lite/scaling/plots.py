@@ -22,6 +22,7 @@ import numpy as np
 
 from t5x_lite.scaling.fits import FITS, ChinchillaFit, compute_optimal
 from t5x_lite.scaling.isoflop import PowerLaws
+from t5x_lite.scaling.planner import COMPUTE_LABELS
 
 KIND_COLUMN = {"total": "n_params", "non_embedding": "n_non_embedding"}
 KIND_LABEL = {"total": "parameters N (total)", "non_embedding": "non-embedding parameters N"}
@@ -72,13 +73,18 @@ def save(fig: Any, path: str) -> str:
 
 
 def isoflop_plot(
-    rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None], path: str
+    rows: Sequence[dict[str, Any]],
+    approach2: dict[str, PowerLaws | None],
+    path: str,
+    compute: str = "6nd",
 ) -> str:
     """Write :func:`isoflop_figure` to the PNG ``path``; returns ``path``."""
-    return save(isoflop_figure(rows, approach2), path)
+    return save(isoflop_figure(rows, approach2, compute), path)
 
 
-def isoflop_figure(rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None]) -> Any:
+def isoflop_figure(
+    rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaws | None], compute: str = "6nd"
+) -> Any:
     """Final eval loss against N per budget, one panel per parameter kind in ``approach2``.
 
     Points are runs; lines the Approach 2 parabolas (``loss = c2 x^2 + c1 x + c0``,
@@ -119,7 +125,7 @@ def isoflop_figure(rows: Sequence[dict[str, Any]], approach2: dict[str, PowerLaw
         _plain_log_y(ax)
         ax.set_xlabel(KIND_LABEL[kind])
         ax.set_ylabel("final eval loss (nats/token)")
-        ax.set_title(f"IsoFLOP profiles, {kind.replace('_', '-')} N")
+        ax.set_title(f"IsoFLOP profiles, {kind.replace('_', '-')} N ({COMPUTE_LABELS[compute]})")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], color="gray", lw=1.5))
@@ -143,9 +149,10 @@ def frontier_plot(
     fit: ChinchillaFit | None,
     approach1: PowerLaws | None,
     path: str,
+    compute: str = "6nd",
 ) -> str:
     """Write :func:`frontier_figure` to the PNG ``path``; returns ``path``."""
-    return save(frontier_figure(rows, curves, fit, approach1), path)
+    return save(frontier_figure(rows, curves, fit, approach1, compute), path)
 
 
 def frontier_figure(
@@ -153,6 +160,7 @@ def frontier_figure(
     curves: Sequence[dict[str, Any]],
     fit: ChinchillaFit | None,
     approach1: PowerLaws | None,
+    compute: str = "6nd",
 ) -> Any:
     """Loss against training compute ``C = 6 N D`` (N total): curves, runs, envelope, fit.
 
@@ -216,7 +224,7 @@ def frontier_figure(
         )
     ax.set_xscale("log")
     _plain_log_y(ax)
-    ax.set_xlabel("training compute C = 6·N·D (FLOPs)")
+    ax.set_xlabel(f"training compute, {COMPUTE_LABELS[compute]} (FLOPs)")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Loss against compute")
     ax.grid(True, which="both", alpha=0.3)
@@ -233,15 +241,17 @@ def optimal_plot(
     laws: dict[str, PowerLaws | None],
     fits: dict[str, ChinchillaFit | None],
     path: str,
+    compute: str = "6nd",
 ) -> str:
     """Write :func:`optimal_figure` to the PNG ``path``; returns ``path``."""
-    return save(optimal_figure(budgets, laws, fits), path)
+    return save(optimal_figure(budgets, laws, fits, compute), path)
 
 
 def optimal_figure(
     budgets: Sequence[float],
     laws: dict[str, PowerLaws | None],
     fits: dict[str, ChinchillaFit | None],
+    compute: str = "6nd",
 ) -> Any:
     """``N_opt`` and ``D_opt`` against ``C``: points and power laws of each approach.
 
@@ -292,7 +302,7 @@ def optimal_figure(
         ax.set_xscale("log")
         ax.set_yscale("log")
         _count_axis(ax.yaxis)
-        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_xlabel(f"training compute, {COMPUTE_LABELS[compute]} (FLOPs)")
         ax.set_ylabel(what)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -301,12 +311,14 @@ def optimal_figure(
     return fig
 
 
-def holdout_plot(rows: Sequence[dict[str, Any]], holdout: Any, path: str) -> str:
+def holdout_plot(
+    rows: Sequence[dict[str, Any]], holdout: Any, path: str, compute: str = "6nd"
+) -> str:
     """Write :func:`holdout_figure` to the PNG ``path``; returns ``path``."""
-    return save(holdout_figure(rows, holdout), path)
+    return save(holdout_figure(rows, holdout, compute), path)
 
 
-def holdout_figure(rows: Sequence[dict[str, Any]], holdout: Any) -> Any:
+def holdout_figure(rows: Sequence[dict[str, Any]], holdout: Any, compute: str = "6nd") -> Any:
     """The extrapolation check (a :class:`~t5x_lite.scaling.report.Holdout`), two panels.
 
     Left: final eval loss against N (total) per budget, dots the runs the law was
@@ -360,7 +372,10 @@ def holdout_figure(rows: Sequence[dict[str, Any]], holdout: Any) -> Any:
     _plain_log_y(left)
     left.set_xlabel(KIND_LABEL["total"])
     left.set_ylabel("final eval loss (nats/token)")
-    left.set_title(f"Fit on C < {holdout.budget:.2g}, predicting C = {holdout.budget:.2g}")
+    left.set_title(
+        f"Fit on C < {holdout.budget:.2g}, predicting C = {holdout.budget:.2g}\n"
+        f"({COMPUTE_LABELS[compute]})"
+    )
     left.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 

@@ -12,14 +12,17 @@ writes, next to them:
   Approach 3 fitted without the largest budget (``fit_holdout_largest.json``)
   against that budget's measured losses and best size (``holdout.png``).
 
-Compute is always ``C = 6 N_total D`` (what the sweep spends); the non-embedding
-analysis changes only what ``N`` counts. Approach 3's own optimum assumes
+Compute is what ``scaling.compute`` of the sweep counts (its ``sweep_config.json``):
+``6nd``, ``C = 6 N_total D``, by default, or ``flops``, the model's training FLOPs;
+every plot and the report state which. The non-embedding analysis changes only what
+``N`` counts. Approach 3's own optimum assumes
 ``C = 6 N D`` for its ``N``, so its non-embedding exponents follow Kaplan's convention.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from t5x_lite.config import ConfigError
 from t5x_lite.scaling import plots
 from t5x_lite.scaling.fits import FITS, ChinchillaFit, compute_optimal, fit_chinchilla, save_fit
 from t5x_lite.scaling.isoflop import PowerLaws, approach1, approach2, isoflop_minimum
+from t5x_lite.scaling.sweep import CONFIG_FILE as SWEEP_CONFIG_FILE
 from t5x_lite.scaling.sweep import CURVES_FILE, RUNS_FILE, read_rows
 
 KINDS = ("total", "non_embedding")
@@ -231,8 +235,21 @@ FIGURE_FILES = {
 }
 
 
+def sweep_compute(out_dir: str) -> str:
+    """The compute definition (``scaling.compute``) the sweep in ``out_dir`` spent its
+    budgets by, from its ``sweep_config.json`` (``6nd`` when absent)."""
+    path = os.path.join(out_dir, SWEEP_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return "6nd"
+    with open(path) as f:
+        return json.load(f).get("scaling", {}).get("compute", "6nd")
+
+
 def figures(
-    rows: list[dict[str, Any]], curves: list[dict[str, Any]], result: dict[str, Any]
+    rows: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+    result: dict[str, Any],
+    compute: str = "6nd",
 ) -> dict[str, Any]:
     """The report's matplotlib Figures (keys of :data:`FIGURE_FILES`) from :func:`analyse`.
 
@@ -241,9 +258,11 @@ def figures(
     """
     budgets = sorted({float(r["budget"]) for r in rows})
     out = {
-        "isoflop": plots.isoflop_figure(rows, {k: result[k]["approach2"] for k in KINDS}),
+        "isoflop": plots.isoflop_figure(
+            rows, {k: result[k]["approach2"] for k in KINDS}, compute
+        ),
         "frontier": plots.frontier_figure(
-            rows, curves, result["total"]["approach3"], result["total"]["approach1"]
+            rows, curves, result["total"]["approach3"], result["total"]["approach1"], compute
         ),
     }
     for kind, key in (("total", "optimal.png"), ("non_embedding", "optimal_non_embedding.png")):
@@ -251,6 +270,7 @@ def figures(
             budgets,
             {"Approach 1": result[kind]["approach1"], "Approach 2": result[kind]["approach2"]},
             {"Approach 3": result[kind]["approach3"]},
+            compute,
         )
     return out
 
@@ -270,6 +290,7 @@ def write_report(
     """
     rows = read_rows(os.path.join(out_dir, RUNS_FILE))
     curves = read_rows(os.path.join(out_dir, CURVES_FILE))
+    compute = sweep_compute(out_dir)
     held = holdout_largest(rows, bootstrap=bootstrap, seed=seed) if holdout else None
     result = analyse(rows, curves, bootstrap=bootstrap, seed=seed)
     paths: dict[str, Any] = {}
@@ -277,13 +298,15 @@ def write_report(
         fit = result[kind]["approach3"]
         if fit is not None:
             paths[f"fit_{kind}"] = save_fit(fit, os.path.join(out_dir, f"fit_{kind}.json"))
-    for key, fig in figures(rows, curves, result).items():
+    for key, fig in figures(rows, curves, result, compute).items():
         paths[key] = plots.save(fig, os.path.join(out_dir, FIGURE_FILES[key]))
     if held is not None:
         paths["holdout_fit"] = save_fit(held.fit, os.path.join(out_dir, HOLDOUT_FIT))
-        paths["holdout"] = plots.holdout_plot(rows, held, os.path.join(out_dir, HOLDOUT_FIGURE))
+        paths["holdout"] = plots.holdout_plot(
+            rows, held, os.path.join(out_dir, HOLDOUT_FIGURE), compute
+        )
         paths["holdout_result"] = held
-    text = render(rows, result, held)
+    text = render(rows, result, held, compute)
     paths["report"] = os.path.join(out_dir, "report.md")
     with open(paths["report"], "w") as f:
         f.write(text)
@@ -406,7 +429,10 @@ def render_holdout(held: Holdout) -> list[str]:
 
 
 def render(
-    rows: list[dict[str, Any]], result: dict[str, Any], holdout: Holdout | None = None
+    rows: list[dict[str, Any]],
+    result: dict[str, Any],
+    holdout: Holdout | None = None,
+    compute: str = "6nd",
 ) -> str:
     """The markdown text of ``report.md`` (with the extrapolation section if ``holdout``)."""
     budgets = sorted({float(r["budget"]) for r in rows})
@@ -422,7 +448,7 @@ def render(
         f"{first['vocab_size']}, sequence length {first['seq_len']}, batch "
         f"{first['batch_size']}, over {len(budgets)} budgets from {budgets[0]:.3g} to "
         f"{budgets[-1]:.3g} FLOPs ({math.log10(budgets[-1] / budgets[0]):.2f} orders of "
-        f"magnitude; C = 6·N·D with N the total parameter count). Corpus "
+        f"magnitude; {plots.COMPUTE_LABELS[compute]}). Corpus "
         f"`{first['corpus']}`: {tokens:,d} training tokens; the largest run reads "
         f"{biggest:,d}, so no run repeats data"
         + ("." if biggest <= tokens else " — **except that it does**.")
@@ -502,8 +528,14 @@ def render(
     lines += [
         "## Reading these numbers",
         "",
-        "- Compute is C = 6·N·D with N the total parameter count, the quantity the planner "
-        "matches; the non-embedding fits change only what N counts. At these sizes the token "
+        f"- Compute is {plots.COMPUTE_LABELS[compute]} (`scaling.compute`), the quantity the "
+        "planner and the sweep spend; the non-embedding fits change only what N counts"
+        + (
+            ""
+            if compute == "6nd"
+            else " (Approach 3's closed-form optimum still assumes C = 6·N·D)"
+        )
+        + ". At these sizes the token "
         "and position tables are a large share of N, so the two sets of exponents differ "
         "(Kaplan et al. 2020 counted non-embedding parameters, Hoffmann et al. 2022 all).",
         "- Every run uses the same learning rate, batch and warmup rule, and shapes come "

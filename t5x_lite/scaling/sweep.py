@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from t5x_lite import flops as flops_lib
-from t5x_lite.config import Config, ConfigError, ModelConfig, to_dict
+from t5x_lite.config import Config, ConfigError, ModelConfig, row_lengths, to_dict
 from t5x_lite.scaling.fits import compute_optimal, load_fit
-from t5x_lite.scaling.planner import nearest_shape, shape_grid
+from t5x_lite.scaling.planner import nearest_shape, shape_grid, step_compute
 
 RUNS_FILE = "runs.csv"
 CURVES_FILE = "curves.csv"
@@ -116,7 +116,8 @@ def plan_sweep(cfg: Config) -> list[Run]:
             shapes.setdefault((m.num_layers, m.d_model), m)
         for (layers, width), m in shapes.items():
             counts = flops_lib.param_counts(m)
-            steps = round(budget / (6.0 * counts[kind] * batch * seq))
+            target = row_lengths(cfg.data).target_len if m.family == "encoder_decoder" else None
+            steps = round(budget / step_compute(m, seq, batch, sc.compute, target))
             if steps < 1:
                 raise ConfigError(
                     f"scaling.sweep_budgets: {budget:.3g} FLOPs buy no step of the "

@@ -1,0 +1,132 @@
+"""Starting the multi-controller runtime: explicit flags, or the cluster JAX detects.
+
+Every process of a multi-host run calls :func:`initialize` before JAX touches a
+device. Three ways in, in this order:
+
+* explicit: ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` on
+  every process (any machine; loopback for tests);
+* a cluster that launched the processes, found from its environment by
+  :func:`detect`: SLURM (``srun``: ``SLURM_JOB_ID``, ``SLURM_NTASKS`` > 1, ...), Open
+  MPI (``mpirun``: ``OMPI_MCA_orte_hnp_uri`` / ``PMIX_RANK``), a multi-host Cloud TPU
+  slice (``TPU_WORKER_HOSTNAMES`` naming several workers, as on TPU VMs and GKE) or a
+  Kubernetes JobSet (``JOBSET_NAME``, with the ``kubernetes`` package JAX uses);
+  ``jax.distributed.initialize()`` then reads coordinator, count and index itself;
+* none: a single process.
+
+``--cluster=NAME`` forces one of these (``none`` disables detection). A coordinator
+that never answers ends in one line after ``--init_timeout`` seconds, not a hang.
+
+    >>> detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
+    ...         "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "node[1-2]"})
+    'slurm'
+    >>> detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None  # one task
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from t5x_lite.config import ConfigError
+
+CLUSTERS = ("auto", "none", "explicit", "slurm", "ompi", "tpu", "k8s")
+_SLURM = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST")
+
+
+def detect(env: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process cluster this process was launched by, or None."""
+    env = os.environ if env is None else env
+    if all(k in env for k in _SLURM) and int(env["SLURM_NTASKS"]) > 1:
+        return "slurm"
+    if "OMPI_MCA_orte_hnp_uri" in env or (
+        "PMIX_RANK" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    ):
+        return "ompi"
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if len(hosts) > 1:
+        return "tpu"
+    if "JOBSET_NAME" in env and "KUBERNETES_SERVICE_HOST" in env:
+        return "k8s"
+    return None
+
+
+def initialize(
+    cluster: str = "auto",
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+) -> str:
+    """Start ``jax.distributed`` as the arguments say; returns how (``explicit``, a
+    cluster name, or ``none``). One-line ConfigErrors for inconsistent flags and for
+    a coordinator that cannot be reached."""
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"--cluster={cluster!r} is not one of {', '.join(CLUSTERS)}")
+    given = [v is not None for v in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ConfigError("--coordinator_address, --num_processes and --process_id go together")
+    if all(given):
+        if cluster not in ("auto", "explicit"):
+            raise ConfigError(f"--cluster={cluster} takes no --coordinator_address flags")
+        how = "explicit"
+        if not 0 <= process_id < num_processes:
+            raise ConfigError(f"--process_id={process_id} is outside [0, {num_processes})")
+    elif cluster == "auto":
+        how = detect() or "none"
+    elif cluster == "explicit":
+        raise ConfigError(
+            "--cluster=explicit needs --coordinator_address, --num_processes and --process_id"
+        )
+    else:
+        how = cluster
+    if how == "none":
+        return how
+    import jax
+
+    # CPU collectives across processes (no effect on GPU / TPU backends).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = dict(initialization_timeout=timeout_s)
+    if how == "explicit":
+        kwargs.update(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    if how == "explicit" and process_id != 0:
+        # The runtime aborts the process (no exception) when the coordinator never
+        # answers; wait for its port here instead, and fail in one line.
+        wait_for_coordinator(coordinator_address, timeout_s)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # a bad address, a second initialisation, ...
+        where = coordinator_address or f"the {how} cluster's coordinator"
+        first = " ".join(str(e).split())[:200]
+        raise ConfigError(
+            f"could not start the distributed runtime with {where} "
+            f"({type(e).__name__}: {first})"
+        ) from None
+    return how
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once ``HOST:PORT`` accepts a TCP connection; a one-line ConfigError after
+    ``timeout_s`` seconds without one."""
+    import socket
+    import time
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--coordinator_address={address!r} is not HOST:PORT")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"no coordinator answered at {address} within {timeout_s} s ({e}); is "
+                    "process 0 running, and is the address reachable from this host?"
+                ) from None
+            time.sleep(0.25)
