@@ -173,8 +173,8 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         from t5x_lite.data import task_pipeline
 
         task = task_pipeline.load(cfg, tokenizer)
-        iterator = task.train_iterator(pidx, pcount)
-        eval_local = task.eval_batches(pidx, pcount)
+        iterator = task.train_iterator(*shard)  # the rows this process's devices hold
+        eval_local = task.eval_batches(*shard)
     else:
         iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount, shard)
         eval_local = pipeline.eval_batches(

@@ -123,7 +123,7 @@ def test_planned_compute_is_what_the_run_spends():
     spent = flops.flops_per_token_of(new.model, new.data) * info["n_tokens"]
     assert spent == pytest.approx(1e18, rel=0.05) and info["flops_train"] == pytest.approx(spent)
     six = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, compute="6nd"))
-    new6, info6 = apply_plan(six)
+    _, info6 = apply_plan(six)
     assert info6["flops_6nd"] == pytest.approx(1e18, rel=0.05)
     with pytest.raises(ConfigError, match=r"scaling.compute='6ND' is not one of 6nd, flops"):
         from_dict({"scaling": {"compute": "6ND"}})

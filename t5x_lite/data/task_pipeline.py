@@ -58,6 +58,8 @@ class TaskData:
         }
 
     def train_iterator(self, process_index: int = 0, process_count: int = 1) -> DataIterator:
+        """Training batches of data shard ``process_index`` of ``process_count`` (pass
+        :func:`t5x_lite.partitioning.data_shard`: processes sharing rows share it)."""
         from t5x_lite.data import rng
 
         seed = rng.derive_key(self.cfg.data.seed, "task", "rows") % (2**32)
