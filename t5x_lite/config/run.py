@@ -9,6 +9,7 @@ from t5x_lite.config import objectives
 from t5x_lite.config.data import DataConfig
 from t5x_lite.config.errors import check as _check
 from t5x_lite.config.model import ModelConfig
+from t5x_lite.config.peft import PeftConfig
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def validate(self) -> Config:
         self.model.validate()
@@ -212,6 +214,7 @@ class Config:
         self.train.validate()
         self.checkpoint.validate()
         self.scaling.validate()
+        self.peft.validate()
         for name in ("data", "fsdp", "tensor"):
             v = getattr(self.mesh, name)
             _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
