@@ -35,6 +35,7 @@ from t5x_lite.config.run import (
     ScalingConfig,
     TrainConfig,
 )
+from t5x_lite.config.task import TaskConfig
 
 __all__ = [
     "ARCHS",
@@ -51,6 +52,7 @@ __all__ = [
     "PeftConfig",
     "RowLengths",
     "ScalingConfig",
+    "TaskConfig",
     "TrainConfig",
     "archs_of",
     "from_dict",
