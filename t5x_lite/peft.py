@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -138,7 +138,11 @@ class Peft:
     >>> merged = p.merge(base, trainable)                    # plain base-shaped tree
     """
 
-    def __init__(self, cfg: PeftConfig, model_cfg: ModelConfig) -> None:
+    def __init__(
+        self, cfg: PeftConfig, model_cfg: ModelConfig, extra_trainable: Sequence[str] = ()
+    ) -> None:
+        """``extra_trainable``: ``/``-joined base leaf paths trained as well (the new
+        task heads a fine-tuning base lacks), besides ``cfg.modules_to_save``."""
         cfg.validate()
         if not cfg.enabled:
             raise ConfigError("peft.method='none': there is nothing to add to the base")
@@ -160,7 +164,9 @@ class Peft:
             if is_attention or is_mlp:
                 for name in sorted(names & set(sub)):
                     self.lora_sites.append(((*path, name), sub[name]["kernel"]))
-        self.saved_paths = self._modules_to_save()
+        self.saved_paths = sorted(
+            set(self._modules_to_save()) | {tuple(p.split("/")) for p in extra_trainable}
+        )
         if cfg.method == "lora" and not self.lora_sites:
             raise ConfigError(f"peft.targets={list(cfg.targets)} match no projection of the model")
 

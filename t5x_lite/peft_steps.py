@@ -18,7 +18,9 @@ respect to it); the base's bytes are the same after any number of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -50,12 +52,23 @@ class Bound:
         return getattr(self._model, name)
 
 
-def build(cfg: Config, mesh: Mesh, base: Any) -> steps.Steps:
-    """Steps training ``peft.Peft(cfg.peft, cfg.model)``'s parameters on ``base``
-    (moved onto its shardings on ``mesh`` first); see the module docstring."""
+@dataclasses.dataclass(frozen=True)
+class PeftSteps(steps.Steps):
+    """:class:`t5x_lite.steps.Steps` of the trainable tree, plus ``added`` (the
+    :class:`t5x_lite.peft.Peft`) and ``inference``: a Steps view whose params are the
+    combined trees ``full_params`` returns (the model object, their shardings), for
+    code that applies the model itself (task metrics, decoding)."""
+
+    added: Any = None
+    inference: Any = None
+
+
+def build(cfg: Config, mesh: Mesh, base: Any, extra_trainable: Sequence[str] = ()) -> PeftSteps:
+    """Steps training ``peft.Peft(cfg.peft, cfg.model, extra_trainable)``'s parameters
+    on ``base`` (moved onto its shardings on ``mesh`` first); see the module docstring."""
     model_cfg, opt_cfg = cfg.model, cfg.optimizer
     model = models.get(model_cfg)
-    added = peft.Peft(cfg.peft, model_cfg)
+    added = peft.Peft(cfg.peft, model_cfg, extra_trainable)
     tx, schedule = optim.make_optimizer(opt_cfg, cfg.train.num_steps)
     base_shardings = models.param_shardings(model_cfg, mesh)
     base = jax.device_put(base, base_shardings)
@@ -104,13 +117,19 @@ def build(cfg: Config, mesh: Mesh, base: Any) -> steps.Steps:
         in_shardings=(base_shardings, trainable_shardings, replicated),
         out_shardings=replicated,
     )
-    combine_jit = jax.jit(added.combine, in_shardings=(base_shardings, trainable_shardings))
+    full_shardings = _full_shardings(added, base, abstract.params, base_shardings,
+                                     trainable_shardings, replicated)  # fmt: skip
+    combine_jit = jax.jit(
+        added.combine,
+        in_shardings=(base_shardings, trainable_shardings),
+        out_shardings=full_shardings,
+    )
     copy_jit = jax.jit(
         lambda s: jax.tree_util.tree_map(jnp.copy, s),
         in_shardings=(shardings,),
         out_shardings=shardings,
     )
-    return steps.Steps(
+    run = PeftSteps(
         mesh=mesh,
         model=model,
         tx=tx,
@@ -124,6 +143,33 @@ def build(cfg: Config, mesh: Mesh, base: Any) -> steps.Steps:
         logits=lambda params, batch: logits_jit(base, params, batch),
         copy=copy_jit,
         full_params=lambda params: combine_jit(base, params),
+        added=added,
+    )
+    view = ts.TrainState(step=replicated, params=full_shardings, opt_state=None, rng=replicated)
+    inference = dataclasses.replace(
+        run, state_shardings=view, full_params=lambda params: params, inference=None
+    )
+    return dataclasses.replace(run, inference=inference)
+
+
+def _full_shardings(
+    added: peft.Peft,
+    base: Any,
+    trainable: Any,
+    base_shardings: Any,
+    trainable_shardings: Any,
+    replicated: NamedSharding,
+) -> Any:
+    """Shardings of ``added.combine(base, trainable)``: a base leaf keeps the base's, a
+    trainable leaf its own; derived leaves (LoRA scales, computed prefixes) are
+    replicated."""
+    shape = jax.eval_shape(added.combine, base, trainable)
+    by_path = {}
+    for tree in (base_shardings, trainable_shardings):  # trainable wins, as in combine
+        for path, s in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            by_path[jax.tree_util.keystr(path)] = s
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: by_path.get(jax.tree_util.keystr(path), replicated), shape
     )
 
 
