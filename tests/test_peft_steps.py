@@ -22,7 +22,7 @@ from t5x_lite.train_state import bytes_per_device
 V, T, B = 64, 16, 8
 
 
-def _cfg(method: str = "lora"):
+def _cfg(method: str = "lora", **peft_fields):
     return from_dict(
         {
             "model": dict(
@@ -40,7 +40,12 @@ def _cfg(method: str = "lora"):
             "data": {"seq_len": T},
             "optimizer": {"learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0},
             "train": {"batch_size": B, "num_steps": 3},
-            "peft": {"method": method, "rank": 4, "targets": ["query", "value", "mlp_out"]},
+            "peft": {
+                "method": method,
+                "rank": 4,
+                "targets": ["query", "value", "mlp_out"],
+                **peft_fields,
+            },
         }
     )
 
@@ -112,9 +117,12 @@ def _state_bytes(tree) -> int:
     return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix"])
-def test_optimizer_state_holds_only_trainable_leaves(method):
-    cfg = _cfg(method)
+@pytest.mark.parametrize(
+    ("method", "fields"),
+    [("lora", {}), ("adapter", {"adapter_size": 4}), ("prefix", {"prefix_hidden": 16})],
+)
+def test_optimizer_state_holds_only_trainable_leaves(method, fields):
+    cfg = _cfg(method, **fields)
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     base = models.init_params(cfg.model, jax.random.key(0))
     run = peft_steps.build(cfg, mesh, base)
@@ -135,3 +143,13 @@ def test_optimizer_state_holds_only_trainable_leaves(method):
     # On the devices, too: the live state's bytes are the trainable tree's three times.
     live = run.run(run.init, jax.random.key(1))
     assert sum(bytes_per_device(live.opt_state).values()) == opt
+    # Two steps move every trainable leaf (B / up-projections start at zero) and the
+    # combined tree's base leaves not at all.
+    start = jax.tree_util.tree_map(np.asarray, live.params)
+    for b in _batches(2):
+        live, m = run.run(run.train, live, partitioning.to_global(b, run.batch_sharding))
+        assert np.isfinite(float(m["loss"]))
+    for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(live.params),
+                    strict=True):  # fmt: skip
+        assert not np.array_equal(a, np.asarray(b))
+    assert _digest(base) == _digest(models.init_params(cfg.model, jax.random.key(0)))
