@@ -111,7 +111,14 @@ class DenseGeneral(nn.Module):
         """LoRA hook: ``lora_scale · (x · A) · B`` when the params hold ``lora_a``
         ``[*in, r]``, ``lora_b`` ``[r, *features]`` and the constant ``lora_scale`` ``[]``
         (``alpha / r``; placed by :mod:`t5x_lite.peft`, never created by ``init``).
+        With a constant ``lora_dropout`` rate and a ``"dropout"`` rng (training steps),
+        ``x`` is dropped before ``A`` (inverted dropout), as PEFT's ``lora_dropout``.
         """
+        if self.has_variable("params", "lora_dropout") and self.has_rng("dropout"):
+            # Training steps pass a dropout rng; evaluation and decoding do not.
+            rate = jnp.asarray(self.get_variable("params", "lora_dropout"), jnp.float32)
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate).astype(x.dtype), jnp.zeros_like(x))
         a = jnp.asarray(self.get_variable("params", "lora_a"), self.dtype)
         b = jnp.asarray(self.get_variable("params", "lora_b"), self.dtype)
         scale = self.get_variable("params", "lora_scale")

@@ -294,6 +294,8 @@ class Peft:
             extra = jax.tree_util.tree_map(lambda x: x, extra)  # a copy to add scales to
             for path, _ in self.lora_sites:
                 _set(extra, (*path, "lora_scale"), jnp.float32(self.cfg.scale))
+                if self.cfg.dropout > 0:
+                    _set(extra, (*path, "lora_dropout"), jnp.float32(self.cfg.dropout))
         if "prefix_mlp" in trainable:
             for path, (k, v) in self.prefixes(trainable).items():
                 _set(extra, (*path, "prefix_key"), k)

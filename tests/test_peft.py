@@ -8,6 +8,7 @@ and of LoRA's merge, and the uncached full forward for prefix-tuned decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -98,6 +99,28 @@ def test_lora_starts_at_the_base_and_merges_into_it(name):
         np.testing.assert_allclose(merged["layers_0"]["attn"]["out"]["kernel"], want, atol=1e-6)
         assert not np.array_equal(want, w)
         np.testing.assert_array_equal(base["layers_0"]["attn"]["out"]["kernel"], w)
+
+
+def test_lora_dropout_only_with_a_dropout_rng():
+    """Dropout on LoRA's input: absent without a dropout rng (evaluation, decoding),
+    seeded with one, and the merged model is the rng-free one."""
+    name = "gpt2"
+    cfg, base, batch = CONFIGS[name], _base(name), _batch(name)
+    lora = PeftConfig(method="lora", rank=4, targets=("query", "mlp_in"))
+    trainable = _perturbed(peft.Peft(lora, cfg).init(jax.random.key(2), base))
+    p = peft.Peft(dataclasses.replace(lora, dropout=0.5), cfg)
+    model = models.get(cfg)
+
+    def forward(params, key=None):
+        rngs = None if key is None else {"dropout": jax.random.key(key)}
+        return np.asarray(jax.jit(lambda q: model.apply(q, batch, rngs=rngs)["logits"])(params))
+
+    plain = forward(p.combine(base, trainable))
+    np.testing.assert_allclose(plain, _logits(name, p.merge(base, trainable), batch), atol=1e-5)
+    dropped = forward(p.combine(base, trainable), 0)
+    assert np.max(np.abs(dropped - plain)) > 1e-3
+    np.testing.assert_array_equal(dropped, forward(p.combine(base, trainable), 0))
+    assert np.max(np.abs(forward(p.combine(base, trainable), 1) - dropped)) > 1e-4
 
 
 @pytest.mark.parametrize("name", ["gpt2", "t5"])

@@ -5,6 +5,7 @@
 =========  ==========================================================================
 none       full fine-tuning (the other fields are unused)
 lora       low-rank updates ``W + (alpha / rank) · A·B`` on the ``targets`` projections
+           (``dropout``: on the input of ``A`` in training steps, as PEFT's lora_dropout)
 adapter    Houlsby bottleneck adapters (width ``adapter_size``) after every
            self-attention and feed-forward sublayer
 prefix     ``prefix_len`` learned key/value prefixes in every self-attention layer,
@@ -41,6 +42,7 @@ class PeftConfig:
     method: str = "none"  # none | lora | adapter | prefix
     rank: int = 8
     alpha: float = 16.0
+    dropout: float = 0.0  # LoRA: dropout on the input of A, in training steps only
     targets: tuple[str, ...] = ("query", "value")
     adapter_size: int = 16
     prefix_len: int = 8
@@ -69,6 +71,7 @@ class PeftConfig:
             f"peft.prefix_hidden={self.prefix_hidden!r} must be >= 0 (0: no reparameterisation)",
         )
         _check(self.alpha > 0, f"peft.alpha={self.alpha} must be > 0")
+        _check(0.0 <= self.dropout < 1.0, f"peft.dropout={self.dropout} must be in [0, 1)")
         if self.method == "lora":
             _check(
                 len(self.targets) > 0,
