@@ -110,6 +110,15 @@ def trainable_line(manifest: dict[str, Any]) -> str:
     return f"trainable {100.0 * t / n:.2f}% ({t:,} of {n:,} parameters)"
 
 
+def start_line(manifest: dict[str, Any]) -> str:
+    """``"lora on the frozen base /runs/default (step 600); trainable 1.53% (...)"``."""
+    base = manifest["base"]
+    step = f" (step {base['step']})" if base.get("step") is not None else ""
+    return f"{manifest['method']} on the frozen base {base['path']}{step}; " + trainable_line(
+        manifest
+    )
+
+
 def write_manifest(workdir: str, manifest: dict[str, Any]) -> None:
     tmp = manifest_path(workdir) + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

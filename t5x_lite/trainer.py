@@ -224,7 +224,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         if peft_manifest is not None:
             peft_run.write_manifest(workdir, peft_manifest)
     if peft_manifest is not None:
-        init_note = "; ".join(n for n in (init_note, peft_run.trainable_line(peft_manifest)) if n)
+        init_note = peft_run.start_line(peft_manifest)
     return _Session(
         cfg=cfg,
         workdir=workdir,
