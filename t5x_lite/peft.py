@@ -98,7 +98,8 @@ def _set(tree: dict, path: Path, value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _get(tree: Any, path: Path) -> Any:
+def at_path(tree: Any, path: Path) -> Any:
+    """``tree[path[0]][path[1]]...``: ``at_path({"a": {"b": 1}}, ("a", "b")) -> 1``."""
     for k in path:
         tree = tree[k]
     return tree
@@ -246,13 +247,13 @@ class Peft:
                         _set(out, (*path, name), _box(v, (None, kv_axis, "kv")))
         abstract = self._abstract
         for path in self.saved_paths:
-            leaf = _get(abstract, path)
+            leaf = at_path(abstract, path)
             names = tuple(leaf.names) if isinstance(leaf, nn.LogicallyPartitioned) else None
             shape = nn.meta.unbox(leaf)
             value = (
                 jnp.zeros(shape.shape, shape.dtype)
                 if base is None
-                else jnp.asarray(_get(base, path), shape.dtype)
+                else jnp.asarray(at_path(base, path), shape.dtype)
             )
             _set(out, path, _box(value, names) if names else value)
         return out
@@ -275,10 +276,8 @@ class Peft:
     def prefixes(self, trainable: Any) -> dict[Path, tuple[Array, Array]]:
         """Per self-attention path, its ``(prefix_key, prefix_value)`` ``[P, K, D]``."""
         if "prefix_mlp" not in trainable:
-            return {
-                path: (_get(trainable, path)["prefix_key"], _get(trainable, path)["prefix_value"])
-                for path, _ in self.attention_sites
-            }
+            nodes = {path: at_path(trainable, path) for path, _ in self.attention_sites}
+            return {path: (n["prefix_key"], n["prefix_value"]) for path, n in nodes.items()}
         w = trainable["prefix_mlp"]
         p, kh, d = self._prefix_shape()
         h = jnp.tanh(w["embedding"] @ w["wi"] + w["bi"])  # [P, hidden]
@@ -310,10 +309,10 @@ class Peft:
             return self.combine(base, trainable)
         replaced: dict = {}  # new leaves only: ``union`` copies the dicts it descends
         for path in self.saved_paths:
-            _set(replaced, path, _get(trainable, path))
+            _set(replaced, path, at_path(trainable, path))
         for path, _ in self.lora_sites:
-            node = _get(trainable, path)
-            kernel = _get(base, (*path, "kernel"))
+            node = at_path(trainable, path)
+            kernel = at_path(base, (*path, "kernel"))
             delta = jnp.tensordot(node["lora_a"], node["lora_b"], axes=1)  # [*in, *out]
             merged = kernel + jnp.asarray(self.cfg.scale * delta, kernel.dtype)
             _set(replaced, (*path, "kernel"), merged)
@@ -326,7 +325,7 @@ class Peft:
         (``modules_to_save`` leaves counted once)."""
         t = trainable_abstract if trainable_abstract is not None else self.abstract()
         trained = count(t)
-        saved = count([_get(nn.meta.unbox(self._abstract), p) for p in self.saved_paths])
+        saved = count([at_path(nn.meta.unbox(self._abstract), p) for p in self.saved_paths])
         total = count(nn.meta.unbox(self._abstract)) + trained - saved
         return f"trainable {100.0 * trained / total:.2f}% ({trained:,} of {total:,} parameters)"
 

@@ -87,8 +87,9 @@ def build_steps(
     full_base, new = loading.initial_params(cfg.model, base, fresh)
     run = peft_steps.build(cfg, mesh, full_base, extra_trainable=new)
     trained = peft.count(run.abstract_state.params)
-    saved = [p for p in run.added.saved_paths]
-    total = peft.count(full_base) + trained - peft.count([peft._get(full_base, p) for p in saved])
+    saved = list(run.added.saved_paths)
+    heads = peft.count([peft.at_path(full_base, p) for p in saved])  # counted in both trees
+    total = peft.count(full_base) + trained - heads
     manifest = {
         "method": cfg.peft.method,
         "base": {
