@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint venv clean gin
+.PHONY: train test lint venv clean gin finetune
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: $(STAMP) lint
 
 train: $(STAMP)
 	$(PY) run_train.py
+
+# The example fine-tuning (README "Fine-tuning"): the make-train base if missing, the
+# bigram-shift task files if missing, then 300 steps of GPT-2 sequence classification.
+finetune: $(STAMP)
+	test -d runs/default/checkpoints || $(PY) run_train.py
+	test -f runs/tasks/bigram_shift/train.jsonl || $(PY) -m t5x_lite.data.kjv_tasks build \
+	  --task=bigram_shift --out=runs/tasks/bigram_shift
+	$(PY) run_train.py --config=configs/finetune/kjv_bigram_shift_gpt2.py \
+	  --config.train.init_from=runs/default --workdir=runs/ft_bigram_gpt2
 
 # Regenerate gin/NAME.gin from configs/NAME.py for every preset (a test checks they agree).
 gin: $(STAMP)

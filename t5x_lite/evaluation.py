@@ -101,6 +101,16 @@ def task_metrics(
     forward = _jitted(run, "forward")
     outs = [jax.tree_util.tree_map(np.asarray, run.run(forward, params, b)) for b in batches]
     out = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+    return metrics_of_outputs(out, validation, kind, max_answer_len)
+
+
+def metrics_of_outputs(
+    out: dict[str, np.ndarray], validation: Any, kind: str, max_answer_len: int = 30
+) -> dict[str, float]:
+    """The task metrics of the heads' outputs ``out`` (host arrays, one row per
+    validation row: ``class_logits [N, C]``, ``tag_logits [N, T, C]`` or
+    ``start_logits`` / ``end_logits [N, T]``)."""
+    arrays = validation.arrays
     if kind == "classification":
         pred, gold = np.argmax(out["class_logits"], -1), arrays["class_labels"]
         return {"accuracy": tm.accuracy(gold, pred), "macro_f1": tm.macro_f1(gold, pred)}

@@ -43,6 +43,10 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
     if timing:
         lines.append("timing: " + ", ".join(timing))
     lines.append(f"checkpoints: {result['checkpoint_dir']} (step {result['checkpoint_step']})")
+    best = result.get("best")
+    if best and best.get("value") is not None:
+        where = os.path.join(os.path.abspath(workdir), "best")
+        lines.append(f"best checkpoint: {where} ({best['metric']} {best['value']:.4f})")
     for p in result["plots"]:
         lines.append(f"plot: {p}")
     lines.append(f"metrics: {os.path.join(os.path.abspath(workdir), metrics_lib.METRICS_FILE)}")

@@ -20,11 +20,28 @@ import transformers
 from t5x_lite import convert, models
 from t5x_lite.models.heads import last_token_index
 
-BERT = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=32, max_position_embeddings=16, type_vocab_size=2,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
-GPT2 = dict(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16, resid_pdrop=0.0,
-            embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)  # fmt: skip
+BERT = dict(
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=16,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+GPT2 = dict(
+    vocab_size=64,
+    n_embd=16,
+    n_layer=1,
+    n_head=2,
+    n_positions=16,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+    pad_token_id=0,
+)
 
 
 def _batch(with_types: bool) -> dict[str, np.ndarray]:
@@ -44,8 +61,9 @@ def _ours(tmp_path, pretrain, task_head: str, num_labels: int, **free):
     torch.manual_seed(0)
     pretrain.save_pretrained(tmp_path)
     cfg, params = convert.import_hf(str(tmp_path))
-    cfg = dataclasses.replace(cfg, task_head=task_head, num_labels=num_labels,
-                              sentence_head=False, **free)  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg, task_head=task_head, num_labels=num_labels, sentence_head=False, **free
+    )
     fresh = models.init_params(cfg, jax.random.key(0))
     keep = {k: v for k, v in params.items() if k in fresh}
     return cfg, {**fresh, **keep}
@@ -74,8 +92,7 @@ def _bert(tmp_path, cls, task_head, num_labels):
 
 
 def test_bert_sequence_classification_matches_hf(tmp_path):
-    _, hf, cfg, params = _bert(tmp_path, transformers.BertForSequenceClassification,
-                               "sequence", 3)  # fmt: skip
+    _, hf, cfg, params = _bert(tmp_path, transformers.BertForSequenceClassification, "sequence", 3)
     params["classifier"] = _dense(hf.classifier)
     batch = _batch(with_types=True)
     ours = np.asarray(models.get(cfg).apply(params, batch)["class_logits"])
@@ -104,10 +121,12 @@ def test_bert_question_answering_matches_hf(tmp_path):
     with torch.no_grad():
         ref = hf(**_torch(batch))
     real = batch["attention_mask"].astype(bool)
-    np.testing.assert_allclose(np.asarray(out["start_logits"])[real],
-                               ref.start_logits.numpy()[real], atol=1e-4)  # fmt: skip
-    np.testing.assert_allclose(np.asarray(out["end_logits"])[real],
-                               ref.end_logits.numpy()[real], atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(out["start_logits"])[real], ref.start_logits.numpy()[real], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.asarray(out["end_logits"])[real], ref.end_logits.numpy()[real], atol=1e-4
+    )
 
 
 def test_gpt2_sequence_classification_reads_the_last_real_token_as_hf(tmp_path):
