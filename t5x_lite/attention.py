@@ -17,10 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite.layers import DenseGeneral, constrain, normal
+from t5x_lite.layers import DenseGeneral, bottleneck_adapter, constrain, normal
 
 Array = jax.Array
-
 
 
 def dot_product_attention(
@@ -101,6 +100,11 @@ class MultiHeadAttention(nn.Module):
     Deterministic calls (and ``rate = 0``) take the fused
     ``jax.nn.dot_product_attention``. ``qkv_bias`` overrides ``use_bias`` for the
     query, key and value projections (Qwen2: biases there, none on ``out``).
+
+    Parameter-efficient hooks (params placed by :mod:`t5x_lite.peft`, never created
+    by ``init``): LoRA inside the projections (:class:`DenseGeneral`), a bottleneck
+    adapter on the output (:func:`~t5x_lite.layers.bottleneck_adapter`) and, in
+    self-attention, learned key/value prefixes (:meth:`_with_prefix`).
     """
 
     num_heads: int
@@ -168,6 +172,8 @@ class MultiHeadAttention(nn.Module):
             k = rope(k, kv_positions if kv_positions is not None else q_positions)
         if self.is_mutable_collection("cache") and not self.is_initializing():
             k, v = self._cached(k, v, cross, mask)  # [B, L, K, D]: the cache's keys/values
+        if not cross and self.has_variable("params", "prefix_key"):
+            k, v, mask, bias = self._with_prefix(k, v, mask, bias)  # [B, P + S, K, D]
         q = constrain(q, ("batch", "act_length", "act_heads", "act_kv"))
         k = constrain(k, ("batch", "act_length", "act_kv_heads", "act_kv"))
         v = constrain(v, ("batch", "act_length", "act_kv_heads", "act_kv"))
@@ -183,7 +189,7 @@ class MultiHeadAttention(nn.Module):
             out = dot_product_attention(
                 q, k, v, mask=mask, bias=bias, scale=self.scale, implementation=self.implementation
             )
-        return DenseGeneral(
+        y = DenseGeneral(
             (e,),
             ("heads", "kv"),
             ("embed",),
@@ -191,6 +197,30 @@ class MultiHeadAttention(nn.Module):
             name="out",
             **common,
         )(out)
+        return bottleneck_adapter(self, y)
+
+    def _with_prefix(
+        self, k: Array, v: Array, mask: Array | None, bias: Array | None
+    ) -> tuple[Array, Array, Array | None, Array | None]:
+        """Prefix-tuning hook (Li & Liang 2021): learned ``prefix_key`` / ``prefix_value``
+        ``[P, K, D]`` (placed by :mod:`t5x_lite.peft`) go in front of the keys/values
+        ``[B, S, K, D]`` -> ``[B, P + S, K, D]``; every query sees them (the mask
+        ``[B|1, 1|H, T, S]`` gains ``P`` True columns in front) and they get no position
+        bias (``bias`` gains ``P`` zero columns). Prefixes are keys as attention sees
+        them (no RoPE), and token positions stay where they were. With the cache the
+        prefixes join the cached keys on every call, so cached and uncached agree.
+        """
+        b = k.shape[0]
+        pk = jnp.asarray(self.get_variable("params", "prefix_key"), k.dtype)
+        pv = jnp.asarray(self.get_variable("params", "prefix_value"), v.dtype)
+        p = pk.shape[0]
+        k = jnp.concatenate([jnp.broadcast_to(pk[None], (b, *pk.shape)), k], axis=1)
+        v = jnp.concatenate([jnp.broadcast_to(pv[None], (b, *pv.shape)), v], axis=1)
+        if mask is not None:
+            mask = jnp.concatenate([jnp.ones((*mask.shape[:3], p), bool), mask], axis=-1)
+        if bias is not None:
+            bias = jnp.concatenate([jnp.zeros((*bias.shape[:3], p), bias.dtype), bias], axis=-1)
+        return k, v, mask, bias
 
     def _cached(self, k: Array, v: Array, cross: bool, mask: Array | None) -> tuple[Array, Array]:
         """Incremental decoding (``apply(..., mutable=["cache"])``): keys/values of the
@@ -221,5 +251,3 @@ class MultiHeadAttention(nn.Module):
         cv.value = constrain(write(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0)), axes)
         index.value = i + t
         return ck.value, cv.value
-
-

@@ -40,6 +40,7 @@ SECTIONS: dict[str, type] = {
     "checkpoint": C.CheckpointConfig,
     "scaling": C.ScalingConfig,
     "task": C.TaskConfig,
+    "peft": C.PeftConfig,
 }
 _CONFIGURABLES: dict[str, Callable[..., dict[str, Any]]] = {}
 

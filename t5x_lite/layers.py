@@ -103,7 +103,31 @@ class DenseGeneral(nn.Module):
                 self, "bias", nn.initializers.zeros, self.features, self.out_axes, self.param_dtype
             )
             y = y + jnp.asarray(bias, out_dtype)
+        if self.has_variable("params", "lora_a"):
+            y = y + self._lora(x, n_in, out_dtype)
         return y
+
+    def _lora(self, x: Array, n_in: int, out_dtype: Any) -> Array:
+        """LoRA hook: ``lora_scale · (x · A) · B`` when the params hold ``lora_a``
+        ``[*in, r]``, ``lora_b`` ``[r, *features]`` and the constant ``lora_scale`` ``[]``
+        (``alpha / r``; placed by :mod:`t5x_lite.peft`, never created by ``init``).
+        With a constant ``lora_dropout`` rate and a ``"dropout"`` rng (training steps),
+        ``x`` is dropped before ``A`` (inverted dropout), as PEFT's ``lora_dropout``.
+        """
+        if self.has_variable("params", "lora_dropout") and self.has_rng("dropout"):
+            # Training steps pass a dropout rng; evaluation and decoding do not.
+            rate = jnp.asarray(self.get_variable("params", "lora_dropout"), jnp.float32)
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate).astype(x.dtype), jnp.zeros_like(x))
+        a = jnp.asarray(self.get_variable("params", "lora_a"), self.dtype)
+        b = jnp.asarray(self.get_variable("params", "lora_b"), self.dtype)
+        scale = self.get_variable("params", "lora_scale")
+        lhs = tuple(range(x.ndim - n_in, x.ndim))
+        z = jax.lax.dot_general(x, a, ((lhs, tuple(range(n_in))), ((), ())))  # [..., r]
+        dz = jax.lax.dot_general(
+            z, b, (((z.ndim - 1,), (0,)), ((), ())), preferred_element_type=out_dtype
+        )  # [..., *features]
+        return dz * jnp.asarray(scale, out_dtype)
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -255,7 +279,8 @@ class Mlp(nn.Module):
     """Feed-forward block ``[B, T, E] -> [B, T, E]``.
 
     Plain: ``wo(act(wi(x)))``. Gated (SwiGLU / gated-GELU): ``wo(act(wi_0(x)) * wi_1(x))``.
-    Submodule names: ``wi`` / ``wi_0``, ``wi_1`` and ``wo``.
+    Submodule names: ``wi`` / ``wi_0``, ``wi_1`` and ``wo``. Adapter params in this
+    module's scope add a :func:`bottleneck_adapter` on the output.
     """
 
     d_ff: int
@@ -287,7 +312,31 @@ class Mlp(nn.Module):
         h = constrain(h, ("batch", "act_length", "act_mlp"))
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         dense["kernel_init"] = normal(self.out_init_std or self.init_std)
-        return DenseGeneral((e,), ("mlp",), ("embed",), name="wo", **dense)(h)
+        y = DenseGeneral((e,), ("mlp",), ("embed",), name="wo", **dense)(h)
+        return bottleneck_adapter(self, y)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def bottleneck_adapter(module: nn.Module, y: Array) -> Array:
+    """Houlsby adapter hook on a sublayer's output ``y [B, T, E]``.
+
+    When ``module``'s params hold ``adapter_down`` ``[E, M]`` (+ ``adapter_down_bias``
+    ``[M]``) and ``adapter_up`` ``[M, E]`` (+ ``adapter_up_bias`` ``[E]``), placed by
+    :mod:`t5x_lite.peft`, returns ``y + up(gelu(down(y)))`` (tanh GELU, as the
+    reference adapter-BERT), in ``y.dtype``; otherwise ``y`` unchanged. With ``up``
+    zero (its initialisation) the sublayer is exactly the base's.
+    """
+    if not module.has_variable("params", "adapter_down"):
+        return y
+
+    def get(name: str) -> Array:
+        return jnp.asarray(module.get_variable("params", name), y.dtype)
+
+    h = jnp.einsum("...e,em->...m", y, get("adapter_down")) + get("adapter_down_bias")
+    h = jax.nn.gelu(h, approximate=True)  # [B, T, M]
+    return y + jnp.einsum("...m,me->...e", h, get("adapter_up")) + get("adapter_up_bias")
 
 
 # --------------------------------------------------------------------------- masks

@@ -244,6 +244,10 @@ def load(path: str | os.PathLike, step: int | str | None = None) -> Loaded:
     if not os.path.isdir(path):
         raise ConfigError(f"{path} is not a directory (expected a workdir or an HF directory)")
     if is_workdir(path):
+        from t5x_lite import peft_run  # a PEFT run: its base with the trained parameters
+
+        if peft_run.is_peft_workdir(path):
+            return peft_run.load_workdir(path, step)
         return _load_workdir(path, step)
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         return _load_hf(path, step)

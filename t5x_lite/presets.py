@@ -130,8 +130,9 @@ def make(
     scaling: dict[str, Any] | None = None,
     variant: str | None = None,
     task: dict[str, Any] | None = None,
+    peft: dict[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
-    """A locked ConfigDict with all eight sections (unknown fields are errors).
+    """A locked ConfigDict with all nine sections (unknown fields are errors).
 
     ``variant`` names entries of :data:`VARIANTS` applied after the preset's values.
     """
@@ -146,6 +147,7 @@ def make(
     cfg.checkpoint = _section(C.CheckpointConfig, checkpoint)
     cfg.scaling = _section(C.ScalingConfig, scaling)
     cfg.task = _section(C.TaskConfig, task)
+    cfg.peft = _section(C.PeftConfig, peft)
     apply_variant(cfg, variant)
     cfg.lock()
     return cfg

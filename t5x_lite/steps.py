@@ -131,6 +131,9 @@ class Steps:
     eval: Callable[[Any, Batch], dict[str, Array]]
     logits: Callable[[Any, Batch], Array]
     copy: Callable[[ts.TrainState], ts.TrainState]
+    # The tree the model is applied to, from the state's params: the params themselves,
+    # or the frozen base combined with the added parameters (t5x_lite.peft_steps).
+    full_params: Callable[[Any], Any] = lambda params: params
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         with jax.set_mesh(self.mesh), partitioning.axis_rules():

@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, decoding, flops, loading, partitioning, steps, summary
+from t5x_lite import checkpoints, decoding, flops, loading, partitioning, peft_run, steps, summary
 from t5x_lite import metrics as metrics_lib
 from t5x_lite.config import Config, ConfigError, to_dict
 from t5x_lite.evaluation import evaluate, metric_names, task_metrics
@@ -161,6 +161,8 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     if cfg.train.init_from and not loading.checkpoint_steps(workdir):
         base = loading.check_init_from(cfg.model, cfg.train.init_from)
         cfg = _with_base_tokenizer(cfg, base, resuming_tokenizer)
+    if cfg.peft.enabled:  # the frozen base, on every start (checkpoints hold only its deltas)
+        base = peft_run.base_of(cfg, workdir, base)
     tokenizer = pipeline.get_tokenizer(
         cfg, workdir if resuming_tokenizer else None, pidx, pcount
     )
@@ -187,7 +189,11 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     if not resuming_tokenizer:
         pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
 
-    run = steps.for_config(cfg, mesh)
+    peft_manifest = None
+    if cfg.peft.enabled:
+        run, peft_manifest = peft_run.build_steps(cfg, mesh, base)
+    else:
+        run = steps.for_config(cfg, mesh)
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
     latest = ckpt.latest_step()
     restore_s = None
@@ -208,7 +214,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         restore_s = time.perf_counter() - t0
     else:
         state = run.run(run.init, jax.random.key(cfg.train.seed))
-        if base is not None:
+        if base is not None and not cfg.peft.enabled:
             params, fresh = loading.initial_params(cfg.model, base, state.params)
             state = state.replace(params=params)
             init_note = f"initialised from {base.path}" + (
@@ -220,6 +226,10 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     primary = pidx == 0
     if primary:  # only now: a start that fails above leaves the old config.json alone
         write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
+        if peft_manifest is not None:
+            peft_run.write_manifest(workdir, peft_manifest)
+    if peft_manifest is not None:
+        init_note = peft_run.start_line(peft_manifest)
     return _Session(
         cfg=cfg,
         workdir=workdir,
@@ -313,7 +323,7 @@ def _sample(s: _Session) -> tuple[str | None, list[int] | None]:
         return None, None
     prompt_ids, sampled = decoding.sample_ids(
         s.run,
-        s.state.params,
+        s.run.run(s.run.full_params, s.state.params),
         s.tokenizer,
         cfg.train.sample_prompt,
         cfg.train.sample_tokens,
@@ -392,10 +402,11 @@ def train(
         nonlocal last_eval, eval_step
         last_eval, eval_step = evaluate(run, s.state.params, s.eval_batches), at
         if s.task is not None:
+            view = getattr(run, "inference", None) or run  # PEFT: the combined params
             last_eval.update(
                 task_metrics(
-                    run, s.state.params, s.eval_batches, s.task.validation, cfg.task.kind,
-                    cfg.task.max_answer_len,
+                    view, run.full_params(s.state.params), s.eval_batches, s.task.validation,
+                    cfg.task.kind, cfg.task.max_answer_len,
                 )
             )
         record = {f"eval_{k}": v for k, v in last_eval.items()}

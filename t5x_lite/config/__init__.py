@@ -16,6 +16,7 @@ one-line :class:`ConfigError` naming the offending field, e.g.::
 Modules: :mod:`~.errors` (``ConfigError``), :mod:`~.archs` (the architecture table),
 :mod:`~.objectives` (the objective table), :mod:`~.model`, :mod:`~.data`,
 :mod:`~.run` (optimizer, train, mesh, checkpoint, scaling and the whole ``Config``),
+:mod:`~.peft` (parameter-efficient tuning),
 :mod:`~.io` (dict <-> config). This package imports only the standard library.
 """
 
@@ -25,6 +26,7 @@ from t5x_lite.config.errors import ConfigError
 from t5x_lite.config.io import from_dict, model_from_dict, section_from_dict, to_dict
 from t5x_lite.config.model import ModelConfig
 from t5x_lite.config.objectives import ObjectiveSpec, RowLengths, row_lengths
+from t5x_lite.config.peft import PeftConfig
 from t5x_lite.config.run import (
     CheckpointConfig,
     Config,
@@ -47,6 +49,7 @@ __all__ = [
     "ModelConfig",
     "ObjectiveSpec",
     "OptimizerConfig",
+    "PeftConfig",
     "RowLengths",
     "ScalingConfig",
     "TaskConfig",

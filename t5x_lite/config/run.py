@@ -10,6 +10,7 @@ from t5x_lite.config import objectives
 from t5x_lite.config.data import DataConfig
 from t5x_lite.config.errors import check as _check
 from t5x_lite.config.model import ModelConfig
+from t5x_lite.config.peft import PeftConfig
 from t5x_lite.config.task import TaskConfig
 
 # What each optimizer's peak learning rate is when the config leaves it unset. AdamW's is
@@ -270,6 +271,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def validate(self) -> Config:
         self.task.validate(self.model)
@@ -279,6 +281,7 @@ class Config:
         self.train.validate()
         self.checkpoint.validate()
         self.scaling.validate()
+        self.peft.validate()
         for name in ("data", "fsdp", "tensor"):
             v = getattr(self.mesh, name)
             _check(v == -1 or v > 0, f"mesh.{name}={v} must be positive or -1")
