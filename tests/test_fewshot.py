@@ -1,0 +1,206 @@
+"""Log-likelihood scoring (t5x_lite.scoring) and few-shot multiple choice (t5x_lite.fewshot).
+
+Independent references: transformers (torch, CPU) on the HF export of the same tiny
+trained run gives the summed log-likelihood of a continuation within 1e-4 (GPT-2 and
+T5), and the few-shot accuracies are recomputed from those torch scores with numpy.
+Bucketing compiles once per padded length, not per example. Bad task files are
+one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from trained_runs import FAMILIES, preset_config, trained
+
+import t5x_lite
+from t5x_lite import export, fewshot, scoring
+from t5x_lite.config import ConfigError
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "fewshot")
+TASK = os.path.join(DATA, "kjv_mc.jsonl")
+TRAIN = os.path.join(DATA, "kjv_mc_train.jsonl")
+PAIRS = [
+    ("In the beginning God created the", " heaven and the earth."),
+    ("And God said, Let there be", " light: and there was light."),
+    ("Jesus", " wept. Then said the Jews, Behold how he loved him!"),
+    ("The LORD is my shepherd; I shall not ", "want."),  # the space moves to the target
+]
+
+
+@pytest.fixture(scope="module")
+def runs(kjv_root, tmp_path_factory):
+    """``runs(family) -> (Loaded, hf_dir)``: trained once per process, exported once."""
+    cache: dict = {}
+
+    def get(family: str):
+        if family not in cache:
+            workdir = trained(FAMILIES[family], str(kjv_root), tmp_path_factory)
+            out = str(tmp_path_factory.mktemp(f"fewshot-hf-{family}") / "hf")
+            export.export(workdir, "hf", out)
+            cache[family] = t5x_lite.load(workdir), out
+        return cache[family]
+
+    return get
+
+
+def torch_loglik(hf_dir: str, family: str, pairs, eos_id: int) -> np.ndarray:
+    """Summed log-probabilities of each continuation under transformers."""
+    auto = (
+        transformers.AutoModelForCausalLM
+        if family == "decoder"
+        else (transformers.AutoModelForSeq2SeqLM)
+    )
+    model = auto.from_pretrained(hf_dir).eval()
+    out = []
+    with torch.no_grad():
+        for ctx, cont in pairs:
+            if family == "decoder":
+                ids = torch.tensor([list(ctx) + list(cont)])
+                logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+                tgt = ids[0, 1:]
+                tok = logp[torch.arange(len(tgt)), tgt][-len(cont) :]
+            else:
+                enc = torch.tensor([[*ctx, eos_id]])
+                labels = torch.tensor([list(cont)])
+                logp = torch.log_softmax(model(input_ids=enc, labels=labels).logits[0].double(), -1)
+                tok = logp[torch.arange(len(cont)), labels[0]]
+            out.append(float(tok.sum()))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_loglikelihood_equals_transformers(runs, family):
+    run, hf_dir = runs(family)
+    seq2seq = family == "encoder_decoder"
+    pairs = [scoring.encode_pair(run.tokenizer.encode, c, t, seq2seq) for c, t in PAIRS]
+    assert all(c and t for c, t in pairs)
+    ours = scoring.Scorer(run, batch_size=3).score(pairs)
+    ref = torch_loglik(hf_dir, family, pairs, run.tokenizer.eos_id)
+    np.testing.assert_allclose([s for s, _ in ours], ref, atol=1e-4, rtol=0)
+    # is_greedy: every continuation token is the argmax of the torch logits.
+    assert all(isinstance(g, bool) for _, g in ours)
+
+
+def test_encode_pair_moves_trailing_space(runs):
+    run, _ = runs("decoder")
+    enc = run.tokenizer.encode
+    ctx, cont = scoring.encode_pair(enc, "The LORD is my shepherd; I shall not ", "want.", False)
+    assert ctx == enc("The LORD is my shepherd; I shall not")
+    assert ctx + cont == enc("The LORD is my shepherd; I shall not want.")
+
+
+def test_greedy_flag_and_truncation_match_direct_logits(runs):
+    run, _ = runs("decoder")
+    ctx = run.tokenizer.encode("In the beginning God created the heaven")
+    logits = run.logits({"input_ids": np.asarray([ctx])})[0]
+    best = [int(np.argmax(logits[-1]))]
+    other = [int(np.argsort(logits[-1])[-2])]
+    scorer = scoring.Scorer(run, max_length=6)
+    (lp_best, g_best), (_, g_other) = scorer.score([(ctx, best), (ctx, other)])
+    assert g_best and not g_other
+    # max_length 6: only the last 6 input tokens condition the continuation.
+    window = (ctx + best)[-7:-1]
+    short = run.logits({"input_ids": np.asarray([window])})[0, -1]
+    ref = short[best[0]] - np.log(np.sum(np.exp(short - short.max()))) - short.max()
+    assert lp_best == pytest.approx(float(ref), abs=1e-5)
+    assert scorer.truncated((ctx, best))
+
+
+def test_buckets_compile_once_per_length(runs):
+    run, _ = runs("decoder")
+    enc = run.tokenizer.encode
+    words = "and God saw the light that it was good and God divided the light from"
+    pairs = [(enc(" ".join(words.split()[: 1 + i % 14])), enc(" darkness")) for i in range(30)]
+    scorer = scoring.Scorer(run, batch_size=4)
+    start = scorer.fn._cache_size()  # other tests may have compiled other shapes
+    scorer.score(pairs)
+    compiled = scorer.fn._cache_size() - start
+    buckets = {scoring.bucket(len(c) + len(t) - 1, 128) for c, t in pairs}
+    assert len(buckets) == 2 and 1 <= compiled <= len(buckets)  # 30 requests, 2 shapes
+    scorer.score(pairs[::-1])
+    assert scorer.fn._cache_size() - start == compiled  # nothing new compiled
+
+
+def test_bucket_and_rows_examples():
+    assert [scoring.bucket(n, 48) for n in (1, 16, 17, 40)] == [16, 16, 32, 48]
+    assert scoring.decoder_row([5, 6], [7, 8], 8) == ([5, 6, 7], [6, 7, 8], [0, 1, 1])
+    assert scoring.decoder_row([1, 2, 3, 4], [7, 8], 3) == ([3, 4, 7], [4, 7, 8], [0, 1, 1])
+    assert scoring.t5_rows([5, 6], [7, 8], 1, 8) == ([5, 6, 1], [0, 7], [7, 8])
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_fewshot_accuracy_equals_torch_scores(runs, family):
+    run, hf_dir = runs(family)
+    seq2seq = family == "encoder_decoder"
+    result = fewshot.evaluate(run, TASK, shots=2, train=TRAIN, seed=3, batch_size=8)
+    docs, pool = fewshot.read_jsonl(TASK), fewshot.read_jsonl(TRAIN)
+    acc = acc_norm = 0
+    for i, doc in enumerate(docs):
+        demos = fewshot.draw_demos(pool, 2, 3, i, None)
+        text = fewshot.prompt(doc, demos, "query", "choices", "gold")
+        assert text.count("\n\n") == 2 and text.endswith(doc["query"])
+        pairs = [
+            scoring.encode_pair(run.tokenizer.encode, text, " " + c, seq2seq)
+            for c in doc["choices"]
+        ]
+        lls = torch_loglik(hf_dir, family, pairs, run.tokenizer.eos_id)
+        np.testing.assert_allclose(result["predictions"][i]["loglikelihoods"], lls, atol=1e-4)
+        lengths = np.asarray([len(c) for c in doc["choices"]], float)
+        acc += int(np.argmax(lls)) == doc["gold"]
+        acc_norm += int(np.argmax(lls / lengths)) == doc["gold"]
+    assert result["acc"] == acc / len(docs) and result["acc_norm"] == acc_norm / len(docs)
+    assert result["n"] == 10 and result["shots"] == 2 and result["truncated"] == 0
+
+
+def test_demonstrations_are_seeded_and_exclude_the_example():
+    docs = fewshot.read_jsonl(TASK)
+    for i in range(len(docs)):
+        demos = fewshot.draw_demos(docs, 4, 0, i, i)
+        assert docs[i] not in demos and len({d["query"] for d in demos}) == 4
+        assert demos == fewshot.draw_demos(docs, 4, 0, i, i)
+    assert fewshot.draw_demos(docs, 4, 0, 0, 0) != fewshot.draw_demos(docs, 4, 1, 0, 0)
+
+
+def test_cli_prints_one_json_line(runs, capsys, tmp_path):
+    run, _ = runs("decoder")
+    preds = tmp_path / "preds.jsonl"
+    fewshot.main([f"--workdir={run.path}", f"--task={TASK}", "--shots=1", f"--predictions={preds}"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 10 and out["shots"] == 1 and 0 <= out["acc"] <= 1
+    assert len(preds.read_text().splitlines()) == 10
+    with pytest.raises(SystemExit, match="already exists"):
+        fewshot.main([f"--workdir={run.path}", f"--task={TASK}", f"--predictions={preds}"])
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"query": "a", "choices": ["b"], "gold": 0}', "x"], r"t\.jsonl:2: not valid JSON"),
+        (['{"query": "a", "choices": ["b"]}'], r"t\.jsonl:1: missing field 'gold'"),
+        (['{"query": "a", "choices": ["b", "c"], "gold": 2}'], r"'gold' = 2 is not an index"),
+        (['{"query": "a", "choices": "b", "gold": 0}'], r"'choices' must be a list"),
+        (['{"text": "a", "choices": ["b"], "gold": 0}'], r"no 'context' or 'query' field"),
+        (['{"query": "a", "choices": ["b"], "gold": 0}'], r"shots=1 but .* only 0 demonstrations"),
+    ],
+)
+def test_bad_task_files_are_one_line_errors(runs, tmp_path, lines, message):
+    run, _ = runs("decoder")
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=message) as e:
+        fewshot.evaluate(run, str(path), shots=1)
+    assert "\n" not in str(e.value)
+
+
+def test_encoder_models_are_refused(kjv_root):
+    cfg = preset_config(FAMILIES["encoder"], str(kjv_root))
+    run = types.SimpleNamespace(config=cfg, path="runs/bert")  # refused before any params
+    with pytest.raises(ConfigError, match="needs a decoder or encoder-decoder model; runs/bert"):
+        scoring.Scorer(run)
