@@ -39,6 +39,7 @@ SECTIONS: dict[str, type] = {
     "mesh": C.MeshConfig,
     "checkpoint": C.CheckpointConfig,
     "scaling": C.ScalingConfig,
+    "task": C.TaskConfig,
 }
 _CONFIGURABLES: dict[str, Callable[..., dict[str, Any]]] = {}
 

@@ -25,6 +25,17 @@ directory was written by ``python -m t5x_lite.export --format=hf`` (which leaves
 Bad input is a one-line :class:`~t5x_lite.config.ConfigError`: a missing path, a
 directory that is neither, a workdir without a checkpoint, a step that does not exist
 (naming the steps that do).
+
+**Fine-tuning from a base** (``train.init_from``): :func:`check_init_from` loads the
+base named by ``PATH`` or ``PATH@STEP`` (``PATH@best``: the best checkpoint) and
+checks its model against the new one; :func:`initial_params` puts the base's weights
+into a freshly initialised tree, keeping the fresh values only for what the base lacks
+(a new head)::
+
+    >>> base = check_init_from(cfg.model, "runs/bert@400")          # doctest: +SKIP
+    >>> params, fresh = initial_params(cfg.model, base, init_params)  # doctest: +SKIP
+    >>> fresh                                                      # doctest: +SKIP
+    ['classifier/bias', 'classifier/kernel']
 """
 
 from __future__ import annotations
@@ -49,7 +60,13 @@ from t5x_lite.config import (
 )
 from t5x_lite.data.tokenizer import Tokenizer
 from t5x_lite.hf.tokenizer import MARKER_FILE, read_marker
-from t5x_lite.preflight import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+from t5x_lite.preflight import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RUNTIME_MODEL_FIELDS,
+    TOKENIZER_FILE,
+)
 
 # The objective a model-only Config carries (any valid one of the family will do).
 _OBJECTIVE_OF = {"decoder": "causal_lm", "encoder": "mlm", "encoder_decoder": "span_corruption"}
@@ -121,9 +138,9 @@ def read_config(workdir: str) -> Config:
         raise ConfigError(f"{cfg_file}: {e}") from None
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-    """Steps saved under ``workdir/checkpoints`` (sorted; empty when there are none)."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
+def checkpoint_steps(workdir: str, folder: str = CHECKPOINT_DIR) -> list[int]:
+    """Steps saved under ``workdir/folder`` (sorted; empty when there are none)."""
+    directory = os.path.join(workdir, folder)
     if not os.path.isdir(directory):
         return []
     return sorted(
@@ -148,15 +165,14 @@ def choose_step(workdir: str, step: int | None) -> int:
     return int(step)
 
 
-def restore_params(cfg: Config, workdir: str, step: int) -> Any:
-    """The float32 params of checkpoint ``step``, restored onto the default device."""
+def restore_params(cfg: Config, workdir: str, step: int, folder: str = CHECKPOINT_DIR) -> Any:
+    """The float32 params of checkpoint ``step`` (under ``workdir/folder``: the
+    ``checkpoints`` or the ``best`` one), restored onto the default device."""
     device = jax.devices()[0]
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device])
     abstract = jax.eval_shape(lambda: models.init_params(cfg.model, jax.random.key(0)))
     target = checkpoints.abstract_with_shardings(abstract, models.param_shardings(cfg.model, mesh))
-    ckpt = checkpoints.Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint, create=False
-    )
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, folder), cfg.checkpoint, create=False)
     try:
         params = ckpt.restore_params(step, target)
     except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
@@ -171,13 +187,21 @@ def restore_params(cfg: Config, workdir: str, step: int) -> Any:
     return jax.device_put(jax.tree_util.tree_map(np.asarray, params), device)
 
 
-def _load_workdir(path: str, step: int | None) -> Loaded:
+def _load_workdir(path: str, step: int | str | None) -> Loaded:
     cfg = read_config(path)
-    chosen = choose_step(path, step)
+    folder = CHECKPOINT_DIR
+    if step == "best":
+        folder = BEST_DIR
+        saved = checkpoint_steps(path, BEST_DIR)
+        if not saved:
+            raise ConfigError(f"{path} holds no best checkpoint (nothing under {BEST_DIR}/)")
+        chosen = saved[-1]
+    else:
+        chosen = choose_step(path, step)  # type: ignore[arg-type]
     tok_file = os.path.join(path, TOKENIZER_FILE)
     tokenizer = Tokenizer(tok_file) if os.path.isfile(tok_file) else None
     note = "" if tokenizer else f"{tok_file} is missing"
-    params = restore_params(cfg, path, chosen)
+    params = restore_params(cfg, path, chosen, folder)
     return Loaded(cfg, models.get(cfg.model), params, tokenizer, chosen, path, "workdir", note)
 
 
@@ -211,8 +235,9 @@ def _load_hf(path: str, step: int | None) -> Loaded:
     return Loaded(cfg, models.get(model_cfg), params, tokenizer, None, path, "hf", note)
 
 
-def load(path: str | os.PathLike, step: int | None = None) -> Loaded:
-    """A trained model from a t5x_lite workdir (latest or ``step``) or an HF directory."""
+def load(path: str | os.PathLike, step: int | str | None = None) -> Loaded:
+    """A trained model from a t5x_lite workdir (latest, ``step``, or ``"best"``: the
+    best checkpoint of a fine-tuning run) or an HF directory."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(path):
         raise ConfigError(f"{path} does not exist")
@@ -227,3 +252,96 @@ def load(path: str | os.PathLike, step: int | None = None) -> Loaded:
     raise ConfigError(
         f"{path} is neither a t5x_lite workdir nor a Hugging Face directory (no {CONFIG_FILE})"
     )
+
+
+# --------------------------------------------------------------------------- init_from
+
+# Model fields a fine-tuned model may set apart from its base: runtime settings, the
+# heads (a new task head, dropping NSP/SOP) and how fresh parameters are drawn.
+FREE_MODEL_FIELDS = (
+    *RUNTIME_MODEL_FIELDS,
+    "task_head",
+    "num_labels",
+    "sentence_head",
+    "initializer_range",
+    "param_dtype",
+)
+
+
+def parse_init_from(spec: str) -> tuple[str, int | str | None]:
+    """``"runs/bert@400"`` -> ``("runs/bert", 400)``; ``"runs/bert@best"`` ->
+    ``("runs/bert", "best")``; ``"runs/bert"`` -> ``("runs/bert", None)`` (latest)."""
+    path, sep, step = spec.rpartition("@")
+    if not sep or "/" in step:
+        return spec, None
+    if step == "best":
+        return path, "best"
+    if not step.isdigit():
+        raise ConfigError(
+            f"train.init_from={spec!r}: the part after @ must be a step number or 'best'"
+        )
+    return path, int(step)
+
+
+def check_init_from(model: ModelConfig, init_from: str) -> Loaded:
+    """The base named by ``init_from``, checked against ``model`` (one-line errors).
+
+    A missing path, a workdir without that checkpoint, or a base whose model differs
+    from ``model`` in a field outside :data:`FREE_MODEL_FIELDS` (``train.init_from=
+    runs/gpt2: the base has model.d_model=64, this config has model.d_model=128``) is a
+    ConfigError. Only reads files.
+    """
+    path, step = parse_init_from(init_from)
+    try:
+        base = load(path, step)
+    except ConfigError as e:
+        raise ConfigError(f"train.init_from={init_from!r}: {e}") from None
+    have, want = dataclasses.asdict(base.config.model), dataclasses.asdict(model)
+    for key in want:
+        if key in FREE_MODEL_FIELDS or have.get(key) == want[key]:
+            continue
+        raise ConfigError(
+            f"train.init_from={init_from!r}: the base has model.{key}={have.get(key)!r}, "
+            f"this config has model.{key}={want[key]!r}"
+        )
+    return base
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    from flax import traverse_util
+
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def initial_params(model: ModelConfig, base: Loaded, fresh: Any) -> tuple[Any, list[str]]:
+    """``(params, fresh_names)``: ``fresh`` (the new model's initialised params, any
+    sharding) with every leaf the base also has replaced by the base's value, in the
+    fresh leaf's dtype and sharding; ``fresh_names`` lists the leaves kept fresh (the
+    new heads). Base leaves the new model lacks (an MLM or NSP head) are dropped.
+
+    E.g. a BERT base into ``task_head='sequence'``: everything from the base except
+    ``classifier/{kernel,bias}`` (and ``pooler/*`` when the base had no NSP head).
+    A leaf whose shape differs is a ConfigError naming it.
+    """
+    from flax import traverse_util
+
+    have = _flat(base.params)
+    out, kept = {}, []
+    for name, leaf in _flat(fresh).items():
+        if name not in have:
+            out[name] = leaf
+            kept.append(name)
+            continue
+        host = np.asarray(have[name], dtype=leaf.dtype)
+        if host.shape != tuple(leaf.shape):
+            raise ConfigError(
+                f"train.init_from={base.path}: parameter {name} has shape {host.shape} in the "
+                f"base and {tuple(leaf.shape)} in model (family {model.family!r})"
+            )
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is None:
+            out[name] = jax.numpy.asarray(host)
+        else:
+            out[name] = jax.make_array_from_callback(host.shape, sharding, lambda i, h=host: h[i])
+    nested = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
+    return nested, sorted(kept)

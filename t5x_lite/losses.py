@@ -105,5 +105,6 @@ def summarize(sums: dict[str, Any]) -> dict[str, Any]:
         w = max(float(sums[key]), 1.0)
         out[f"{prefix}loss"] = float(sums[f"{prefix}ce"]) / w
         out[f"{prefix}accuracy"] = float(sums[f"{prefix}correct"]) / w
-    out["perplexity"] = math.exp(min(out["loss"], 80.0))
+    if "loss" in out:  # the token (or single task) head
+        out["perplexity"] = math.exp(min(out["loss"], 80.0))
     return out

@@ -18,6 +18,7 @@ from t5x_lite.config import Config, ConfigError, to_dict
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"  # the copy pipeline.get_tokenizer keeps in a workdir
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"  # the best checkpoint by checkpoint.best_metric (fine-tuning)
 # Model fields that may change between a run and its resumption (numerics and
 # memory, not the parameters' meaning or shapes).
 RUNTIME_MODEL_FIELDS = ("dtype", "attention_impl", "remat_policy", "dropout_rate")

@@ -129,8 +129,9 @@ def make(
     checkpoint: dict[str, Any] | None = None,
     scaling: dict[str, Any] | None = None,
     variant: str | None = None,
+    task: dict[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
-    """A locked ConfigDict with all seven sections (unknown fields are errors).
+    """A locked ConfigDict with all eight sections (unknown fields are errors).
 
     ``variant`` names entries of :data:`VARIANTS` applied after the preset's values.
     """
@@ -144,6 +145,7 @@ def make(
     cfg.mesh = _section(C.MeshConfig, mesh)
     cfg.checkpoint = _section(C.CheckpointConfig, checkpoint)
     cfg.scaling = _section(C.ScalingConfig, scaling)
+    cfg.task = _section(C.TaskConfig, task)
     apply_variant(cfg, variant)
     cfg.lock()
     return cfg

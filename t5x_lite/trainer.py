@@ -35,6 +35,7 @@ What it does, in order:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -45,12 +46,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, decoding, flops, partitioning, steps, summary
+from t5x_lite import checkpoints, decoding, flops, loading, partitioning, steps, summary
 from t5x_lite import metrics as metrics_lib
 from t5x_lite.config import Config, ConfigError, to_dict
-from t5x_lite.evaluation import evaluate
+from t5x_lite.evaluation import evaluate, metric_names, task_metrics
 from t5x_lite.partitioning import replicated_value, to_global
 from t5x_lite.preflight import (
+    BEST_DIR,
     CHECKPOINT_DIR,
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -60,6 +62,8 @@ from t5x_lite.preflight import (
     write_json,
 )
 from t5x_lite.progress import Progress
+
+BEST_FILE = "best.json"  # {"step", "metric", "value"} of the checkpoint in best/
 
 # Re-exported: what callers of the trainer check before a run.
 __all__ = ["check_layout", "check_workdir", "sampleable_ids", "train"]
@@ -131,6 +135,9 @@ class _Session:
     latest: int | None
     start_step: int
     restore_s: float | None
+    init_note: str
+    task: Any  # the fine-tuning task's data (t5x_lite.data.task_pipeline), or None
+    best_value: float | None  # checkpoint.best_metric of the best checkpoint so far
     tokens_per_step: int
     flops_per_token: float
 
@@ -150,11 +157,24 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     check_workdir(cfg, workdir)
     run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
     resuming_tokenizer = os.path.isfile(run_tokenizer)
+    base = None
+    if cfg.train.init_from and not loading.checkpoint_steps(workdir):
+        base = loading.check_init_from(cfg.model, cfg.train.init_from)
+        cfg = _with_base_tokenizer(cfg, base, resuming_tokenizer)
     tokenizer = pipeline.get_tokenizer(
         cfg, workdir if resuming_tokenizer else None, pidx, pcount
     )
-    iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
-    eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
+    task = None
+    if cfg.task.kind != "none":  # fine-tuning: the task's rows, all of its validation split
+        from t5x_lite.data import task_pipeline
+
+        task = task_pipeline.load(cfg, tokenizer)
+        iterator = task.train_iterator(pidx, pcount)
+        eval_local = task.eval_batches(pidx, pcount)
+    else:
+        iterator = pipeline.train_iterator(cfg, tokenizer, pidx, pcount)
+        eval_local = pipeline.eval_batches(cfg, tokenizer, cfg.train.eval_batches, pidx, pcount)
+    best_value = _best_so_far(cfg, workdir)
 
     # Every check passed: only now is the workdir created and the tokenizer copied in.
     os.makedirs(workdir, exist_ok=True)
@@ -167,6 +187,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     latest = ckpt.latest_step()
     restore_s = None
     data_state = None
+    init_note = ""
     if latest is not None:
         t0 = time.perf_counter()
         target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
@@ -182,6 +203,13 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         restore_s = time.perf_counter() - t0
     else:
         state = run.run(run.init, jax.random.key(cfg.train.seed))
+        if base is not None:
+            params, fresh = loading.initial_params(cfg.model, base, state.params)
+            state = state.replace(params=params)
+            init_note = f"initialised from {base.path}" + (
+                f" (step {base.step})" if base.step is not None else ""
+            )
+            init_note += f"; new: {', '.join(fresh)}" if fresh else ""
     if data_state is not None:
         iterator.set_state(data_state)
     primary = pidx == 0
@@ -203,9 +231,45 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         latest=latest,
         start_step=int(replicated_value(state.step)),
         restore_s=restore_s,
+        init_note=init_note,
+        task=task,
+        best_value=best_value,
         tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
         flops_per_token=flops.flops_per_token_of(cfg.model, cfg.data),
     )
+
+
+def _with_base_tokenizer(cfg: Config, base: loading.Loaded, resuming: bool) -> Config:
+    """``cfg`` reading the base's tokenizer (``data.tokenizer`` unset, fresh workdir)."""
+    if cfg.data.tokenizer or resuming:
+        return cfg
+    if base.tokenizer is None:
+        raise ConfigError(
+            f"train.init_from={cfg.train.init_from!r} has no t5x_lite tokenizer "
+            f"({base.note}); set data.tokenizer to a SentencePiece .model"
+        )
+    data = dataclasses.replace(cfg.data, tokenizer=base.tokenizer.path)
+    return dataclasses.replace(cfg, data=data)
+
+
+def _best_so_far(cfg: Config, workdir: str) -> float | None:
+    """``checkpoint.best_metric`` of ``workdir/best.json`` (None: none saved yet);
+    an unknown metric name is a ConfigError before anything is compiled."""
+    name = cfg.checkpoint.best_metric
+    if not name:
+        return None
+    known = metric_names(cfg.task.kind, cfg.model.family)
+    if name not in known:
+        raise ConfigError(
+            f"checkpoint.best_metric={name!r} is not an eval metric of this run (one of "
+            f"{', '.join(known)})"
+        )
+    path = os.path.join(workdir, BEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return float(saved["value"]) if saved.get("metric") == name else None
 
 
 def _log_record(
@@ -231,7 +295,7 @@ def _sample(s: _Session) -> tuple[str | None, list[int] | None]:
     prints. Decoding prompt and continuation together keeps the space between them.
     """
     cfg = s.cfg
-    if cfg.model.family != "decoder":
+    if cfg.model.family != "decoder" or cfg.model.task_head != "none":
         return None, None
     prompt_ids, sampled = decoding.sample_ids(
         s.run,
@@ -284,6 +348,9 @@ def train(
     writer = metrics_lib.MetricsWriter(workdir, enabled=s.primary, resume_step=s.start_step)
     if s.latest is not None:
         bar.write(f"resumed from {ckpt.directory}/{s.latest} (restore {s.restore_s:.2f}s)")
+    if s.init_note:
+        bar.write(s.init_note)
+    cfg = s.cfg
     # With save_on_preemption=False nothing is caught: signals keep their default
     # meaning (SIGTERM ends the process, Ctrl-C raises KeyboardInterrupt) instead of a
     # handler that would only set a flag nobody acts on.
@@ -310,10 +377,42 @@ def train(
     def run_eval(at: int) -> None:
         nonlocal last_eval, eval_step
         last_eval, eval_step = evaluate(run, s.state.params, s.eval_batches), at
+        if s.task is not None:
+            last_eval.update(
+                task_metrics(
+                    run, s.state.params, s.eval_batches, s.task.validation, cfg.task.kind,
+                    cfg.task.max_answer_len,
+                )
+            )
         record = {f"eval_{k}": v for k, v in last_eval.items()}
         if at > s.start_step or s.latest is None:  # a finished run re-opened logs nothing
             writer.write(at, record)
+            keep_best(at)
         stats.update(record)
+
+    def keep_best(at: int) -> None:
+        """Save the state in best/ when checkpoint.best_metric improved (keep one)."""
+        name, mode = cfg.checkpoint.best_metric, cfg.checkpoint.best_mode
+        if not name:
+            return
+        value = float(last_eval[name])
+        if s.best_value is not None and (
+            value <= s.best_value if mode == "max" else value >= s.best_value
+        ):
+            return
+        best_cfg = dataclasses.replace(cfg.checkpoint, keep=1, async_save=False)
+        best = checkpoints.Checkpointer(os.path.join(workdir, BEST_DIR), best_cfg)
+        try:
+            meta = {"mesh": list(s.mesh_shape), "process_count": s.process_count}
+            best.save(at, s.state, s.iterator.get_state(), {**meta, name: value})
+            best.wait()
+        finally:
+            best.close()
+        s.best_value = value
+        stats["best_" + name] = value
+        if s.primary:
+            write_json(os.path.join(workdir, BEST_FILE), {"step": at, "metric": name,
+                                                          "value": value})  # fmt: skip
 
     try:
         while step < tc.num_steps:
@@ -377,6 +476,11 @@ def train(
         "workdir": os.path.abspath(workdir),
         "checkpoint_dir": ckpt.directory,
         "checkpoint_step": saved_step,
+        "best": (
+            {"metric": cfg.checkpoint.best_metric, "value": s.best_value}
+            if cfg.checkpoint.best_metric
+            else None
+        ),
         "plots": plots,
         "sample": sample_text,
         "sample_ids": sampled,

@@ -33,6 +33,7 @@ from t5x_lite.config.run import (
     ScalingConfig,
     TrainConfig,
 )
+from t5x_lite.config.task import TaskConfig
 
 __all__ = [
     "ARCHS",
@@ -48,6 +49,7 @@ __all__ = [
     "OptimizerConfig",
     "RowLengths",
     "ScalingConfig",
+    "TaskConfig",
     "TrainConfig",
     "archs_of",
     "from_dict",

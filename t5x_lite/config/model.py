@@ -13,6 +13,9 @@ def _with(trait: str) -> str:
     return ", ".join(repr(a) for a, t in ARCHS.items() if getattr(t, trait))
 
 
+TASK_HEADS = ("none", "sequence", "token", "span")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one Transformer.
@@ -77,6 +80,13 @@ class ModelConfig:
     relative_max_distance: int = 128
     # Encoders: pooler + 2-way head for NSP / SOP.
     sentence_head: bool = False
+    # Fine-tuning head (t5x_lite.models.heads), replacing the LM / MLM head:
+    # none | sequence (one label per row: pooled [CLS] for encoders, the last non-pad
+    # token for decoders) | token (one label per token) | span (start/end logits, QA).
+    # Encoder-decoders keep none: their tasks are text-to-text (label words).
+    task_head: str = "none"
+    # Classes of a sequence / token head.
+    num_labels: int = 0
     dropout_rate: float = 0.0
     initializer_range: float = 0.02
     # Compute dtype of activations and matmuls; params stay in param_dtype.
@@ -233,4 +243,24 @@ class ModelConfig:
             0.0 <= self.dropout_rate < 1.0,
             f"model.dropout_rate={self.dropout_rate} must be in [0, 1)",
         )
+        _check(
+            self.task_head in TASK_HEADS,
+            f"model.task_head={self.task_head!r} is not one of {', '.join(TASK_HEADS)}",
+        )
+        _check(
+            self.task_head == "none" or self.family != "encoder_decoder",
+            f"model.task_head={self.task_head!r}: encoder-decoders fine-tune text to text "
+            "(label words through the token head); keep model.task_head='none'",
+        )
+        _check(
+            self.task_head == "none" or not self.sentence_head,
+            f"model.task_head={self.task_head!r} replaces the NSP/SOP head; set "
+            "model.sentence_head=False",
+        )
+        if self.task_head in ("sequence", "token"):
+            _check(
+                isinstance(self.num_labels, int) and self.num_labels >= 2,
+                f"model.num_labels={self.num_labels!r} must be >= 2 for model.task_head="
+                f"{self.task_head!r}",
+            )
         return self

@@ -9,6 +9,7 @@ from t5x_lite.config import objectives
 from t5x_lite.config.data import DataConfig
 from t5x_lite.config.errors import check as _check
 from t5x_lite.config.model import ModelConfig
+from t5x_lite.config.task import TaskConfig
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,10 @@ class TrainConfig:
     sample_tokens: int = 40
     progress_bar: bool = True
     plot_every: int = 100
+    # Fine-tuning: start from the weights of PATH (a t5x_lite workdir, its latest
+    # checkpoint; PATH@STEP for another step; or a Hugging Face directory). Read only
+    # when the workdir holds no checkpoint yet (t5x_lite.loading.initial_params).
+    init_from: str = ""
 
     def validate(self) -> TrainConfig:
         positive = ("batch_size", "num_steps", "microbatches", "log_every", "eval_every")
@@ -149,6 +154,10 @@ class CheckpointConfig:
     async_save: bool = True
     # Save a checkpoint at the current step on SIGTERM / SIGINT, then exit.
     save_on_preemption: bool = True
+    # Keep the best checkpoint by this eval metric (e.g. "accuracy", "macro_f1",
+    # "exact_match", "loss") in <workdir>/best/; "" keeps none. best_mode: max | min.
+    best_metric: str = ""
+    best_mode: str = "max"
 
     def validate(self) -> CheckpointConfig:
         for name in ("every_steps", "keep"):
@@ -156,6 +165,10 @@ class CheckpointConfig:
             _check(
                 isinstance(v, int) and v > 0, f"checkpoint.{name}={v!r} must be a positive integer"
             )
+        _check(
+            self.best_mode in ("max", "min"),
+            f"checkpoint.best_mode={self.best_mode!r} is not one of max, min",
+        )
         return self
 
 
@@ -204,8 +217,10 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def validate(self) -> Config:
+        self.task.validate(self.model)
         self.model.validate()
         self.data.validate()
         self.optimizer.validate()
@@ -243,6 +258,8 @@ class Config:
         E.g. ``model.family='decoder'`` with ``data.objective='mlm'`` -> "data.objective='mlm'
         does not train model.family='decoder' (use one of causal_lm, prefix_lm)".
         """
+        if self.task.kind != "none":  # a fine-tuning task replaces the objective
+            return
         family, objective = self.model.family, self.data.objective
         allowed = objectives.for_family(family)
         _check(

@@ -36,7 +36,7 @@ from flax import linen as nn
 from t5x_lite import partitioning
 from t5x_lite.config import ModelConfig
 from t5x_lite.models import decoder, encoder, encoder_decoder
-from t5x_lite.models.base import SENTENCE, TOKENS, BaseModel, Head
+from t5x_lite.models.base import SENTENCE, TASK_HEADS, TOKENS, BaseModel, Head
 
 _FAMILIES = {
     "encoder": encoder,
@@ -53,10 +53,13 @@ def build(cfg: ModelConfig) -> nn.Module:
 
 def get(cfg: ModelConfig) -> BaseModel:
     """The model object of ``cfg``: its module plus the heads it is scored on (the
-    token head, and the sentence head of an encoder with ``sentence_head``)."""
+    token head, and the sentence head of an encoder with ``sentence_head``; or the
+    fine-tuning head of ``task_head``)."""
     heads: tuple[Head, ...] = (TOKENS,)
     if cfg.family == "encoder" and cfg.sentence_head:
         heads = (TOKENS, SENTENCE)
+    if cfg.task_head != "none":  # a fine-tuning head replaces the LM head
+        heads = TASK_HEADS[cfg.task_head]
     return BaseModel(cfg, build(cfg), heads)
 
 

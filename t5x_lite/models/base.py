@@ -55,6 +55,14 @@ class Head:
 
 TOKENS = Head("logits", "labels", "loss_weights", "", "ce", smoothed=True)
 SENTENCE = Head("sentence_logits", "next_sentence_label", None, "sentence_", "sentence_loss", False)
+# Fine-tuning heads (model.task_head, t5x_lite.models.heads). Padding rows of an
+# evaluation batch carry weight 0. Span QA's loss is start CE + end CE (HF averages
+# the two: half this value).
+SEQUENCE = Head("class_logits", "class_labels", "class_weights", "", "ce", False)
+TAGS = Head("tag_logits", "tag_labels", "tag_weights", "", "ce", False)
+SPAN_START = Head("start_logits", "start_positions", "span_weights", "start_", "start_ce", False)
+SPAN_END = Head("end_logits", "end_positions", "span_weights", "end_", "end_ce", False)
+TASK_HEADS = {"sequence": (SEQUENCE,), "token": (TAGS,), "span": (SPAN_START, SPAN_END)}
 
 
 class BaseModel:

@@ -64,6 +64,7 @@ from flax import linen as nn
 
 from t5x_lite import attention, layers
 from t5x_lite.config import ModelConfig
+from t5x_lite.models import heads
 
 Array = jax.Array
 
@@ -170,6 +171,8 @@ class Model(nn.Module):
         for i in range(cfg.num_layers):
             x = block(cfg, name=f"layers_{i}")(x, mask, positions, deterministic)
         x = layers.norm(cfg, "ln_f")(x)  # [B, T, E]
+        if cfg.task_head != "none":  # a fine-tuning head replaces the LM head
+            return heads.task_outputs(cfg, x, batch, deterministic)
 
         if not cfg.tied_head:
             logits = layers.DenseGeneral(
@@ -205,8 +208,10 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     mlp = (3 if t.gated_mlp else 2) * e * f + ((f + e) if t.biases else 0)
     norms = 2 * norm
     embeddings = cfg.vocab_size * e * (1 if cfg.tied_head else 2)  # wte (+ untied lm_head)
+    if cfg.task_head != "none":  # the task head replaces the LM head
+        embeddings = cfg.vocab_size * e
     if t.positions == "learned":
         embeddings += cfg.max_seq_len * e
-    final = norm
+    final = norm + heads.count_params(cfg)  # the final norm (and a task head)
     non_embedding = cfg.num_layers * (attn + mlp + norms) + final
     return non_embedding + embeddings, non_embedding

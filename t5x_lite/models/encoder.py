@@ -40,6 +40,7 @@ from flax import linen as nn
 
 from t5x_lite import attention, layers
 from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.models import heads
 
 Array = jax.Array
 
@@ -191,6 +192,11 @@ class Model(nn.Module):
             for i in range(cfg.num_layers):
                 x = layer_cls(cfg, name=f"layers_{i}")(x, mask, deterministic)
 
+        # ---- a fine-tuning head replaces the MLM head (t5x_lite.models.heads)
+        if cfg.task_head != "none":
+            pooled = heads.encoder_pooled(cfg, x) if cfg.task_head == "sequence" else None
+            return heads.task_outputs(cfg, x, batch, deterministic, pooled)
+
         # ---- MLM head: [B, T, E] -> [B, T, Em] -> [B, T, V]
         h = layers.DenseGeneral((em,), ("embed",), ("mlp",), name="mlm_dense", **dense)(x)
         h = layers.activation(head_activation(cfg))(h)
@@ -203,11 +209,7 @@ class Model(nn.Module):
 
         # ---- pooler + NSP / SOP: [B, E] -> [B, 2]
         if cfg.sentence_head:
-            pooled = jnp.tanh(
-                layers.DenseGeneral((cfg.d_model,), ("embed",), ("mlp",), name="pooler", **dense)(
-                    x[:, 0]
-                )
-            )
+            pooled = heads.encoder_pooled(cfg, x)
             sentence = layers.DenseGeneral(
                 (2,), ("embed",), ("classes",), name="sentence_classifier", **dense
             )(pooled)
@@ -236,5 +238,7 @@ def count_params(cfg: ModelConfig) -> tuple[int, int]:
     stack = (1 if cfg.share_layers else cfg.num_layers) * layer
     mlm = e * em + em + 2 * em + v
     sentence = (e * e + e + e * 2 + 2) if cfg.sentence_head else 0
+    if cfg.task_head != "none":  # the task head replaces the MLM (and NSP) head
+        mlm, sentence = 0, heads.count_params(cfg)
     total = tables + embed_norm + proj + stack + mlm + sentence
     return total, total - tables
