@@ -16,7 +16,7 @@ text-generation        decoders    ``[{"generated_text"}]``: the prompt and its 
 text2text-generation   T5          ``[{"generated_text"}]``: the decoder's output
 fill-mask              encoders    per ``[MASK]``: top-k ``{"score", "token", "token_str",
                                    "sequence"}`` (a list of such lists for several masks)
-text-classification    fine-tuned  ``{"label", "score"}`` (see :mod:`t5x_lite.task_pipelines`)
+text-classification    fine-tuned  ``[{"label", "score"}]`` (:mod:`t5x_lite.task_pipelines`)
 token-classification   fine-tuned  ``[{"entity", "score", "index", "word", "start", "end"}]``
 question-answering     fine-tuned  ``{"answer", "score", "start", "end"}``
 =====================  ==========  ======================================================
@@ -275,6 +275,8 @@ class FillMask(Pipeline):
 
 # --------------------------------------------------------------------------- the registry
 
+# The head tasks (text-classification, token-classification, question-answering) are
+# added by t5x_lite.task_pipelines, imported by pipeline().
 TASKS: dict[str, type[Pipeline]] = {
     p.task: p for p in (TextGeneration, Text2TextGeneration, FillMask)
 }
@@ -289,6 +291,8 @@ def register(cls: type[Pipeline]) -> type[Pipeline]:
 def pipeline(task: str, path: Any, step: int | None = None, **kwargs: Any) -> Pipeline:
     """The pipeline of ``task`` over ``path`` (a workdir, an HF directory or a loaded
     run); ``kwargs`` are the task's defaults (see the module docstring)."""
+    from t5x_lite import task_pipelines  # noqa: F401  (registers the fine-tuned heads' tasks)
+
     if task not in TASKS:
         raise ConfigError(f"unknown pipeline task {task!r}; tasks: {', '.join(sorted(TASKS))}")
     cls = TASKS[task]
