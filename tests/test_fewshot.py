@@ -355,3 +355,14 @@ def test_cut_at_and_bad_model_args(lm_cls, runs):
         lm_cls()
     with pytest.raises(ConfigError, match="batch_size='many' is not an integer"):
         lm_cls(path=runs("decoder")[0].path, batch_size="many")
+
+
+def test_the_library_imports_without_lm_eval():
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # any import of lm_eval now fails
+        "import t5x_lite, t5x_lite.fewshot, t5x_lite.lm_eval_adapter, t5x_lite.pipelines\n"
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
