@@ -235,7 +235,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         task=task,
         best_value=best_value,
         tokens_per_step=cfg.train.batch_size * cfg.data.seq_len,
-        flops_per_token=flops.flops_per_token_of(cfg.model, cfg.data),
+        flops_per_token=_flops_per_token(cfg, task),
     )
 
 
@@ -250,6 +250,15 @@ def _with_base_tokenizer(cfg: Config, base: loading.Loaded, resuming: bool) -> C
         )
     data = dataclasses.replace(cfg.data, tokenizer=base.tokenizer.path)
     return dataclasses.replace(cfg, data=data)
+
+
+def _flops_per_token(cfg: Config, task: Any) -> float:
+    """The objective table's count, or for a task its rows' lengths (label words)."""
+    if task is None:
+        return flops.flops_per_token_of(cfg.model, cfg.data)
+    labels = task.train.arrays.get("labels")
+    target = labels.shape[1] if cfg.model.family == "encoder_decoder" else None
+    return flops.train_flops_per_token(cfg.model, cfg.data.seq_len, target)
 
 
 def _best_so_far(cfg: Config, workdir: str) -> float | None:

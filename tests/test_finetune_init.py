@@ -57,9 +57,14 @@ def test_a_trained_workdir_fills_everything_but_the_new_head(gpt2_run):
 
 def test_an_hf_directory_fills_the_pooler_from_bert_pretraining(tmp_path):
     hf_cfg = transformers.BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=16, type_vocab_size=2,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        type_vocab_size=2,
+    )
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining(hf_cfg).eval()
     hf.save_pretrained(tmp_path)
@@ -90,8 +95,7 @@ def test_the_trainer_starts_from_the_base(gpt2_run, kjv_root, tmp_path):
         train=dataclasses.replace(cfg.train, num_steps=1, init_from=gpt2_run),
         optimizer=dataclasses.replace(cfg.optimizer, learning_rate=1e-9, warmup_steps=0),
     )
-    out = trainer.train(cfg, str(tmp_path), devices=jax.devices()[:1], progress=False,
-                        sample=False)  # fmt: skip
+    out = trainer.train(cfg, str(tmp_path), devices=jax.devices()[:1], progress=False, sample=False)
     assert out["config"].data.tokenizer == os.path.join(gpt2_run, "tokenizer.model")
     tuned, base = t5x_lite.load(str(tmp_path)), t5x_lite.load(gpt2_run)
     for name, value in _flat(tuned.params).items():  # one step of lr 1e-9 moves nothing
@@ -110,8 +114,11 @@ def test_bad_bases_are_one_line_errors(gpt2_run, kjv_root, tmp_path):
         with pytest.raises(ConfigError, match=message) as e:
             loading.check_init_from(model, spec)
         assert "\n" not in str(e.value) and "train.init_from=" in str(e.value)
-    with pytest.raises(ConfigError, match=r"the base has model\.d_model=64, this config "
-                       r"has model\.d_model=128"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"the base has model\.d_model=64, this config "
+        r"has model\.d_model=128",
+    ):
         loading.check_init_from(wider, gpt2_run)
     # Through the trainer: refused before the workdir is created.
     cfg = preset_config(FAMILIES["decoder"], str(kjv_root))

@@ -32,7 +32,10 @@ def finetune(base: str, task: str, variant: str | None = None, target_len: int |
             labels=LABELS[task],
         ),
         optimizer=dict(
-            learning_rate=3e-4, schedule="linear", warmup_steps=30, min_lr_ratio=0.0,
+            learning_rate=3e-4,
+            schedule="linear",
+            warmup_steps=30,
+            min_lr_ratio=0.0,
             weight_decay=0.01,
         ),
         train=dict(batch_size=32, num_steps=300, log_every=10, eval_every=50, plot_every=50),

@@ -97,8 +97,10 @@ def build(task: str, out: str, train_verses: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     train, validation = _verses()
     pick = np.sort(rng.permutation(len(train))[:train_verses])
-    split = {"train": records(task, [train[i] for i in pick], rng),
-             "validation": records(task, validation, rng)}  # fmt: skip
+    split = {
+        "train": records(task, [train[i] for i in pick], rng),
+        "validation": records(task, validation, rng),
+    }
     os.makedirs(out, exist_ok=True)
     for name, recs in split.items():
         tmp = paths[name] + ".tmp"
@@ -138,8 +140,11 @@ def baseline(folder: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m t5x_lite.data.kjv_tasks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m t5x_lite.data.kjv_tasks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write train.jsonl and validation.jsonl")
     b.add_argument("--task", required=True, choices=sorted(TASKS))

@@ -62,11 +62,15 @@ class TaskData:
 
         seed = rng.derive_key(self.cfg.data.seed, "task", "rows") % (2**32)
         rows = row_index_dataset(
-            len(self.train), seed, self.cfg.train.batch_size // process_count,
-            process_index, process_count,
-        )  # fmt: skip
-        return DataIterator(rows.map(_Gather(self.train.arrays)).to_iter_dataset(),
-                            self.fingerprint())  # fmt: skip
+            len(self.train),
+            seed,
+            self.cfg.train.batch_size // process_count,
+            process_index,
+            process_count,
+        )
+        return DataIterator(
+            rows.map(_Gather(self.train.arrays)).to_iter_dataset(), self.fingerprint()
+        )
 
     def eval_batches(
         self, process_index: int = 0, process_count: int = 1
@@ -85,8 +89,9 @@ class TaskData:
                     shape = (b,) + (1,) * (batch[k].ndim - 1)
                     batch[k] = batch[k] * real.reshape(shape).astype(batch[k].dtype)
             per = b // process_count
-            out.append({k: v[process_index * per : (process_index + 1) * per]
-                        for k, v in batch.items()})  # fmt: skip
+            out.append(
+                {k: v[process_index * per : (process_index + 1) * per] for k, v in batch.items()}
+            )
         return out
 
 
@@ -101,8 +106,13 @@ def load(cfg: Config, tokenizer: Tokenizer) -> TaskData:
     target_len = cfg.data.target_len or 8
     splits = {
         name: encode_split(
-            records[name], cfg.task.kind, cfg.model.family, tokenizer, cfg.data.seq_len,
-            cfg.task.labels, target_len,
+            records[name],
+            cfg.task.kind,
+            cfg.model.family,
+            tokenizer,
+            cfg.data.seq_len,
+            cfg.task.labels,
+            target_len,
         )
         for name in ("train", "validation")
     }

@@ -216,8 +216,11 @@ def _spans(recs, tok, family, length) -> TaskSplit:
     }
     if family == "encoder":
         arrays["token_type_ids"] = _pad(types, length)
-    meta = {"words": words_all, "token_word": np.stack(word_of),
-            "answers": [r["answer"] for r in recs]}  # fmt: skip
+    meta = {
+        "words": words_all,
+        "token_word": np.stack(word_of),
+        "answers": [r["answer"] for r in recs],
+    }
     return TaskSplit(arrays, meta)
 
 

@@ -118,17 +118,24 @@ def read_records(path: str, task: TaskConfig) -> list[dict[str, Any]]:
             value = _field(path, line, raw, task.label_field, "label_field")
             rec["label"] = _label(path, line, value, task.labels, "label")
         elif task.kind == "token_classification":
-            tokens = _words(path, line, _field(path, line, raw, task.tokens_field, "tokens_field"),
-                            task.tokens_field)  # fmt: skip
-            tags = _words(path, line, _field(path, line, raw, task.tags_field, "tags_field"),
-                          task.tags_field)  # fmt: skip
+            tokens = _words(
+                path,
+                line,
+                _field(path, line, raw, task.tokens_field, "tokens_field"),
+                task.tokens_field,
+            )
+            tags = _words(
+                path, line, _field(path, line, raw, task.tags_field, "tags_field"), task.tags_field
+            )
             if len(tags) != len(tokens):
                 raise ConfigError(
                     f"{path} line {line}: {len(tokens)} {task.tokens_field} but {len(tags)} "
                     f"{task.tags_field}"
                 )
-            rec = {"tokens": tokens, "tags": [_label(path, line, t, task.labels, "tag")
-                                              for t in tags]}  # fmt: skip
+            rec = {
+                "tokens": tokens,
+                "tags": [_label(path, line, t, task.labels, "tag") for t in tags],
+            }
         else:  # span_qa
             rec = {
                 "question": str(_field(path, line, raw, task.question_field, "question_field")),
@@ -184,6 +191,7 @@ class TaskRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict({"record": tfds.features.Text()}),
+            disable_shuffling=True,  # records stay in file order
         )
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Any]:

@@ -51,9 +51,7 @@ def last_token_index(batch: dict[str, Array], length: int) -> Array:
     if mask is None:
         return jnp.full((batch["input_ids"].shape[0],), length - 1, jnp.int32)
     real = (mask != 0).astype(jnp.int32)  # [B, T]
-    return jnp.argmax(real * jnp.arange(1, length + 1, dtype=jnp.int32), axis=-1).astype(
-        jnp.int32
-    )
+    return jnp.argmax(real * jnp.arange(1, length + 1, dtype=jnp.int32), axis=-1).astype(jnp.int32)
 
 
 def _dense(cfg: ModelConfig, features: int, out_axis: str, name: str, bias: bool = True):
