@@ -99,8 +99,10 @@ def test_loglikelihood_equals_transformers(runs, family):
     ours = scoring.Scorer(run, batch_size=3).score(pairs)
     ref = torch_loglik(hf_dir, family, pairs, run.tokenizer.eos_id)
     np.testing.assert_allclose([s for s, _ in ours], ref, atol=1e-4, rtol=0)
-    # is_greedy: every continuation token is the argmax of the torch logits.
     assert all(isinstance(g, bool) for _, g in ours)
+    # The exported directory itself is a run the scorer (and the fewshot CLI) takes.
+    via_hf = scoring.Scorer(t5x_lite.load(hf_dir), batch_size=3).score(pairs)
+    np.testing.assert_allclose([s for s, _ in via_hf], [s for s, _ in ours], atol=1e-5, rtol=0)
 
 
 def test_encode_pair_moves_trailing_space(runs):
