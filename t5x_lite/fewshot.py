@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.predictions and os.path.exists(args.predictions):
             raise ConfigError(f"--predictions={args.predictions} already exists; not overwriting")
+        if args.predictions and not os.path.isdir(os.path.dirname(args.predictions) or "."):
+            raise ConfigError(f"--predictions={args.predictions}: its directory does not exist")
         from t5x_lite.loading import load
 
         run = load(args.workdir, args.step)

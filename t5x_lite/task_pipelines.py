@@ -145,7 +145,7 @@ class TextClassification(_Head):
         for ids, mask in zip(split.arrays["input_ids"], split.arrays["attention_mask"]):
             context = [int(t) for t in ids[: int(mask.sum()) - 1]]  # t5_rows adds the EOS
             pairs += [(context, t) for t in targets]
-        scores = Scorer(self.run, batch_size=max(len(pairs), 1)).score(pairs)
+        scores = Scorer(self.run).score(pairs)  # fixed batch: one compile per bucket
         lls = np.asarray([s for s, _ in scores]).reshape(len(split), len(self.labels))
         return _softmax(lls)
 

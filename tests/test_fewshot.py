@@ -187,13 +187,17 @@ def test_demonstrations_are_seeded_and_exclude_the_example():
 
 def test_cli_prints_one_json_line(runs, capsys, tmp_path):
     run, _ = runs("decoder")
+    capsys.readouterr()  # what preparing and training the run printed
     preds = tmp_path / "preds.jsonl"
     fewshot.main([f"--workdir={run.path}", f"--task={TASK}", "--shots=1", f"--predictions={preds}"])
-    out = json.loads(capsys.readouterr().out)
+    (line,) = capsys.readouterr().out.splitlines()
+    out = json.loads(line)
     assert out["n"] == 10 and out["shots"] == 1 and 0 <= out["acc"] <= 1
     assert len(preds.read_text().splitlines()) == 10
     with pytest.raises(SystemExit, match="already exists"):
         fewshot.main([f"--workdir={run.path}", f"--task={TASK}", f"--predictions={preds}"])
+    with pytest.raises(SystemExit, match="its directory does not exist"):
+        fewshot.main([f"--workdir={run.path}", f"--task={TASK}", f"--predictions={tmp_path}/x/p"])
 
 
 @pytest.mark.parametrize(
