@@ -17,3 +17,12 @@ def load(path: str, step: int | None = None):  # -> t5x_lite.loading.Loaded
     from t5x_lite.loading import load as _load
 
     return _load(path, step)
+
+
+def pipeline(task: str, path, step: int | None = None, **kwargs):  # -> pipelines.Pipeline
+    """A Hugging Face-style pipeline (``text-generation``, ``text2text-generation``,
+    ``fill-mask``, ...) over a workdir, an HF directory or a loaded run (see
+    :mod:`t5x_lite.pipelines`); imported on first call."""
+    from t5x_lite.pipelines import pipeline as _pipeline
+
+    return _pipeline(task, path, step, **kwargs)

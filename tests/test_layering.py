@@ -53,6 +53,9 @@ def test_the_contracts_hold():
         # Data importing the models.
         ("t5x_lite/data/lm.py", "from t5x_lite import models",
          "t5x_lite.data is not allowed to import t5x_lite.models"),
+        # The one scoring path reaching up to a command that uses it.
+        ("t5x_lite/scoring.py", "from t5x_lite import fewshot",
+         "t5x_lite.scoring is not allowed to import t5x_lite.fewshot"),
         # The library importing the presets folder, which is not installed.
         ("t5x_lite/gin_config.py", "import configs.base",
          "t5x_lite is not allowed to import configs"),
