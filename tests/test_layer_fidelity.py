@@ -105,6 +105,7 @@ def _tiny(family: str, arch: str, **kw) -> ModelConfig:
     "cfg, sites",
     [
         (_tiny("encoder", "bert", dropout_rate=0.2), [("layers_0", "attention")]),
+        (_tiny("decoder", "gpt2", dropout_rate=0.2), [("layers_0", "attn")]),
         (
             _tiny("encoder_decoder", "t5_v1_1", dropout_rate=0.2),
             [
@@ -114,11 +115,12 @@ def _tiny(family: str, arch: str, **kw) -> ModelConfig:
             ],
         ),
     ],
-    ids=["bert", "t5"],
+    ids=["bert", "gpt2", "t5"],
 )
 def test_models_drop_attention_probabilities_at_the_rate(cfg, sites):
-    """BERT's and T5's attentions (self, causal self, cross) each drop ~rate of their
-    probabilities in training; evaluation drops nothing and sows nothing."""
+    """BERT's, GPT-2's (attn_pdrop) and T5's attentions (self, causal self, cross) each
+    drop ~rate of their probabilities in training; evaluation drops nothing and sows
+    nothing."""
     ids = np.random.RandomState(0).randint(0, cfg.vocab_size, (4, 24)).astype(np.int32)
     batch = {"input_ids": ids}
     if cfg.family == "encoder_decoder":
@@ -139,7 +141,7 @@ def test_models_drop_attention_probabilities_at_the_rate(cfg, sites):
         (dropped,) = node["dropped_probabilities"]
         dropped = np.asarray(dropped)
         allowed = np.ones(dropped.shape, bool)
-        if site[-1] == "self_attention":  # causal
+        if site[-1] in ("self_attention", "attn"):  # causal
             allowed &= np.tril(np.ones(dropped.shape[-2:], bool))
         assert (dropped[~allowed] == 0).all(), site
         _dropped_fraction_is_rate(dropped, allowed, cfg.dropout_rate)

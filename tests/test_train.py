@@ -336,42 +336,45 @@ def continued(runs, data_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("mesh", ["data8", "tensor8", "dcn2_data8"])
 def test_two_processes_on_loopback_match_one_process(mesh, runs, continued, data_dir, tmp_path):
-    """2 processes x 4 CPU devices (gloo over 127.0.0.1) == 1 process x 8 devices, on
-    data=8 (each process feeds half the rows; started by SLURM's environment) and on
-    tensor=8, whose tensor axis spans
-    both processes (both feed the whole batch: the rows their devices hold), and on a
-    hybrid data=8 mesh (mesh.dcn_data=2: one ICI block of 4 per process). Checkpoints
-    move between process counts: the 2-process run resumes in 1 process (data8), a
-    1-process run resumes in 2 (tensor8), each continuing as the 1-process run does."""
+    """2 processes x 4 CPU devices (gloo over 127.0.0.1) reproduce 1 process x 8 devices:
+
+    * data8: 30 steps, each process feeding half the rows, started as ``srun`` starts
+      processes (SLURM's environment, no coordinator flags); its checkpoint then
+      resumes in 1 process, continuing as the 1-process run does;
+    * tensor8: the 1-process run's checkpoint resumes in 2 processes whose tensor axis
+      spans both (both feed the whole batch: the rows their devices hold; explicit
+      flags), continuing as the 1-process run does;
+    * dcn2_data8: 30 steps of a hybrid data=8 mesh (mesh.dcn_data=2: one ICI block of
+      4 devices per process).
+    """
     import shutil
 
     reference = runs("gpt2_tiny", "data8")  # also prepares the data dir and tokenizer
+    next_two, reference_workdir = continued
+    want_next = [next_two[STEPS + 1], next_two[STEPS + 2]]
     workdir = tmp_path / "multi"
-    # data8 starts as srun would (the cluster is detected), tensor8 with explicit flags.
-    outs = _two_processes(_flags(data_dir, mesh, workdir), slurm=mesh == "data8")
+    if mesh == "tensor8":  # 1 process -> 2
+        shutil.copytree(reference_workdir, workdir)
+        _two_processes(_flags(data_dir, mesh, workdir, STEPS + 2))
+        later = {r["step"]: r["loss"] for r in read_records(str(workdir)) if "loss" in r}
+        np.testing.assert_allclose([later[STEPS + 1], later[STEPS + 2]], want_next, rtol=1e-5)
+        return
+    steps = STEPS  # the reference's schedule (cosine over 30 steps), so the same length
+    outs = _two_processes(_flags(data_dir, mesh, workdir, steps), slurm=mesh == "data8")
     records = read_records(str(workdir))
     losses = {r["step"]: r["loss"] for r in records if "loss" in r}
-    assert sorted(losses) == list(range(1, STEPS + 1))
-    want = np.asarray([reference["losses"][s] for s in range(1, STEPS + 1)])
-    np.testing.assert_allclose([losses[s] for s in range(1, STEPS + 1)], want, rtol=1e-5)
+    assert sorted(losses) == list(range(1, steps + 1))
+    want = np.asarray([reference["losses"][s] for s in range(1, steps + 1)])
+    np.testing.assert_allclose([losses[s] for s in range(1, steps + 1)], want, rtol=1e-5)
+    assert os.listdir(workdir / "checkpoints") == [str(steps)]
+    if mesh != "data8":
+        return
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert evals == [pytest.approx(reference["final_eval_loss"], rel=1e-5)]
-    assert os.listdir(workdir / "checkpoints") == [str(STEPS)]
     assert "eval at step 30" in outs[0][0] and "eval at step" not in outs[1][0]
-
-    next_two, reference_workdir = continued
-    want = [next_two[STEPS + 1], next_two[STEPS + 2]]
-    if mesh == "data8":  # 2 processes -> 1
-        cfg = preset_config("gpt2_tiny", data_dir, MESHES["data8"])
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=STEPS + 2))
-        out = trainer.train(cfg, str(workdir), progress=False, sample=False)
-        got = [out["losses"][STEPS + 1], out["losses"][STEPS + 2]]
-    elif mesh == "tensor8":  # 1 process -> 2
-        one = tmp_path / "one"
-        shutil.copytree(reference_workdir, one)
-        _two_processes(_flags(data_dir, mesh, one, STEPS + 2))
-        later = {r["step"]: r["loss"] for r in read_records(str(one)) if "loss" in r}
-        got = [later[STEPS + 1], later[STEPS + 2]]
-    else:
-        return
-    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # 2 processes -> 1
+    cfg = preset_config("gpt2_tiny", data_dir, MESHES["data8"])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_steps=STEPS + 2))
+    out = trainer.train(cfg, str(workdir), progress=False, sample=False)
+    np.testing.assert_allclose([out["losses"][STEPS + 1], out["losses"][STEPS + 2]], want_next,
+                               rtol=1e-5)  # fmt: skip

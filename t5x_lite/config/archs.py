@@ -43,7 +43,10 @@ class ArchTraits:
     activation when it is not ``model.activation`` (RoBERTa: exact GELU);
     ``qkv_bias``: the query, key and value projections carry biases even without
     ``biases`` (Qwen2); ``optional_tied_head``: ``model.tie_word_embeddings`` may tie
-    or untie the head per checkpoint (Llama 3.2-1B and Qwen2-0.5B tie theirs).
+    or untie the head per checkpoint (Llama 3.2-1B and Qwen2-0.5B tie theirs);
+    ``attention_dropout``: a decoder's ``dropout_rate`` also drops its attention
+    probabilities (GPT-2's ``attn_pdrop``; Hugging Face's Llama family keeps
+    ``attention_dropout`` at 0). Encoders and T5 always drop them.
     """
 
     family: str
@@ -64,6 +67,7 @@ class ArchTraits:
     head_activation: str | None = None
     qkv_bias: bool = False
     optional_tied_head: bool = False
+    attention_dropout: bool = False
 
 
 _GPT2 = ArchTraits(
@@ -75,6 +79,7 @@ _GPT2 = ArchTraits(
     biases=True,
     tied_head=True,
     scaled_residual_init=True,
+    attention_dropout=True,
 )
 _LLAMA = ArchTraits(
     family="decoder",

@@ -195,7 +195,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "initializer_range": cfg.initializer_range,
         "resid_pdrop": cfg.dropout_rate,
         "embd_pdrop": cfg.dropout_rate,
-        "attn_pdrop": 0.0,
+        "attn_pdrop": cfg.dropout_rate,  # one rate: residuals, embeddings, attention
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,

@@ -45,7 +45,8 @@ residual init) and never the ``arch`` name.
 
 ``dropout_rate`` (when ``deterministic=False``, rng name ``"dropout"``) applies to the
 embeddings and to the output of every attention and MLP branch, like GPT-2's
-``embd_pdrop`` / ``resid_pdrop``; attention probabilities are not dropped.
+``embd_pdrop`` / ``resid_pdrop``, and for GPT-2 (trait ``attention_dropout``) to the
+attention probabilities too, as its ``attn_pdrop``.
 
 A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
 [B, T, E]``; the key/value cache of incremental decoding lives inside
@@ -104,6 +105,7 @@ class Block(nn.Module):
             init_std=std,
             out_init_std=out_std,
             implementation=cfg.attention_impl,
+            dropout_rate=cfg.dropout_rate if t.attention_dropout else 0.0,
             name="attn",
         )(h, mask=mask, q_positions=positions, rope=rope, deterministic=deterministic)
         h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
