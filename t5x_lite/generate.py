@@ -1,7 +1,8 @@
 """Generate from a trained run: ``python -m t5x_lite.generate --workdir=DIR --prompt=TEXT``.
 
-Loads the run's ``config.json``, ``tokenizer.model`` and latest checkpoint (restored
-as the trainer restores it, onto a data-parallel mesh of this machine's devices),
+Loads the run's ``config.json``, ``tokenizer.model`` and the parameters of its latest
+checkpoint (:func:`t5x_lite.load`; decoding runs on a data-parallel mesh of this
+machine's devices),
 then continues the prompt with cached decoding (:func:`t5x_lite.decoding.generate`):
 
     python -m t5x_lite.generate --workdir=runs/default --prompt="In the beginning" \\
@@ -19,16 +20,16 @@ model's context (``model.max_seq_len``), is a one-line error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite import checkpoints, decoding, partitioning, steps
-from t5x_lite.config import Config, ConfigError, MeshConfig, from_dict
-from t5x_lite.preflight import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE
+from t5x_lite import decoding, partitioning
+from t5x_lite.config import Config, ConfigError, MeshConfig
+from t5x_lite.preflight import CONFIG_FILE, TOKENIZER_FILE
 
 MASK = "[MASK]"
 
@@ -49,33 +50,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(workdir: str) -> tuple[Config, Any, steps.Steps, Any, int]:
-    """``(config, tokenizer, steps, params, step)`` of the latest checkpoint in ``workdir``."""
-    from t5x_lite.data.tokenizer import Tokenizer
+def load(workdir: str) -> tuple[Config, Any, Any, Any, int]:
+    """``(config, tokenizer, mesh, params, step)`` of the latest checkpoint in
+    ``workdir`` (:func:`t5x_lite.load`: only the parameters are read; PEFT runs come
+    merged into their base), with a data-parallel mesh of this machine's devices for
+    the decoding cache."""
+    from t5x_lite import loading
 
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
         raise ConfigError(f"{workdir} holds no run ({CONFIG_FILE} missing)")
-    with open(path) as f:
-        cfg = from_dict(json.load(f))
-    tok_path = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.isfile(tok_path):
+    if not os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
         raise ConfigError(f"{workdir} holds no {TOKENIZER_FILE}")
-    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(ckpt_dir):
-        raise ConfigError(f"{workdir} holds no checkpoint ({CHECKPOINT_DIR}/ missing)")
-    ckpt = checkpoints.Checkpointer(ckpt_dir, cfg.checkpoint, create=False)
-    try:
-        latest = ckpt.latest_step()
-        if latest is None:
-            raise ConfigError(f"{ckpt_dir} holds no checkpoint")
-        mesh = partitioning.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
-        run = steps.for_config(cfg, mesh)
-        target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
-        state, _, _ = ckpt.restore(latest, target, jax.process_index())
-    finally:
-        ckpt.close()
-    return cfg, Tokenizer(tok_path), run, state.params, latest
+    run = loading.load(workdir)
+    mesh = partitioning.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
+    # Replicated on the data-parallel mesh (prompts and the cache split over it).
+    params = jax.device_put(run.params, NamedSharding(mesh, PartitionSpec()))
+    return run.config, run.tokenizer, mesh, params, run.step
 
 
 def _encode_masked(tokenizer: Any, text: str) -> list[int]:
@@ -91,7 +81,7 @@ def _encode_masked(tokenizer: Any, text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> list[str]:
     """The lines :func:`main` prints."""
-    cfg, tok, steps_, params, step = load(args.workdir)
+    cfg, tok, mesh, params, step = load(args.workdir)
     m = cfg.model
     context = m.max_seq_len
     if m.family == "encoder":
@@ -133,7 +123,7 @@ def run(args: argparse.Namespace) -> list[str]:
         alpha=args.alpha,
     )
     allowed = decoding.allowed_ids(tok, m.vocab_size)
-    out = decoding.generate(m, params, [ids], opts, args.seed, allowed, steps_.mesh)
+    out = decoding.generate(m, params, [ids], opts, args.seed, allowed, mesh)
     prefix = ids if m.family == "decoder" else []
 
     def text(tokens: Any, length: int) -> str:

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite import models, optim, partitioning, peft, steps
@@ -124,11 +123,7 @@ def build(cfg: Config, mesh: Mesh, base: Any, extra_trainable: Sequence[str] = (
         in_shardings=(base_shardings, trainable_shardings),
         out_shardings=full_shardings,
     )
-    copy_jit = jax.jit(
-        lambda s: jax.tree_util.tree_map(jnp.copy, s),
-        in_shardings=(shardings,),
-        out_shardings=shardings,
-    )
+    copy_jit = steps.copy_fn(shardings)
     run = PeftSteps(
         mesh=mesh,
         model=model,

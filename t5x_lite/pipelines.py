@@ -151,7 +151,9 @@ class _Generation(Pipeline):
     options: ClassVar[dict[str, Any]] = {**GENERATION_DEFAULTS, "do_sample": None}
 
     def prompt_ids(self, text: str, max_new: int) -> list[int]:
-        raise NotImplementedError
+        """The ids generation starts from (abstract: text-generation continues the
+        prompt within the context, text2text-generation encodes it for the encoder)."""
+        raise NotImplementedError(f"{type(self).__name__} frames no prompt")
 
     def texts(self, texts: list[str], opts: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
         """``(prompt_ids, new_ids)`` per text (EOS and what follows dropped)."""

@@ -140,6 +140,16 @@ class Steps:
             return fn(*args)
 
 
+def copy_fn(shardings: Any) -> Any:
+    """A jitted on-device copy of a train state laid out by ``shardings`` (what an
+    asynchronous save reads while the live state is donated to the next step)."""
+    return jax.jit(
+        lambda s: jax.tree_util.tree_map(jnp.copy, s),
+        in_shardings=(shardings,),
+        out_shardings=shardings,
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def build(
     model_cfg: ModelConfig,
@@ -200,11 +210,7 @@ def build(
         in_shardings=(param_shardings, replicated),
         out_shardings=replicated,
     )
-    copy_jit = jax.jit(
-        lambda s: jax.tree_util.tree_map(jnp.copy, s),
-        in_shardings=(shardings,),
-        out_shardings=shardings,
-    )
+    copy_jit = copy_fn(shardings)
     return Steps(
         mesh=mesh,
         model=model,

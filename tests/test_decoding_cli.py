@@ -31,12 +31,12 @@ def test_generate_continues_the_prompt_greedily(run_dir, capsys):
     first = capsys.readouterr().out.strip().splitlines()
     assert len(first) == 1 and first[0].startswith("In the beginning")
     # The CLI's greedy continuation is the library's on the restored parameters.
-    cfg, tok, run, params, step = generate.load(str(run_dir))
+    cfg, tok, mesh, params, step = generate.load(str(run_dir))
     assert step == 3
     ids = tok.encode("In the beginning")
     opts = decoding.Options(max_new_tokens=6, eos_id=tok.eos_id)
     out = decoding.generate(cfg.model, params, [ids], opts, allowed=decoding.allowed_ids(
-        tok, cfg.model.vocab_size), mesh=run.mesh)  # fmt: skip
+        tok, cfg.model.vocab_size), mesh=mesh)  # fmt: skip
     new = [t for t in out["tokens"][0, : out["lengths"][0]] if t != tok.eos_id]
     assert first[0] == decoding.printable(tok.decode([*ids, *new]))
 
