@@ -184,14 +184,26 @@ def apply_scaling_plan(cfg, log=print, check_repeats=False, allow_repeats=False)
         from t5x_lite.scaling import sweep
 
         tokens = sweep.corpus_train_tokens(cfg)
-        if info["n_tokens"] > tokens:
+        if cfg.data.unique_tokens > tokens:
+            raise ConfigError(
+                f"data.unique_tokens={cfg.data.unique_tokens:,d} exceeds the {tokens:,d} "
+                f"training tokens of data.corpus={cfg.data.corpus!r}"
+            )
+        if cfg.data.unique_tokens:
+            # A data-constrained plan: repeating the unique tokens is what was planned.
+            log(
+                f"data-constrained plan: {info['n_tokens']:,d} tokens over {tokens:,d} "
+                f"unique ones ({info['n_tokens'] / tokens:.2f} epochs)"
+            )
+        elif info["n_tokens"] > tokens:
             epochs = info["n_tokens"] / tokens
             if not allow_repeats:
                 raise ConfigError(
                     f"scaling.flops_budget={cfg.scaling.flops_budget:.3g} plans "
                     f"{info['n_tokens']:,d} tokens but data.corpus={cfg.data.corpus!r} has "
                     f"{tokens:,d} ({epochs:.1f} epochs): it would repeat data; lower the "
-                    "budget, use a larger corpus or pass --allow_repeats"
+                    "budget, use a larger corpus, plan for repeated data with "
+                    f"--config.data.unique_tokens={tokens} or pass --allow_repeats"
                 )
             log(f"warning: the plan repeats data.corpus {epochs:.1f} times (--allow_repeats)")
     return cfg

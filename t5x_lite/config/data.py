@@ -61,6 +61,10 @@ class DataConfig:
     prefetch_batches: int = 2
     # grain worker processes (0: in the training process).
     num_workers: int = 0
+    # Unique-token budget of the training split (0: all of it): training reads only a
+    # seeded random subset of whole documents holding at least this many tokens, and
+    # repeats it epoch after epoch (data-constrained runs; t5x_lite.scaling.repeats).
+    unique_tokens: int = 0
 
     def validate(self) -> DataConfig:
         token_objectives = objectives.names("token")
@@ -132,7 +136,7 @@ class DataConfig:
             f"data.prefix_fraction={self.prefix_fraction} must be in [0, 1)",
         )
         parse_ul2_mixture(self.ul2_mixture)
-        for name in ("prefetch_batches", "num_workers"):
+        for name in ("prefetch_batches", "num_workers", "unique_tokens"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, f"data.{name}={v!r} must be >= 0")
         return self

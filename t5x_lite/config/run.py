@@ -234,6 +234,10 @@ class ScalingConfig:
     sweep_budgets: tuple[float, ...] = ()
     sweep_sizes: int = 5
     sweep_spread: float = 4.0
+    # Data-constrained sweep (t5x_lite.scaling.repeats): instead of sizes around N_opt,
+    # one run per epoch count over data.unique_tokens unique tokens at each budget
+    # (D = epochs x unique tokens, N = C / 6D), e.g. (1, 2, 4, 8, 16).
+    sweep_epochs: tuple[float, ...] = ()
     # What a budget counts, for the planner, the sweep and the report alike: "6nd" is
     # 6 * N_total * D (Kaplan's and Hoffmann's convention, whatever parameter kind the
     # fit uses); "flops" is the model's training FLOPs from t5x_lite.flops (attention
@@ -250,6 +254,11 @@ class ScalingConfig:
                 math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
             )
         _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        for e in self.sweep_epochs:
+            _check(
+                isinstance(e, int | float) and math.isfinite(e) and e > 0,
+                f"scaling.sweep_epochs has {e!r}; epoch counts must be > 0",
+            )
         _check(
             self.compute in ("6nd", "flops"),
             f"scaling.compute={self.compute!r} is not one of 6nd, flops",

@@ -16,6 +16,8 @@ from t5x_lite.config import Config, ConfigError, objectives, row_lengths
 from t5x_lite.data.tokenizer import Tokenizer
 
 STATE_FORMAT = 1
+# Settings added after states were first saved, with the value such a state had.
+_DEFAULTED = {"data.unique_tokens": 0}
 
 
 def _later_keys() -> frozenset[str]:
@@ -48,6 +50,7 @@ def fingerprint(cfg: Config, tokenizer: Tokenizer) -> dict[str, Any]:
         "data.seed": d.seed,
         "data.train_split": d.train_split,
         "data.num_workers": d.num_workers,  # grain's state layout depends on it
+        "data.unique_tokens": d.unique_tokens,
         "train.batch_size": cfg.train.batch_size,
         "tokenizer_sha256": tokenizer.sha256,
         **extra,
@@ -79,6 +82,8 @@ class DataIterator:
         for k, v in self._fingerprint.items():
             if k in later and k not in state:
                 continue  # saved before this setting was recorded
+            if k in _DEFAULTED and k not in state and v == _DEFAULTED[k]:
+                continue  # saved before this setting existed, when it had its default
             if state.get(k) != v:
                 raise ConfigError(
                     f"data iterator state was saved with {k}={state.get(k)!r}, the config has {v!r}"

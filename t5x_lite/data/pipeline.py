@@ -85,7 +85,7 @@ from t5x_lite.data import order as order_lib
 from t5x_lite.data import packing, parallel, rng
 from t5x_lite.data.corpora import data_dir_of, open_corpus, split_sentences
 from t5x_lite.data.iterator_state import DataIterator, fingerprint
-from t5x_lite.data.token_store import TokenizedSplit, load_or_build
+from t5x_lite.data.token_store import TokenizedSplit, document_subset, load_or_build
 from t5x_lite.data.tokenizer import Tokenizer, train_sentencepiece
 
 
@@ -278,6 +278,8 @@ def _source(data: DataConfig, tok_path: str, tok_sha: str, split: str) -> BatchS
     tok = Tokenizer(tok_path)
     corpus = open_corpus(data)
     store = load_or_build(corpus, split, tok, data_dir_of(data))
+    if data.unique_tokens and split == data.train_split:
+        store = document_subset(store, data.unique_tokens, rng.derive_key(data.seed, "unique"))
     return BatchSource(data, tok, store, split)
 
 

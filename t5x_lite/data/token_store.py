@@ -81,6 +81,37 @@ class TokenizedSplit:
         return np.asarray(self.tokens[s[d] : s[d + 1]])
 
 
+def document_subset(store: TokenizedSplit, max_tokens: int, key: int) -> TokenizedSplit:
+    """Whole documents of ``store`` in a seeded random order (``key``), the fewest whose
+    tokens reach ``max_tokens`` (all of them when the split holds fewer), kept in
+    their original order and copied into memory (the subset is the unique data of a
+    data-constrained run, so it is small by design); ``path`` is empty, so nothing
+    derived from it is cached beside the full split.
+
+    Example: documents of 3, 1 and 2 tokens and an order that draws documents 2, 0, 1:
+    ``max_tokens=4`` keeps documents 0 and 2 (5 tokens; 2 alone holds too few).
+    """
+    if max_tokens <= 0 or max_tokens >= store.num_tokens:
+        return store
+    starts = np.asarray(store.doc_starts)  # [D+1]
+    sizes = np.diff(starts)  # [D]
+    order = np.random.default_rng(key % (2**63)).permutation(store.num_docs)
+    count = int(np.searchsorted(np.cumsum(sizes[order]), max_tokens)) + 1
+    keep = np.sort(order[:count])  # [K] document ids
+    doc_sent = np.asarray(store.doc_sentences)  # [D+1]
+    sent_starts = np.asarray(store.sentence_starts)  # [S+1]
+    tokens, sent_lens, doc_counts = [], [], []
+    for d in keep:
+        a, b = int(doc_sent[d]), int(doc_sent[d + 1])
+        tokens.append(np.asarray(store.tokens[sent_starts[a] : sent_starts[b]], np.int32))
+        sent_lens.append(np.diff(sent_starts[a : b + 1]))
+        doc_counts.append(b - a)
+    lens = np.concatenate(sent_lens)
+    sentence_starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    doc_sentences = np.concatenate([[0], np.cumsum(doc_counts)]).astype(np.int64)
+    return TokenizedSplit(np.concatenate(tokens), sentence_starts, doc_sentences)
+
+
 def _encode_docs(texts: list[str], tokenizer: Tokenizer, threads: int) -> tuple[list, list, list]:
     """``(token arrays, sentence lengths, sentence counts)`` of documents with text;
     a document without any token is dropped."""

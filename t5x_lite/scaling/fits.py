@@ -113,6 +113,11 @@ class ChinchillaFit:
     starts: list[dict[str, Any]] = field(default_factory=list)
     bootstrap: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
+    # Data-constrained law (t5x_lite.scaling.repeats): Muennighoff et al.'s decay
+    # constant R_D* of repeated data, when fitted (None: not fitted), and that fit's
+    # record (its objective, convergence and bootstrap resamples).
+    r_star: float | None = None
+    repeat_fit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def a(self) -> float:
@@ -187,6 +192,13 @@ class ChinchillaFit:
                     _positive_number(r.get(k)),
                     f"{where}: bootstrap[{i}].{k}={r.get(k)!r} must be a positive number",
                 )
+        r_star = values.get("r_star")
+        _check(
+            r_star is None or _positive_number(r_star),
+            f"{where}: r_star={r_star!r} must be a positive number (or absent)",
+        )
+        repeat_fit = values.get("repeat_fit") or {}
+        _check(isinstance(repeat_fit, dict), f"{where}: repeat_fit must be an object")
         return cls(
             *(float(values[k]) for k in _NAMES),
             param_kind=kind,
@@ -199,6 +211,8 @@ class ChinchillaFit:
             starts=records["starts"],
             bootstrap=records["bootstrap"],
             seed=int(values.get("seed", 0)),
+            r_star=None if r_star is None else float(r_star),
+            repeat_fit=repeat_fit,
         )
 
 

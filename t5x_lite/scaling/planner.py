@@ -151,8 +151,16 @@ def plan(
     fit: str | ChinchillaFit = "hoffmann2022",
     target_len: int | None = None,
     compute: str = "6nd",
+    unique_tokens: int = 0,
 ) -> tuple[ModelConfig, int, dict[str, Any]]:
     """``(model, num_steps, info)`` spending ``flops_budget`` compute-optimally.
+
+    With ``unique_tokens > 0`` the data are limited to that many unique tokens: the
+    shape is the grid's one of lowest predicted loss under the data-constrained law
+    (:mod:`t5x_lite.scaling.repeats`: repeated epochs decay with ``R_D*``, the fit's
+    own or Muennighoff et al.'s), which trades parameters for fewer epochs; ``info``
+    adds ``unique_tokens``, ``epochs``, ``effective_tokens``, ``r_star`` and its
+    source, and the unconstrained choice's size for comparison.
 
     The steps make the run spend the budget as ``compute`` counts it
     (:func:`step_compute`), whichever parameter kind the fit's ``N`` is: a
@@ -187,6 +195,12 @@ def plan(
             f"the largest shape in the grid ({n_max:.3g} parameters)"
         )
     chosen = nearest_shape(model, n_opt, kind, grid)
+    constrained: dict[str, Any] = {}
+    if unique_tokens:
+        chosen, constrained = _data_constrained_shape(
+            model, grid, f, flops_budget, seq_len, batch_size, compute, target_len,
+            unique_tokens, chosen,
+        )
     counts = flops_lib.param_counts(chosen)
     n = counts[kind]
     tokens_per_step = batch_size * seq_len
@@ -222,7 +236,68 @@ def plan(
         "flops_train_per_step": per_token * tokens_per_step,
         "predicted_loss": float(f.predict(n, n_tokens)),
     }
+    if constrained:
+        from t5x_lite.scaling import repeats
+
+        info.update(constrained)
+        info["epochs"] = n_tokens / unique_tokens
+        info["effective_tokens"] = float(
+            repeats.effective_tokens(n_tokens, unique_tokens, constrained["r_star"])
+        )
+        info["predicted_loss"] = float(repeats.predict(f, n, n_tokens, unique_tokens))
     return chosen, num_steps, info
+
+
+def _data_constrained_shape(
+    model: ModelConfig,
+    grid: list[tuple[int, int, float]],
+    fit: ChinchillaFit,
+    flops_budget: float,
+    seq_len: int,
+    batch_size: int,
+    compute: str,
+    target_len: int | None,
+    unique_tokens: int,
+    unconstrained: ModelConfig,
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The grid shape of lowest data-constrained predicted loss at ``flops_budget``.
+
+    Candidates lie between the unconstrained choice (repeating data never argues for a
+    smaller model) and 2x the size whose tokens are exactly the unique ones (a larger
+    model would not repeat at all, and the unique-data law then prefers the smaller).
+    """
+    from t5x_lite.scaling import repeats
+
+    if not (isinstance(unique_tokens, int) and unique_tokens > 0):
+        raise ConfigError(f"data.unique_tokens={unique_tokens!r} must be a positive integer")
+    r_star, source = repeats.r_star_of(fit)
+    kind = fit.param_kind
+    n_free = flops_lib.param_counts(unconstrained)[kind]
+    n_top = 2.0 * max(n_free, flops_budget / (6.0 * unique_tokens))
+    best: tuple[float, int, int] | None = None
+    tokens_per_step = batch_size * seq_len
+    for d, layers, n in grid:
+        if not n_free / (1 + TOLERANCE) <= n <= n_top:
+            continue
+        m = shape_for_width(model, d, layers)
+        steps = round(flops_budget / step_compute(m, seq_len, batch_size, compute, target_len))
+        if steps < 1:
+            continue
+        loss = float(repeats.predict(fit, n, steps * tokens_per_step, unique_tokens))
+        if best is None or loss < best[0]:
+            best = (loss, d, layers)
+    if best is None:
+        raise ConfigError(
+            f"scaling.flops_budget={flops_budget:.3g} buys no step of any "
+            f"{model.arch} shape of the grid"
+        )
+    chosen = shape_for_width(model, best[1], best[2]).validate()
+    return chosen, {
+        "unique_tokens": unique_tokens,
+        "r_star": r_star,
+        "r_star_source": source,
+        "n_params_unconstrained": flops_lib.param_counts(unconstrained)[kind],
+    }
 
 
 COMPUTE_LABELS = {
@@ -272,6 +347,7 @@ def apply_plan(cfg: Config) -> tuple[Config, dict[str, Any]]:
         cfg.scaling.fit,
         row_lengths(cfg.data).target_len if cfg.model.family == "encoder_decoder" else None,
         cfg.scaling.compute,
+        cfg.data.unique_tokens,
     )
     optimizer = cfg.optimizer
     if optimizer.warmup_steps >= num_steps:

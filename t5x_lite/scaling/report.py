@@ -8,6 +8,8 @@ writes, next to them:
 * ``report.md`` — the runs, the three approaches for both parameter counts (with
   bootstrap intervals and the optimiser's convergence), the tokens-per-parameter
   ratio, compared with Hoffmann et al. 2022;
+* for a data-constrained sweep (``scaling.sweep_epochs``), the report of
+  :mod:`t5x_lite.scaling.repeat_report` instead;
 * with ``holdout=True`` (``report --holdout-largest``), an extrapolation check:
   Approach 3 fitted without the largest budget (``fit_holdout_largest.json``)
   against that budget's measured losses and best size (``holdout.png``).
@@ -288,6 +290,15 @@ def write_report(
     (``fit_holdout_largest.json``), plot (``holdout.png``) and a report section; the
     :class:`Holdout` itself is returned under ``"holdout_result"``.
     """
+    from t5x_lite.scaling import repeat_report
+
+    if repeat_report.is_repeat_sweep(out_dir):
+        if holdout:
+            raise ConfigError(
+                f"{out_dir} is a data-constrained sweep (scaling.sweep_epochs): "
+                "--holdout-largest checks IsoFLOP sweeps"
+            )
+        return repeat_report.write_repeat_report(out_dir, bootstrap=bootstrap, seed=seed)
     rows = read_rows(os.path.join(out_dir, RUNS_FILE))
     curves = read_rows(os.path.join(out_dir, CURVES_FILE))
     compute = sweep_compute(out_dir)

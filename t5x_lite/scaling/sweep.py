@@ -68,6 +68,8 @@ RUN_COLUMNS = (
     "wall_time_s",
     "corpus",
     "corpus_train_tokens",
+    "unique_tokens",
+    "epochs",
 )
 CURVE_COLUMNS = ("run_id", "step", "n_tokens", "loss")
 
@@ -106,12 +108,29 @@ def plan_sweep(cfg: Config) -> list[Run]:
     kind = fit.param_kind
     grid = shape_grid(cfg.model, kind)
     batch, seq = cfg.train.batch_size, cfg.data.seq_len
+    if sc.sweep_epochs and not cfg.data.unique_tokens:
+        raise ConfigError(
+            "scaling.sweep_epochs needs data.unique_tokens > 0: the unique tokens the "
+            "epochs repeat"
+        )
     runs = []
     for budget in sorted(sc.sweep_budgets):
-        center = compute_optimal(budget, fit).n_params
-        exps = np.linspace(-1.0, 1.0, sc.sweep_sizes) if sc.sweep_sizes > 1 else np.zeros(1)
         shapes: dict[tuple[int, int], ModelConfig] = {}
-        for target in center * sc.sweep_spread**exps:
+        if sc.sweep_epochs:
+            # N = C / (6 D) at D = epochs x unique tokens (by 6ND whatever sc.compute;
+            # the steps below then spend the budget as sc.compute counts it).
+            u = cfg.data.unique_tokens
+            targets = [budget / (6.0 * e * u) for e in sorted(sc.sweep_epochs)]
+            if kind == "non_embedding":
+                raise ConfigError(
+                    "scaling.sweep_epochs plans sizes by total parameters; use a fit with "
+                    "param_kind 'total'"
+                )
+        else:
+            center = compute_optimal(budget, fit).n_params
+            exps = np.linspace(-1.0, 1.0, sc.sweep_sizes) if sc.sweep_sizes > 1 else np.zeros(1)
+            targets = list(center * sc.sweep_spread**exps)
+        for target in targets:
             m = nearest_shape(cfg.model, float(target), kind, grid)
             shapes.setdefault((m.num_layers, m.d_model), m)
         for (layers, width), m in shapes.items():
@@ -190,8 +209,11 @@ def _number(text: str) -> Any:
 def append_rows(path: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
     new = not os.path.exists(path)
+    if not new:  # a file written before columns were added keeps its own header
+        with open(path, newline="") as f:
+            columns = tuple(next(csv.reader(f), None) or columns)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerows({k: r.get(k) for k in columns} for r in rows)
@@ -239,9 +261,12 @@ def check_out_dir(cfg: Config, out_dir: str) -> None:
         }
     }
     new = _comparable(cfg)
+    defaults = to_dict(Config())
     for section in new:
         for key in new[section]:
             a, b = old.get(section, {}).get(key), new[section][key]
+            if key not in old.get(section, {}) and b == defaults[section].get(key):
+                continue  # a field added since, at its default: the same sweep
             if a != b:
                 raise ConfigError(
                     f"{path} records {section}.{key}={a!r} but this sweep has {b!r}; "
@@ -289,7 +314,7 @@ def run_sweep(
         f"corpus {cfg.data.corpus}: {tokens:,d} training tokens; largest run takes "
         f"{biggest.n_tokens:,d} ({biggest.run_id})"
     )
-    if biggest.n_tokens > tokens and not allow_repeats:
+    if biggest.n_tokens > tokens and not allow_repeats and not cfg.scaling.sweep_epochs:
         raise ConfigError(
             f"run {biggest.run_id} needs {biggest.n_tokens:,d} tokens but data.corpus="
             f"{cfg.data.corpus!r} has {tokens:,d}: it would repeat data; lower the budgets, "
@@ -341,6 +366,8 @@ def run_sweep(
             "wall_time_s": round(time.perf_counter() - t0, 1),
             "corpus": cfg.data.corpus,
             "corpus_train_tokens": tokens,
+            "unique_tokens": tokens,
+            "epochs": run.n_tokens / tokens,
         }
         append_rows(
             os.path.join(out_dir, CURVES_FILE), CURVE_COLUMNS, read_curve(workdir, run.run_id)
