@@ -238,6 +238,12 @@ class ScalingConfig:
     # one run per epoch count over data.unique_tokens unique tokens at each budget
     # (D = epochs x unique tokens, N = C / 6D), e.g. (1, 2, 4, 8, 16).
     sweep_epochs: tuple[float, ...] = ()
+    # Tuned small runs (t5x_lite.scaling.tuning): every planned run trained at each of
+    # these peak learning rates, the best (lowest mean eval loss over seeds) kept as
+    # the sweep's point; and seed replicates (train.seed = data.seed = each), whose
+    # spread weights the parametric fit. Empty: optimizer.learning_rate, one seed.
+    sweep_lrs: tuple[float, ...] = ()
+    sweep_seeds: tuple[int, ...] = ()
     # What a budget counts, for the planner, the sweep and the report alike: "6nd" is
     # 6 * N_total * D (Kaplan's and Hoffmann's convention, whatever parameter kind the
     # fit uses); "flops" is the model's training FLOPs from t5x_lite.flops (attention
@@ -254,6 +260,16 @@ class ScalingConfig:
                 math.isfinite(b) and b > 0, f"scaling.sweep_budgets has {b}; budgets must be > 0"
             )
         _check(self.sweep_sizes >= 1, f"scaling.sweep_sizes={self.sweep_sizes} must be >= 1")
+        for lr in self.sweep_lrs:
+            _check(
+                isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
+                f"scaling.sweep_lrs has {lr!r}; learning rates must be > 0",
+            )
+        _check(
+            all(isinstance(x, int) and x >= 0 for x in self.sweep_seeds)
+            and len(set(self.sweep_seeds)) == len(self.sweep_seeds),
+            f"scaling.sweep_seeds={self.sweep_seeds!r} must be distinct integers >= 0",
+        )
         for e in self.sweep_epochs:
             _check(
                 isinstance(e, int | float) and math.isfinite(e) and e > 0,

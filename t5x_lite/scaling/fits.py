@@ -480,6 +480,7 @@ def fit_chinchilla(
     delta: float = 1e-3,
     num_starts: int = 16,
     bootstrap_starts: int = 3,
+    run_weights: Sequence[float] | np.ndarray | None = None,
 ) -> ChinchillaFit:
     """Approach 3: fit ``E, A, B, alpha, beta`` to final losses of ``len(losses)`` runs.
 
@@ -491,7 +492,9 @@ def fit_chinchilla(
     start's outcome recorded (``starts``, ``grad_norm``). ``bootstrap > 0`` refits
     that many resamples of the runs (with replacement), each from the
     ``bootstrap_starts`` best grid points of its own objective, and stores their fits
-    (``bootstrap``) and 95% percentile intervals (``ci``).
+    (``bootstrap``) and 95% percentile intervals (``ci``). ``run_weights`` (positive,
+    one per run; e.g. :func:`t5x_lite.scaling.tuning.noise_weights`) multiply each
+    run's term of the objective, in the full fit and in every resample.
 
     >>> n, d = np.meshgrid([1e6, 1e7, 1e8, 1e9], [1e8, 1e9, 1e10, 1e11])  # 16 runs
     >>> fit = fit_chinchilla(n, d, FITS["hoffmann2022"].predict(n, d))
@@ -515,6 +518,8 @@ def fit_chinchilla(
         np.bincount(rng.integers(0, n.size, n.size), minlength=n.size) for _ in range(bootstrap)
     ]
     weights = np.stack(counts, 1).astype(np.float64)  # [runs, 1 + bootstrap]
+    if run_weights is not None:
+        weights *= positive_array("run_weights", run_weights, n.size)[:, None]
     grid = _grid()
     grid[:, 0] -= np.exp(grid[:, 3]) * centre[0]
     grid[:, 1] -= np.exp(grid[:, 4]) * centre[1]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError
-from t5x_lite.scaling import plots
+from t5x_lite.scaling import plots, tuning
 from t5x_lite.scaling.fits import FITS, ChinchillaFit, compute_optimal, fit_chinchilla, save_fit
 from t5x_lite.scaling.isoflop import PowerLaws, approach1, approach2, isoflop_minimum
 from t5x_lite.scaling.sweep import CONFIG_FILE as SWEEP_CONFIG_FILE
@@ -56,21 +56,34 @@ def analyse(
     bootstrap: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Approaches 1, 2 and 3 for both parameter counts: ``{kind: {...}}`` plus notes."""
+    """Approaches 1, 2 and 3 for both parameter counts: ``{kind: {...}}`` plus notes.
+
+    ``rows`` are the sweep's points (:func:`t5x_lite.scaling.tuning.select_points`: one
+    per budget and shape, its best learning rate); Approach 3 weights them by their
+    seed noise when they have replicates (``weighted`` in the result says so).
+    """
     if not rows:
         raise ConfigError("no finished runs to analyse (runs.csv is empty or missing)")
+    run_weights = tuning.noise_weights(rows)
     d = np.array([float(r["n_tokens"]) for r in rows])
     loss = np.array([float(r["final_eval_loss"]) for r in rows])
     budgets = np.array([float(r["budget"]) for r in rows])
     n_total = {r["run_id"]: float(r["n_params"]) for r in rows}
     lo, hi = budgets.min(), budgets.max() * 1.05
-    out: dict[str, Any] = {"notes": []}
+    out: dict[str, Any] = {"notes": [], "weighted": run_weights is not None}
     for kind in KINDS:
         col = plots.KIND_COLUMN[kind]
         n = np.array([float(r[col]) for r in rows])
         res: dict[str, Any] = {}
         res["approach3"], why3 = _try(
-            fit_chinchilla, n, d, loss, bootstrap=bootstrap, seed=seed, param_kind=kind
+            fit_chinchilla,
+            n,
+            d,
+            loss,
+            bootstrap=bootstrap,
+            seed=seed,
+            param_kind=kind,
+            run_weights=run_weights,
         )
         res["approach2"], why2 = _try(
             approach2, n, d, loss, budgets, bootstrap=bootstrap, seed=seed
@@ -193,6 +206,7 @@ def holdout_largest(rows: list[dict[str, Any]], bootstrap: int = 200, seed: int 
         column(train, "final_eval_loss"),
         bootstrap=bootstrap,
         seed=seed,
+        run_weights=tuning.noise_weights(train),
     )
     fit = dataclasses.replace(fit, name="approach3_total_holdout_largest")
     n, d, loss = column(test, "n_params"), column(test, "n_tokens"), column(test, "final_eval_loss")
@@ -299,7 +313,8 @@ def write_report(
                 "--holdout-largest checks IsoFLOP sweeps"
             )
         return repeat_report.write_repeat_report(out_dir, bootstrap=bootstrap, seed=seed)
-    rows = read_rows(os.path.join(out_dir, RUNS_FILE))
+    all_rows = read_rows(os.path.join(out_dir, RUNS_FILE))
+    rows = tuning.select_points(all_rows)
     curves = read_rows(os.path.join(out_dir, CURVES_FILE))
     compute = sweep_compute(out_dir)
     held = holdout_largest(rows, bootstrap=bootstrap, seed=seed) if holdout else None
@@ -317,7 +332,7 @@ def write_report(
             rows, held, os.path.join(out_dir, HOLDOUT_FIGURE), compute
         )
         paths["holdout_result"] = held
-    text = render(rows, result, held, compute)
+    text = render(rows, result, held, compute, all_rows)
     paths["report"] = os.path.join(out_dir, "report.md")
     with open(paths["report"], "w") as f:
         f.write(text)
@@ -325,6 +340,34 @@ def write_report(
 
 
 # --------------------------------------------------------------------------- markdown
+
+
+def _tuning_note(points: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """The reading note on learning rates and seeds (what this sweep tuned)."""
+    rates = {lr for p in points for lr in p.get("lr_losses", {}) if lr is not None}
+    seeds = max(int(p.get("n_seeds", 1)) for p in points)
+    if len(rates) <= 1 and seeds <= 1:
+        return (
+            "- Every run uses the same learning rate, batch and warmup rule, and shapes come "
+            "from a coarse grid (1–6 layers, widths in steps of 16), so each point carries "
+            "tuning and shape noise that large-scale sweeps average away; the bootstrap "
+            "intervals include only the noise between runs."
+        )
+    edge = [p["run_id"] for p in points if p.get("lr_at_edge")]
+    text = (
+        f"- Each point is the best of {len(rates)} learning rates "
+        f"({', '.join(f'{r:.3g}' for r in sorted(rates))}) by mean eval loss over "
+        f"{seeds} seed(s)"
+    )
+    if result.get("weighted"):
+        text += "; Approach 3 weights each point by 1/σ of its seeds' log-loss spread"
+    if edge:
+        text += (
+            f". At {len(edge)} of {len(points)} points the best rate is at the edge of "
+            "the range tried (" + ", ".join(edge[:4]) + (", ..." if len(edge) > 4 else "")
+            + "): widen `scaling.sweep_lrs` there"
+        )
+    return text + "."
 
 
 def _ci(fit: ChinchillaFit, key: str, fmt: str) -> str:
@@ -444,8 +487,13 @@ def render(
     result: dict[str, Any],
     holdout: Holdout | None = None,
     compute: str = "6nd",
+    all_rows: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The markdown text of ``report.md`` (with the extrapolation section if ``holdout``)."""
+    """The markdown text of ``report.md`` (with the extrapolation section if ``holdout``).
+
+    ``rows`` are the sweep's points (best learning rate per budget and shape),
+    ``all_rows`` every run (the runs table; ``rows`` when None)."""
+    all_rows = rows if all_rows is None else all_rows
     budgets = sorted({float(r["budget"]) for r in rows})
     c_mid = math.sqrt(budgets[0] * budgets[-1])
     first = rows[0]
@@ -549,10 +597,7 @@ def render(
         + ". At these sizes the token "
         "and position tables are a large share of N, so the two sets of exponents differ "
         "(Kaplan et al. 2020 counted non-embedding parameters, Hoffmann et al. 2022 all).",
-        "- Every run uses the same learning rate, batch and warmup rule, and shapes come "
-        "from a coarse grid (1–6 layers, widths in steps of 16), so each point carries "
-        "tuning and shape noise that large-scale sweeps average away; the bootstrap "
-        "intervals include only the noise between runs.",
+        _tuning_note(rows, result),
         "- Hoffmann et al.'s a ≈ b ≈ 0.5 and ~20 tokens per parameter come from 70M–16B "
         "parameter models; their own parametric fit (Approach 3) predicts fewer tokens per "
         "parameter at small budgets (the row above), and small models are known to favour "
@@ -567,7 +612,7 @@ def render(
         "| run | layers | d_model | N total | N non-emb | steps | D | D/N | eval loss | time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (float(r["budget"]), int(r["n_params"]))):
+    for r in sorted(all_rows, key=lambda r: (float(r["budget"]), int(r["n_params"]))):
         lines.append(
             f"| {r['run_id']} | {r['num_layers']} | {r['d_model']} | {int(r['n_params']):,d} "
             f"| {int(r['n_non_embedding']):,d} | {r['num_steps']} | {int(r['n_tokens']):,d} "

@@ -70,6 +70,8 @@ RUN_COLUMNS = (
     "corpus_train_tokens",
     "unique_tokens",
     "epochs",
+    "learning_rate",
+    "seed",
 )
 CURVE_COLUMNS = ("run_id", "step", "n_tokens", "loss")
 
@@ -86,6 +88,9 @@ class Run:
     seq_len: int
     n_params: int
     n_non_embedding: int
+    # The run's peak learning rate and seed when the sweep varies them (None: config's).
+    learning_rate: float | None = None
+    seed: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -154,19 +159,42 @@ def plan_sweep(cfg: Config) -> list[Run]:
                     n_non_embedding=counts["non_embedding"],
                 )
             )
-    return sorted(runs, key=lambda r: (r.budget, r.n_params))
+    runs = [
+        dataclasses.replace(
+            r,
+            run_id=r.run_id + (f"_lr{lr:.3g}" if lr is not None else "")
+            + (f"_s{seed}" if seed is not None else ""),
+            learning_rate=lr,
+            seed=seed,
+        )
+        for r in runs
+        for lr in (sc.sweep_lrs or (None,))
+        for seed in (sc.sweep_seeds or (None,))
+    ]
+    return sorted(runs, key=lambda r: (r.budget, r.n_params, r.run_id))
 
 
 def run_config(cfg: Config, run: Run) -> Config:
     """The trainer's config for ``run``: its model and steps, warmup at most a tenth."""
     warmup = min(cfg.optimizer.warmup_steps, max(run.num_steps // 10, 1))
+    optimizer = dataclasses.replace(cfg.optimizer, warmup_steps=warmup)
+    if run.learning_rate is not None:
+        optimizer = dataclasses.replace(optimizer, learning_rate=run.learning_rate)
+    data, seed = cfg.data, cfg.train.seed
+    if run.seed is not None:
+        data, seed = dataclasses.replace(cfg.data, seed=run.seed), run.seed
     return dataclasses.replace(
         cfg,
         model=run.model,
+        data=data,
         train=dataclasses.replace(
-            cfg.train, num_steps=run.num_steps, eval_every=run.num_steps, progress_bar=False
+            cfg.train,
+            num_steps=run.num_steps,
+            eval_every=run.num_steps,
+            progress_bar=False,
+            seed=seed,
         ),
-        optimizer=dataclasses.replace(cfg.optimizer, warmup_steps=warmup),
+        optimizer=optimizer,
         checkpoint=dataclasses.replace(
             cfg.checkpoint, every_steps=max(cfg.checkpoint.every_steps, 1)
         ),
@@ -239,9 +267,14 @@ def read_curve(workdir: str, run_id: str) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+# Fields a sweep may change between invocations in one output directory (more budgets,
+# sizes, learning rates or seeds add runs; the finished ones stay valid).
+_EXTENSIBLE = ("sweep_budgets", "sweep_sizes", "sweep_spread", "sweep_lrs", "sweep_seeds")
+
+
 def _comparable(cfg: Config) -> dict[str, Any]:
     d = to_dict(cfg)
-    for k in ("sweep_budgets", "sweep_sizes", "sweep_spread"):
+    for k in _EXTENSIBLE:
         d["scaling"].pop(k)
     return d
 
@@ -257,7 +290,7 @@ def check_out_dir(cfg: Config, out_dir: str) -> None:
         "scaling": {
             k: v
             for k, v in old.get("scaling", {}).items()
-            if k not in ("sweep_budgets", "sweep_sizes", "sweep_spread")
+            if k not in _EXTENSIBLE
         }
     }
     new = _comparable(cfg)
@@ -368,6 +401,8 @@ def run_sweep(
             "corpus_train_tokens": tokens,
             "unique_tokens": tokens,
             "epochs": run.n_tokens / tokens,
+            "learning_rate": run_config(cfg, run).optimizer.peak_learning_rate,
+            "seed": run_config(cfg, run).train.seed,
         }
         append_rows(
             os.path.join(out_dir, CURVES_FILE), CURVE_COLUMNS, read_curve(workdir, run.run_id)

@@ -1,0 +1,132 @@
+"""Tuned small runs (t5x_lite.scaling.tuning): the best learning rate per point, seed
+noise as Approach 3's weights, the sweep's plan over rates and seeds, and the report
+of a synthetic tuned sweep."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from t5x_lite.config import ConfigError, ScalingConfig
+from t5x_lite.scaling import FITS, compute_optimal, fit_chinchilla, load_fit, tuning
+from t5x_lite.scaling.__main__ import load_config
+from t5x_lite.scaling.report import write_report
+from t5x_lite.scaling.sweep import CURVE_COLUMNS, RUN_COLUMNS, append_rows, plan_sweep, run_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRUE = FITS["hoffmann2022"]
+
+
+def row(budget, layers, lr, seed, loss, n=1000.0):
+    return {"run_id": f"C{budget}_L{layers}_lr{lr}_s{seed}", "budget": budget,
+            "num_layers": layers, "d_model": 64, "n_params": n, "learning_rate": lr,
+            "seed": seed, "final_eval_loss": loss}  # fmt: skip
+
+
+def test_select_points_by_hand():
+    rows = [row(1e12, 2, 1e-3, 0, 4.10), row(1e12, 2, 1e-3, 1, 4.14),
+            row(1e12, 2, 3e-3, 1, 4.02), row(1e12, 2, 3e-3, 0, 4.00),
+            row(1e12, 4, 1e-3, 0, 3.90), row(1e12, 4, 3e-3, 0, 3.95),
+            row(1e12, 4, 2e-3, 0, 3.80)]  # fmt: skip
+    a, b = tuning.select_points(rows)
+    assert a["learning_rate"] == 3e-3 and a["seed"] == 0  # the first seed's run
+    assert a["final_eval_loss"] == pytest.approx(4.01)
+    assert a["loss_std"] == pytest.approx(math.sqrt(2) * 0.01) and a["n_seeds"] == 2
+    assert a["lr_at_edge"] and a["lr_losses"] == {1e-3: pytest.approx(4.12), 3e-3: 4.01}
+    assert b["learning_rate"] == 2e-3 and not b["lr_at_edge"] and math.isnan(b["loss_std"])
+    # A sweep that varies neither: the rows themselves.
+    plain = [
+        dict(row(1e12, L, None, None, 4.0 - L / 10), learning_rate="", seed="") for L in (1, 2)
+    ]
+    pts = tuning.select_points(plain)
+    assert [p["final_eval_loss"] for p in pts] == [3.9, 3.8] and not pts[0]["lr_at_edge"]
+
+
+def test_noise_weights_by_hand():
+    pts = [{"final_eval_loss": 4.0, "loss_std": 0.04}, {"final_eval_loss": 2.0, "loss_std": 0.01},
+           {"final_eval_loss": 3.0, "loss_std": float("nan")},
+           {"final_eval_loss": 4.0, "loss_std": 0.0001}]  # fmt: skip
+    # sigma = 0.01, 0.005, (median of 0.01, 0.005, 0.000025 = 0.005), max(0.000025, 0.0025)
+    sigma = np.array([0.01, 0.005, 0.005, 0.0025])
+    expect = (1 / sigma) / (1 / sigma).mean()
+    np.testing.assert_allclose(tuning.noise_weights(pts), expect, rtol=1e-12)
+    assert tuning.noise_weights([{"final_eval_loss": 4.0, "loss_std": float("nan")}]) is None
+
+
+def test_a_weight_near_zero_removes_a_run_from_the_fit():
+    n, d = (x.ravel() for x in np.meshgrid([1e6, 1e7, 1e8, 1e9], [1e8, 1e9, 1e10, 1e11]))
+    loss = TRUE.predict(n, d)
+    bad = loss.copy()
+    bad[5] *= 1.2  # one corrupted run
+    without = fit_chinchilla(np.delete(n, 5), np.delete(d, 5), np.delete(loss, 5), num_starts=4)
+    w = np.ones(n.size)
+    w[5] = 1e-9
+    weighted = fit_chinchilla(n, d, bad, run_weights=w, num_starts=4)
+    plain = fit_chinchilla(n, d, bad, num_starts=4)
+    assert weighted.alpha == pytest.approx(without.alpha, rel=1e-4)
+    assert weighted.beta == pytest.approx(without.beta, rel=1e-4)
+    assert abs(plain.alpha - TRUE.alpha) > 10 * abs(weighted.alpha - TRUE.alpha)
+    with pytest.raises(ConfigError, match=r"run_weights\[0\]=0.0 must be positive"):
+        fit_chinchilla(n, d, loss, run_weights=np.zeros(n.size))
+
+
+def test_sweep_plans_every_rate_and_seed():
+    cfg = load_config(os.path.join(ROOT, "configs", "scaling_sweep.py"), [])
+    cfg = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, sweep_budgets=(6e10,)))
+    plain = plan_sweep(cfg)
+    sc = dataclasses.replace(cfg.scaling, sweep_lrs=(1e-3, 3e-3, 1e-2), sweep_seeds=(0, 1))
+    tuned = plan_sweep(dataclasses.replace(cfg, scaling=sc))
+    assert len(tuned) == 6 * len(plain)
+    assert len({r.run_id for r in tuned}) == len(tuned)
+    assert {r.model for r in tuned} == {r.model for r in plain}
+    r = next(r for r in tuned if r.learning_rate == 1e-2 and r.seed == 1)
+    rc = run_config(cfg, r)
+    assert rc.optimizer.peak_learning_rate == 1e-2 and rc.train.seed == rc.data.seed == 1
+    assert r.run_id.endswith("_lr0.01_s1")
+    with pytest.raises(ConfigError, match=r"sweep_lrs has 0; learning rates must be > 0"):
+        ScalingConfig(sweep_lrs=(0,)).validate()
+    with pytest.raises(ConfigError, match=r"sweep_seeds=.* must be distinct integers"):
+        ScalingConfig(sweep_seeds=(1, 1)).validate()
+
+
+def test_report_of_a_synthetic_tuned_sweep(tmp_path):
+    """4 budgets x 5 sizes x 3 rates x 2 seeds from the known law; the rates cost
+    (log10(lr / best))^2 x 3% of loss and seeds add 0.3% noise; the report picks the
+    middle rate everywhere and Approach 3 recovers the law."""
+    rng = np.random.default_rng(0)
+    rows, curves = [], []
+    for budget in (1e17, 1e18, 1e19, 1e20):
+        n0 = compute_optimal(budget, TRUE).n_params
+        for i, f in enumerate(np.logspace(-0.6, 0.6, 5)):
+            n = n0 * f
+            d = budget / (6 * n)
+            for lr in (1e-3, 3e-3, 1e-2):
+                for seed in (0, 1):
+                    pen = 1 + 0.03 * math.log10(lr / 3e-3) ** 2
+                    loss = float(TRUE.predict(n, d) * pen * (1 + 0.003 * rng.standard_normal()))
+                    rid = f"C{budget:.3g}_L{i + 1}_d64_lr{lr:.3g}_s{seed}"
+                    rows.append({"run_id": rid, "budget": budget, "family": "decoder",
+                                 "arch": "gpt2", "vocab_size": 1024, "seq_len": 64,
+                                 "batch_size": 16, "num_layers": i + 1, "d_model": 64,
+                                 "num_heads": 4, "d_ff": 256, "n_params": int(n),
+                                 "n_non_embedding": int(0.8 * n), "num_steps": 100,
+                                 "n_tokens": int(d), "flops_6nd": 6 * int(n) * int(d),
+                                 "flops_train": 7 * n * d, "final_eval_loss": loss,
+                                 "final_train_loss": loss, "wall_time_s": 1.0,
+                                 "corpus": "synthetic", "corpus_train_tokens": 10**13,
+                                 "learning_rate": lr, "seed": seed})  # fmt: skip
+                    curves.append({"run_id": rid, "step": 100, "n_tokens": int(d), "loss": loss})
+    append_rows(str(tmp_path / "runs.csv"), RUN_COLUMNS, rows)
+    append_rows(str(tmp_path / "curves.csv"), CURVE_COLUMNS, curves)
+    paths = write_report(str(tmp_path), bootstrap=0)
+    fit = load_fit(paths["fit_total"])
+    assert abs(fit.alpha - TRUE.alpha) < 0.05 and abs(fit.beta - TRUE.beta) < 0.05
+    text = Path(paths["report"]).read_text()
+    assert "best of 3 learning rates (0.001, 0.003, 0.01) by mean eval loss over 2 seed(s)" in text
+    assert "weights each point by 1/σ" in text and "edge of the range" not in text
+    assert text.count("_lr0.01_s1 |") == 20  # every run listed in the runs table
