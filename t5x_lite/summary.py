@@ -30,7 +30,15 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
     if result["compile_s"] is not None:
         timing.append(f"first step (compile) {result['compile_s']:.1f} s")
     if result["mean_step_s"] is not None:
-        timing.append(f"step {1e3 * result['mean_step_s']:.1f} ms")
+        text = f"step {1e3 * result['mean_step_s']:.1f} ms"
+        if result.get("loop_tokens_per_second"):
+            text += f" ({result['loop_tokens_per_second']:.0f} tokens/s, whole loop)"
+        timing.append(text)
+    if result.get("peak_memory_bytes"):
+        how = "memory_stats" if result.get("memory_source") == "memory_stats" else "live arrays"
+        timing.append(f"peak device memory {result['peak_memory_bytes'] / 2**20:.1f} MiB ({how})")
+    if result.get("skipped_steps"):
+        timing.append(f"{result['skipped_steps']} non-finite steps skipped")
     saves = result["save_blocking_s"]
     if saves:
         first, rest = 1e3 * saves[0], [1e3 * x for x in saves[1:]]

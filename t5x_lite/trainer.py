@@ -34,6 +34,7 @@ What it does, in order:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -44,7 +45,9 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from t5x_lite import checkpoints, decoding, flops, loading, partitioning, peft_run, steps, summary
 from t5x_lite import metrics as metrics_lib
@@ -66,25 +69,70 @@ from t5x_lite.progress import Progress
 BEST_FILE = "best.json"  # {"step", "metric", "value"} of the checkpoint in best/
 
 # Re-exported: what callers of the trainer check before a run.
-__all__ = ["check_layout", "check_workdir", "sampleable_ids", "train"]
+__all__ = ["NonFiniteError", "check_layout", "check_workdir", "sampleable_ids", "train"]
 sampleable_ids = decoding.sampleable_ids
 
 
 # --------------------------------------------------------------------------- helpers
 
 
+def _join(workdir: str, name: str) -> str:
+    """``workdir/name`` through ``etils.epath``: a ``gs://`` workdir stays a URL.
+
+    >>> _join("gs://bucket/run", "checkpoints")
+    'gs://bucket/run/checkpoints'
+    """
+    return os.fspath(epath.Path(workdir) / name)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path`` (local: through a rename, never half-written)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    if "://" in path:  # object stores write whole objects
+        epath.Path(path).write_text(text)
+    else:
+        write_json(path, obj)
+
+
+class NonFiniteError(ConfigError):
+    """A non-finite loss or gradient under ``train.on_nonfinite=stop`` (one line, naming
+    the step and the last good checkpoint; a ConfigError so every entry point prints it
+    as ``error: ...``: the levers are config fields)."""
+
+
+def _preemption_service() -> bool:
+    """Whether JAX's preemption sync manager runs (several processes under
+    ``jax.distributed`` with ``jax_enable_preemption_service``): it then owns SIGTERM."""
+    if jax.process_count() == 1:
+        return False
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager is not None
+
+
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag checked after each step (main thread only).
+    """When to stop for SIGTERM / SIGINT, agreed by every process, with no per-step
+    collective.
+
+    * one process: the handler's flag, read after each step;
+    * several processes under JAX's preemption service: SIGTERM is the service's (its
+      notice reaches every process; ``reached_preemption_sync_point(step)``, a local
+      check, turns true at the same step everywhere); SIGINT sets a local flag;
+    * the local flag of several processes is agreed by an allgather every
+      ``check_every`` steps (``train.preemption_check_every``).
 
     A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt without saving.
     """
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, check_every: int) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
         self.enabled = enabled
+        self.check_every = check_every
+        self.service = enabled and _preemption_service()
         if enabled and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            ours = (signal.SIGINT,) if self.service else (signal.SIGTERM, signal.SIGINT)
+            for sig in ours:
                 self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -92,13 +140,23 @@ class _StopFlag:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signum = signum
 
-    def requested(self) -> bool:
+    def requested(self, step: int) -> bool:
+        """Whether every process stops after ``step`` (call it after every step)."""
+        if not self.enabled:
+            return False
         local = self.signum is not None
         if jax.process_count() == 1:
             return local
         from jax.experimental import multihost_utils
 
+        if self.service and multihost_utils.reached_preemption_sync_point(step):
+            self.signum = self.signum or int(signal.SIGTERM)
+            return True
+        if step % self.check_every:
+            return False
         flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
+        if np.any(flags) and self.signum is None:
+            self.signum = int(signal.SIGTERM)  # another process's signal
         return bool(np.any(flags))
 
     def restore(self) -> None:
@@ -107,13 +165,107 @@ class _StopFlag:
         self._old = {}
 
 
+class _Prefetch:
+    """Batches put on the devices ahead of the step that reads them.
+
+    :meth:`pop` returns ``(global batch, iterator state after it)``; :meth:`fill`
+    (called while a step runs) reads and transfers up to ``depth`` more. The state
+    that goes into a checkpoint is the one after the last *consumed* batch, so a
+    resumed run continues with the batch the queue held next.
+    """
+
+    def __init__(self, iterator: Any, put: Callable[[Any], Any], depth: int) -> None:
+        self._it, self._put, self.depth = iterator, put, depth
+        self._queue: collections.deque = collections.deque()
+        self.consumed_state = iterator.get_state()  # position after the last popped batch
+
+    def _pull(self) -> tuple[Any, Any]:
+        local = next(self._it)
+        return self._put(local), self._it.get_state()
+
+    def pop(self) -> Any:
+        batch, self.consumed_state = self._queue.popleft() if self._queue else self._pull()
+        return batch
+
+    def fill(self) -> None:
+        while len(self._queue) < self.depth:
+            self._queue.append(self._pull())
+
+
 @dataclasses.dataclass
 class _Window:
-    """Train-only time and tokens since the last log (evals and saves excluded)."""
+    """Loop time and steps since the last log (evaluations, saves and plots paused out);
+    the losses of the steps fetched in it."""
 
     seconds: float = 0.0
     steps: int = 0
     losses: list[float] = dataclasses.field(default_factory=list)
+    started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def pause(self) -> None:
+        if self.started is not None:
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+
+
+def _live_bytes_per_device() -> int:
+    """The largest per-device total of live ``jax.Array`` buffer bytes on this process.
+
+    Each device buffer counts once: single-device views of a sharded array (what a save
+    reads shard by shard) share their buffers with it.
+    """
+    per: dict[Any, int] = collections.defaultdict(int)
+    seen: set[tuple[Any, int]] = set()
+    for x in jax.live_arrays():
+        try:
+            shards = [(s.device, s.data) for s in x.addressable_shards]
+            for device, data in shards:
+                key = (device, data.unsafe_buffer_pointer())
+                if key not in seen:
+                    seen.add(key)
+                    per[device] += int(data.size) * data.dtype.itemsize
+        except Exception:  # deleted or donated while listed
+            continue
+    return max(per.values(), default=0)
+
+
+def _peak_device_memory(devices: list[jax.Device]) -> tuple[int | None, str]:
+    """``(bytes, source)``: ``memory_stats()["peak_bytes_in_use"]`` of the local devices
+    where the backend keeps it, else (None, "live_arrays") for the caller to sample."""
+    peaks = []
+    for d in devices:
+        if d.process_index != jax.process_index():
+            continue
+        stats = d.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return (max(peaks), "memory_stats") if peaks else (None, "live_arrays")
+
+
+def _memory_now(devices: list[jax.Device], live: dict[str, int]) -> int:
+    """Peak device bytes so far: the backend's counter, else the largest live sample."""
+    peak, _ = _peak_device_memory(devices)
+    return peak if peak is not None else max(live.values())
+
+
+def _state_finite(run: steps.Steps) -> Callable[[Any], bool]:
+    """A jitted check that every float leaf of params and optimizer state is finite."""
+
+    def all_finite(tree: Any) -> jax.Array:
+        leaves = [
+            jnp.all(jnp.isfinite(x))
+            for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)
+        ]
+        return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+    fn = jax.jit(all_finite)
+    return lambda state: bool(
+        replicated_value(run.run(fn, (state.params, state.opt_state)))
+    )
 
 
 @dataclasses.dataclass
@@ -155,8 +307,8 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     mesh_shape = check_layout(cfg, len(devices), pcount)
     check_backend(cfg, devices)
     check_workdir(cfg, workdir)
-    run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
-    resuming_tokenizer = os.path.isfile(run_tokenizer)
+    run_tokenizer = _join(workdir, TOKENIZER_FILE)
+    resuming_tokenizer = epath.Path(run_tokenizer).is_file()
     base = None
     if cfg.train.init_from and not loading.checkpoint_steps(workdir):
         base = loading.check_init_from(cfg.model, cfg.train.init_from)
@@ -185,7 +337,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     best_value = _best_so_far(cfg, workdir)
 
     # Every check passed: only now is the workdir created and the tokenizer copied in.
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if not resuming_tokenizer:
         pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
 
@@ -194,22 +346,17 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         run, peft_manifest = peft_run.build_steps(cfg, mesh, base)
     else:
         run = steps.for_config(cfg, mesh)
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
-    latest = ckpt.latest_step()
+    ckpt = checkpoints.Checkpointer(_join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
     restore_s = None
     data_state = None
     init_note = ""
-    if latest is not None:
-        t0 = time.perf_counter()
-        target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
-        try:
-            state, data_state, _ = ckpt.restore(latest, target, pidx)
-        except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ConfigError(
-                f"checkpoint {ckpt.directory}/{latest} does not fit this run's train state "
-                f"({first[:200]}); choose another --workdir"
-            ) from None
+    latest = None
+    t0 = time.perf_counter()
+    target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
+    log = print if pidx == 0 else (lambda line: None)
+    restored = ckpt.restore_latest(target, pidx, log=log)
+    if restored is not None:
+        latest, state, data_state, _ = restored
         jax.block_until_ready(state)
         restore_s = time.perf_counter() - t0
     else:
@@ -225,7 +372,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         iterator.set_state(data_state)
     primary = pidx == 0
     if primary:  # only now: a start that fails above leaves the old config.json alone
-        write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
+        _write_json(_join(workdir, CONFIG_FILE), to_dict(cfg))
         if peft_manifest is not None:
             peft_run.write_manifest(workdir, peft_manifest)
     if peft_manifest is not None:
@@ -288,11 +435,10 @@ def _best_so_far(cfg: Config, workdir: str) -> float | None:
             f"checkpoint.best_metric={name!r} is not an eval metric of this run (one of "
             f"{', '.join(known)})"
         )
-    path = os.path.join(workdir, BEST_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(_join(workdir, BEST_FILE))
+    if not path.is_file():
         return None
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     return float(saved["value"]) if saved.get("metric") == name else None
 
 
@@ -378,28 +524,75 @@ def train(
     # With save_on_preemption=False nothing is caught: signals keep their default
     # meaning (SIGTERM ends the process, Ctrl-C raises KeyboardInterrupt) instead of a
     # handler that would only set a flag nobody acts on.
-    stop = _StopFlag(handle_signals and cfg.checkpoint.save_on_preemption)
+    stop = _StopFlag(handle_signals and cfg.checkpoint.save_on_preemption,
+                     tc.preemption_check_every)  # fmt: skip
     stats: dict[str, Any] = {}
     history: dict[int, float] = {}
     window, last_eval, eval_step = _Window(), {}, None
     save_blocking: list[float] = []
-    step_times: list[float] = []
+    loop_s, loop_steps, skipped = 0.0, 0, 0
+    # Device memory: the backend's peak where it keeps one, else live-array bytes
+    # sampled at each log (steady) and right after each save returns (the write runs on).
+    memory_source = _peak_device_memory(s.devices)[1]
+    live = {"steady": 0, "during_save": 0}
     compile_s, saved_step, step, preempted = None, s.latest, s.start_step, False
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # metrics still on the device
+    state_finite = _state_finite(run)
+    feed = _Prefetch(
+        s.iterator, lambda b: to_global(b, run.batch_sharding, tc.batch_size), tc.prefetch_depth
+    )
+
+    def last_good() -> str:
+        where = f"{ckpt.directory}/{saved_step}" if saved_step is not None else None
+        return f"the last good checkpoint is {where}" if where else "no checkpoint was saved"
+
+    def fetch() -> dict[str, float]:
+        """Bring the pending steps' metrics to the host (one transfer); the newest as
+        floats. Stops the run (stop mode) at the first non-finite step."""
+        nonlocal skipped
+        if not pending:
+            return {}
+        local = jax.device_get(
+            [jax.tree_util.tree_map(lambda x: x.addressable_data(0), m) for _, m in pending]
+        )
+        got = [(at, {k: float(v) for k, v in m.items()}) for (at, _), m in zip(pending, local)]
+        pending.clear()
+        for at, m in got:
+            if m["nonfinite"]:
+                if tc.on_nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"non-finite loss or gradient at step {at} (loss {m['loss']}, "
+                        f"grad_norm {m['grad_norm']}); stopped without saving it: "
+                        f"{last_good()} (train.on_nonfinite=skip drops such updates)"
+                    )
+                skipped += 1
+            history[at] = m["loss"]
+            window.losses.append(m["loss"])
+        return got[-1][1]
 
     def save(at: int) -> None:
         nonlocal saved_step
         if saved_step == at:
             return
+        fetch()  # a non-finite step since the last log stops the run here, unsaved
+        if not state_finite(s.state):
+            raise NonFiniteError(
+                f"the train state at step {at} holds non-finite values; not saved: "
+                f"{last_good()}"
+            )
         meta = {"mesh": list(s.mesh_shape), "process_count": s.process_count}
         t0 = time.perf_counter()
-        # The live state is donated to the next step; the background save reads a copy.
-        snapshot = run.run(run.copy, s.state) if ckpt.needs_copy else s.state
-        ckpt.save(at, snapshot, s.iterator.get_state(), meta)
+        # Orbax copies the arrays to the host before returning: the state may be donated
+        # to the next step while the files are written.
+        ckpt.save(at, s.state, feed.consumed_state, meta)
         save_blocking.append(time.perf_counter() - t0)
+        if memory_source == "live_arrays":
+            live["during_save"] = max(live["during_save"], _live_bytes_per_device())
         saved_step = at
 
     def run_eval(at: int) -> None:
         nonlocal last_eval, eval_step
+        fetch()  # a non-finite step stops the run before its evaluation
         last_eval, eval_step = evaluate(run, s.state.params, s.eval_batches), at
         if s.task is not None:
             view = getattr(run, "inference", None) or run  # PEFT: the combined params
@@ -425,42 +618,57 @@ def train(
             value <= s.best_value if mode == "max" else value >= s.best_value
         ):
             return
+        fetch()
+        if not state_finite(s.state):
+            return  # a non-finite state is never saved (the next fetch or save stops)
         best_cfg = dataclasses.replace(cfg.checkpoint, keep=1, async_save=False)
-        best = checkpoints.Checkpointer(os.path.join(workdir, BEST_DIR), best_cfg)
+        best = checkpoints.Checkpointer(_join(workdir, BEST_DIR), best_cfg)
         try:
             meta = {"mesh": list(s.mesh_shape), "process_count": s.process_count}
-            best.save(at, s.state, s.iterator.get_state(), {**meta, name: value})
+            best.save(at, s.state, feed.consumed_state, {**meta, name: value})
             best.wait()
         finally:
             best.close()
         s.best_value = value
         stats["best_" + name] = value
         if s.primary:
-            write_json(os.path.join(workdir, BEST_FILE), {"step": at, "metric": name,
-                                                          "value": value})  # fmt: skip
+            _write_json(_join(workdir, BEST_FILE), {"step": at, "metric": name,
+                                                    "value": value})  # fmt: skip
 
     try:
         while step < tc.num_steps:
-            batch = to_global(next(s.iterator), run.batch_sharding, tc.batch_size)
+            batch = feed.pop()
             t0 = time.perf_counter()
-            s.state, step_metrics = run.run(run.train, s.state, batch)
-            m = {k: float(v) for k, v in replicated_value(step_metrics).items()}
-            dt = time.perf_counter() - t0
+            s.state, step_metrics = run.run(run.train, s.state, batch)  # dispatched
             step += 1
-            if compile_s is None:
-                compile_s = dt
+            pending.append((step, step_metrics))
+            feed.fill()  # the next batches go to the devices while this step runs
+            if compile_s is None:  # the first step: compilation, timed to its end
+                jax.block_until_ready(s.state)
+                compile_s = time.perf_counter() - t0
+                window.start()
             else:
-                window.seconds, window.steps = window.seconds + dt, window.steps + 1
-                step_times.append(dt)
-            history[step] = m["loss"]
-            window.losses.append(m["loss"])
+                window.steps += 1
             last = step == tc.num_steps
             logged = step % tc.log_every == 0 or last
+            m = fetch() if (logged or on_step is not None) else {}
             if logged:
-                record = _log_record(s, step, m, window, peak)
-                writer.write(step, record)
-                stats.update(record)
+                window.pause()  # the fetch waited for this step: the window ends here
+                if memory_source == "live_arrays":
+                    live["steady"] = max(live["steady"], _live_bytes_per_device())
+                if window.losses:
+                    record = _log_record(s, step, m, window, peak)
+                    record["skipped_steps"] = skipped
+                    record["peak_memory_bytes"] = _memory_now(s.devices, live)
+                    writer.write(step, record)
+                    stats.update(record)
+                loop_s, loop_steps = loop_s + window.seconds, loop_steps + window.steps
                 window = _Window()
+            every = (tc.eval_every, cfg.checkpoint.every_steps, tc.plot_every)
+            busy = last or any(step % n == 0 for n in every)
+            if busy and not logged:
+                jax.block_until_ready(s.state)
+                window.pause()
             if step % tc.eval_every == 0 or last:
                 run_eval(step)
             if step % cfg.checkpoint.every_steps == 0 or last:
@@ -470,12 +678,15 @@ def train(
             bar.update(step, stats, logged)
             if on_step is not None:
                 on_step(step, m)
-            if stop.enabled and stop.requested():
+            if stop.requested(step):
                 preempted = True
                 bar.write(f"signal {stop.signum}: saving a checkpoint at step {step}")
                 save(step)
                 break
+            if window.started is None and compile_s is not None:
+                window.start()
         if not preempted:
+            fetch()
             if eval_step != step:
                 run_eval(step)
             save(step)
@@ -498,7 +709,7 @@ def train(
         "wall_time_s": time.perf_counter() - wall_start,
         "losses": history,
         "preempted": preempted,
-        "workdir": os.path.abspath(workdir),
+        "workdir": checkpoints.resolve(workdir),
         "checkpoint_dir": ckpt.directory,
         "checkpoint_step": saved_step,
         "best": (
@@ -510,7 +721,15 @@ def train(
         "sample": sample_text,
         "sample_ids": sampled,
         "compile_s": compile_s,
-        "mean_step_s": float(np.mean(step_times)) if step_times else None,
+        # The whole loop (input, transfers, dispatch; evals, saves and plots left out).
+        "mean_step_s": loop_s / loop_steps if loop_steps else None,
+        "loop_tokens_per_second": (
+            s.tokens_per_step * loop_steps / loop_s if loop_steps and loop_s else None
+        ),
+        "skipped_steps": skipped,
+        "peak_memory_bytes": _memory_now(s.devices, live),
+        "memory_source": memory_source,
+        "live_bytes": dict(live),
         "save_blocking_s": save_blocking,
         "restore_s": s.restore_s,
         "flops_per_token": s.flops_per_token,
