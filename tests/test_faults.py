@@ -71,7 +71,7 @@ def reference(kjv_root, tmp_path_factory):
     cfg = fault_config(str(kjv_root))
     workdir = str(tmp_path_factory.mktemp("reference"))
     out = one_device_train(cfg, workdir)
-    return cfg, out["losses"], saved_params(workdir, NUM_STEPS, cfg)
+    return cfg, out["losses"], saved_params(workdir, NUM_STEPS, cfg), out
 
 
 # Run in a child process: training whose save of step 4 hangs after its files are
@@ -99,7 +99,7 @@ one_device_train(fault_config({data!r}), {workdir!r})
 def test_sigkill_mid_save_then_a_truncated_latest_both_resume_bitwise(
     reference, kjv_root, tmp_path, capsys
 ):
-    cfg, want_losses, want_params = reference
+    cfg, want_losses, want_params, _ = reference
     workdir, marker = str(tmp_path / "run"), str(tmp_path / "saving")
     script = _CHILD.format(
         tests=os.path.join(ROOT, "tests"), marker=marker, data=str(kjv_root), workdir=workdir
@@ -216,6 +216,18 @@ def test_nan_batch_skipped_on_device_keeps_the_state(reference, kjv_root, tmp_pa
             continue
         state, _ = run.run(run.train, state, partitioning.to_global(batch, run.batch_sharding))
     assert_trees_equal(saved_params(workdir, NUM_STEPS, cfg), jax.device_get(state.params))
+
+
+def test_async_saves_keep_no_second_copy_of_the_state_on_the_device(reference):
+    """Live device bytes right after a save returns (its files still being written)
+    stay within 10% of those at the logs in between, and the run reports them."""
+    out = reference[3]
+    assert out["memory_source"] == "live_arrays"  # the CPU keeps no peak counter
+    steady, during = out["live_bytes"]["steady"], out["live_bytes"]["during_save"]
+    assert steady > 0 and during <= 1.1 * steady, out["live_bytes"]
+    assert out["peak_memory_bytes"] == max(steady, during)
+    records = [r for r in read_records(reference[3]["workdir"]) if "loss" in r]
+    assert all(r["peak_memory_bytes"] > 0 for r in records)
 
 
 def test_a_gs_workdir_keeps_its_scheme_through_the_path_layer():
