@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from trained_runs import preset_config
 
-from t5x_lite import checkpoints, partitioning, steps, trainer
+from t5x_lite import checkpoints, metrics, partitioning, steps, trainer
 from t5x_lite.data import pipeline
 from t5x_lite.metrics import read_records
 
@@ -234,3 +234,4 @@ def test_a_gs_workdir_keeps_its_scheme_through_the_path_layer():
     assert checkpoints.resolve("gs://bucket/run/checkpoints") == "gs://bucket/run/checkpoints"
     assert trainer._join("gs://bucket/run", "checkpoints") == "gs://bucket/run/checkpoints"
     assert checkpoints.resolve("rel/dir") == os.path.abspath("rel/dir")
+    assert os.fspath(metrics.workdir_path("gs://bucket/run", "plots")) == "gs://bucket/run/plots"
