@@ -449,7 +449,7 @@ def _log_record(
     tps = s.tokens_per_step * window.steps / window.seconds if window.seconds else None
     achieved = s.flops_per_token * tps if tps else None
     return {
-        **{k: v for k, v in m.items() if k != "loss"},
+        **{k: v for k, v in m.items() if k not in ("loss", "nonfinite")},
         "loss": float(np.mean(window.losses)),
         "tokens_per_second": tps,
         "flops_per_second": achieved,

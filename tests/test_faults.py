@@ -235,3 +235,52 @@ def test_a_gs_workdir_keeps_its_scheme_through_the_path_layer():
     assert trainer._join("gs://bucket/run", "checkpoints") == "gs://bucket/run/checkpoints"
     assert checkpoints.resolve("rel/dir") == os.path.abspath("rel/dir")
     assert os.fspath(metrics.workdir_path("gs://bucket/run", "plots")) == "gs://bucket/run/plots"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("prefetch_depth", -1, "train.prefetch_depth=-1 must be a non-negative integer"),
+        ("on_nonfinite", "ignore", "train.on_nonfinite='ignore' is not one of stop, skip"),
+        ("preemption_check_every", 0, "train.preemption_check_every=0 must be a positive"),
+    ],
+)
+def test_loop_settings_out_of_range_are_one_line_errors(field, value, message):
+    from t5x_lite import config as C
+
+    with pytest.raises(C.ConfigError) as e:
+        C.from_dict({"train": {field: value}})
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("service", [False, True])
+def test_two_process_stop_checks_cost_no_collective_per_step(service, monkeypatch):
+    """Without JAX's preemption service the processes' flags are gathered only every
+    train.preemption_check_every steps; with it, its sync point decides (a local check)."""
+    from jax.experimental import multihost_utils
+
+    gathered: list[int] = []
+    stop = trainer._StopFlag(enabled=True, check_every=10)
+    try:
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        stop.service = service
+
+        def allgather(x):
+            gathered.append(step)
+            return np.stack([x, x])
+
+        monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+        monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                            lambda at: service and at == 17)  # fmt: skip
+        answers = {}
+        for step in range(1, 26):
+            if step == 12 and not service:
+                stop.signum = signal.SIGTERM  # this process's signal, after step 12
+            answers[step] = stop.requested(step)
+            if answers[step]:
+                break
+    finally:
+        stop.restore()
+    # Gathered at multiples of 10 only, nothing at the steps in between.
+    assert gathered == ([10] if service else [10, 20])
+    assert [s for s, a in answers.items() if a] == ([17] if service else [20])
