@@ -19,37 +19,51 @@ What it does, in order:
 2. Creates the workdir and copies the tokenizer into it; restores the latest
    checkpoint (train state onto *this* run's mesh, data-iterator state) or
    initialises the state sharded, then writes the resolved ``config.json``.
-3. Steps to ``train.num_steps``: every ``log_every`` a record in ``metrics.jsonl`` and
-   TensorBoard (loss = mean over the logging window, learning rate, tokens/s, MFU or
-   achieved FLOP/s), every ``eval_every`` an evaluation on ``train.eval_batches``
-   validation batches, every ``checkpoint.every_steps`` an async checkpoint, every
-   ``plot_every`` fresh PNG plots.
+3. Steps to ``train.num_steps`` without waiting on the host between logs: step metrics
+   stay on the device and are fetched every ``log_every`` steps (one transfer), and
+   ``train.prefetch_depth`` batches are put on the devices while the step before runs.
+   Every ``log_every`` a record in ``metrics.jsonl`` and TensorBoard (loss = mean over
+   the logging window, learning rate, tokens/s and MFU or achieved FLOP/s of the whole
+   loop, ``skipped_steps``, ``peak_memory_bytes``), every ``eval_every`` an evaluation
+   on ``train.eval_batches`` validation batches, every ``checkpoint.every_steps`` an
+   async checkpoint, every ``plot_every`` fresh PNG plots.
+   A non-finite loss or gradient norm (a flag each step computes on the device) stops
+   the run with :class:`~t5x_lite.loop.NonFiniteError` at the next fetch, and every save fetches
+   first and checks the state itself, so no non-finite state is saved; with
+   ``train.on_nonfinite=skip`` the step drops that update on the device instead.
 4. On SIGTERM / SIGINT (unless ``checkpoint.save_on_preemption=False``, which keeps
    the default signal behaviour): finishes the current step, saves a checkpoint at it, and
    returns with ``preempted=True`` (restarting on the same workdir resumes there
-   and reproduces the uninterrupted run bit for bit on the same machine).
+   and reproduces the uninterrupted run bit for bit on the same machine). Several
+   processes agree on the step without a per-step collective (:class:`~t5x_lite.loop.StopFlag`).
 5. At the end: final evaluation and checkpoint, plots, and for decoders a sampled
    continuation of ``train.sample_prompt``.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from t5x_lite import checkpoints, decoding, flops, loading, partitioning, peft_run, steps, summary
+from t5x_lite import (
+    checkpoints,
+    decoding,
+    flops,
+    loading,
+    loop,
+    partitioning,
+    peft_run,
+    steps,
+    summary,
+)
 from t5x_lite import metrics as metrics_lib
 from t5x_lite.config import Config, ConfigError, to_dict
 from t5x_lite.evaluation import evaluate, metric_names, task_metrics
@@ -71,6 +85,7 @@ BEST_FILE = "best.json"  # {"step", "metric", "value"} of the checkpoint in best
 # Re-exported: what callers of the trainer check before a run.
 __all__ = ["NonFiniteError", "check_layout", "check_workdir", "sampleable_ids", "train"]
 sampleable_ids = decoding.sampleable_ids
+NonFiniteError = loop.NonFiniteError
 
 
 # --------------------------------------------------------------------------- helpers
@@ -92,180 +107,6 @@ def _write_json(path: str, obj: Any) -> None:
         epath.Path(path).write_text(text)
     else:
         write_json(path, obj)
-
-
-class NonFiniteError(ConfigError):
-    """A non-finite loss or gradient under ``train.on_nonfinite=stop`` (one line, naming
-    the step and the last good checkpoint; a ConfigError so every entry point prints it
-    as ``error: ...``: the levers are config fields)."""
-
-
-def _preemption_service() -> bool:
-    """Whether JAX's preemption sync manager runs (several processes under
-    ``jax.distributed`` with ``jax_enable_preemption_service``): it then owns SIGTERM."""
-    if jax.process_count() == 1:
-        return False
-    from jax._src import distributed
-
-    return distributed.global_state.preemption_sync_manager is not None
-
-
-class _StopFlag:
-    """When to stop for SIGTERM / SIGINT, agreed by every process, with no per-step
-    collective.
-
-    * one process: the handler's flag, read after each step;
-    * several processes under JAX's preemption service: SIGTERM is the service's (its
-      notice reaches every process; ``reached_preemption_sync_point(step)``, a local
-      check, turns true at the same step everywhere); SIGINT sets a local flag;
-    * the local flag of several processes is agreed by an allgather every
-      ``check_every`` steps (``train.preemption_check_every``).
-
-    A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt without saving.
-    """
-
-    def __init__(self, enabled: bool, check_every: int) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-        self.enabled = enabled
-        self.check_every = check_every
-        self.service = enabled and _preemption_service()
-        if enabled and threading.current_thread() is threading.main_thread():
-            ours = (signal.SIGINT,) if self.service else (signal.SIGTERM, signal.SIGINT)
-            for sig in ours:
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signum = signum
-
-    def requested(self, step: int) -> bool:
-        """Whether every process stops after ``step`` (call it after every step)."""
-        if not self.enabled:
-            return False
-        local = self.signum is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-
-        if self.service and multihost_utils.reached_preemption_sync_point(step):
-            self.signum = self.signum or int(signal.SIGTERM)
-            return True
-        if step % self.check_every:
-            return False
-        flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
-        if np.any(flags) and self.signum is None:
-            self.signum = int(signal.SIGTERM)  # another process's signal
-        return bool(np.any(flags))
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-
-class _Prefetch:
-    """Batches put on the devices ahead of the step that reads them.
-
-    :meth:`pop` returns ``(global batch, iterator state after it)``; :meth:`fill`
-    (called while a step runs) reads and transfers up to ``depth`` more. The state
-    that goes into a checkpoint is the one after the last *consumed* batch, so a
-    resumed run continues with the batch the queue held next.
-    """
-
-    def __init__(self, iterator: Any, put: Callable[[Any], Any], depth: int) -> None:
-        self._it, self._put, self.depth = iterator, put, depth
-        self._queue: collections.deque = collections.deque()
-        self.consumed_state = iterator.get_state()  # position after the last popped batch
-
-    def _pull(self) -> tuple[Any, Any]:
-        local = next(self._it)
-        return self._put(local), self._it.get_state()
-
-    def pop(self) -> Any:
-        batch, self.consumed_state = self._queue.popleft() if self._queue else self._pull()
-        return batch
-
-    def fill(self) -> None:
-        while len(self._queue) < self.depth:
-            self._queue.append(self._pull())
-
-
-@dataclasses.dataclass
-class _Window:
-    """Loop time and steps since the last log (evaluations, saves and plots paused out);
-    the losses of the steps fetched in it."""
-
-    seconds: float = 0.0
-    steps: int = 0
-    losses: list[float] = dataclasses.field(default_factory=list)
-    started: float | None = None
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    def pause(self) -> None:
-        if self.started is not None:
-            self.seconds += time.perf_counter() - self.started
-            self.started = None
-
-
-def _live_bytes_per_device() -> int:
-    """The largest per-device total of live ``jax.Array`` buffer bytes on this process.
-
-    Each device buffer counts once: single-device views of a sharded array (what a save
-    reads shard by shard) share their buffers with it.
-    """
-    per: dict[Any, int] = collections.defaultdict(int)
-    seen: set[tuple[Any, int]] = set()
-    for x in jax.live_arrays():
-        try:
-            shards = [(s.device, s.data) for s in x.addressable_shards]
-            for device, data in shards:
-                key = (device, data.unsafe_buffer_pointer())
-                if key not in seen:
-                    seen.add(key)
-                    per[device] += int(data.size) * data.dtype.itemsize
-        except Exception:  # deleted or donated while listed
-            continue
-    return max(per.values(), default=0)
-
-
-def _peak_device_memory(devices: list[jax.Device]) -> tuple[int | None, str]:
-    """``(bytes, source)``: ``memory_stats()["peak_bytes_in_use"]`` of the local devices
-    where the backend keeps it, else (None, "live_arrays") for the caller to sample."""
-    peaks = []
-    for d in devices:
-        if d.process_index != jax.process_index():
-            continue
-        stats = d.memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            peaks.append(int(stats["peak_bytes_in_use"]))
-    return (max(peaks), "memory_stats") if peaks else (None, "live_arrays")
-
-
-def _memory_now(devices: list[jax.Device], live: dict[str, int]) -> int:
-    """Peak device bytes so far: the backend's counter, else the largest live sample."""
-    peak, _ = _peak_device_memory(devices)
-    return peak if peak is not None else max(live.values())
-
-
-def _state_finite(run: steps.Steps) -> Callable[[Any], bool]:
-    """A jitted check that every float leaf of params and optimizer state is finite."""
-
-    def all_finite(tree: Any) -> jax.Array:
-        leaves = [
-            jnp.all(jnp.isfinite(x))
-            for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)
-        ]
-        return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-    fn = jax.jit(all_finite)
-    return lambda state: bool(
-        replicated_value(run.run(fn, (state.params, state.opt_state)))
-    )
 
 
 @dataclasses.dataclass
@@ -443,7 +284,7 @@ def _best_so_far(cfg: Config, workdir: str) -> float | None:
 
 
 def _log_record(
-    s: _Session, step: int, m: dict[str, float], window: _Window, peak: float | None
+    s: _Session, step: int, m: dict[str, float], window: loop.Window, peak: float | None
 ) -> dict[str, Any]:
     """The ``log_every`` record: the window's mean loss, throughput and MFU."""
     tps = s.tokens_per_step * window.steps / window.seconds if window.seconds else None
@@ -496,12 +337,15 @@ def train(
 
     ``devices``: the mesh's devices (default all); ``progress``: None follows
     ``train.progress_bar``, False prints nothing; ``on_step(step, metrics)`` is called
-    after every step with that step's metrics as floats.
+    after every step with that step's metrics as floats (so, with it, the loop fetches
+    metrics every step).
     Returns ``final_eval_loss``, ``final_eval`` (all eval metrics),
     ``final_train_loss``, ``steps``, ``start_step``, ``tokens_seen``, ``wall_time_s``,
     ``losses`` (``{step: loss}`` of the steps run here), ``preempted``, ``sample``
     (decoders: the prompt and its sampled continuation as text) and ``sample_ids`` (the
-    sampled ids, all below ``tokenizer.vocab_size``), and timings.
+    sampled ids, all below ``tokenizer.vocab_size``), ``skipped_steps``, device memory
+    (``peak_memory_bytes``, ``memory_source``, ``live_bytes``) and timings
+    (``mean_step_s`` and ``loop_tokens_per_second`` time the whole loop).
     """
     wall_start = time.perf_counter()
     cfg = cfg.validate()  # trained as given: entry points apply a scaling plan first
@@ -524,21 +368,21 @@ def train(
     # With save_on_preemption=False nothing is caught: signals keep their default
     # meaning (SIGTERM ends the process, Ctrl-C raises KeyboardInterrupt) instead of a
     # handler that would only set a flag nobody acts on.
-    stop = _StopFlag(handle_signals and cfg.checkpoint.save_on_preemption,
+    stop = loop.StopFlag(handle_signals and cfg.checkpoint.save_on_preemption,
                      tc.preemption_check_every)  # fmt: skip
     stats: dict[str, Any] = {}
     history: dict[int, float] = {}
-    window, last_eval, eval_step = _Window(), {}, None
+    window, last_eval, eval_step = loop.Window(), {}, None
     save_blocking: list[float] = []
     loop_s, loop_steps, skipped = 0.0, 0, 0
     # Device memory: the backend's peak where it keeps one, else live-array bytes
     # sampled at each log (steady) and right after each save returns (the write runs on).
-    memory_source = _peak_device_memory(s.devices)[1]
+    memory_source = loop.peak_device_memory(s.devices)[1]
     live = {"steady": 0, "during_save": 0}
     compile_s, saved_step, step, preempted = None, s.latest, s.start_step, False
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # metrics still on the device
-    state_finite = _state_finite(run)
-    feed = _Prefetch(
+    state_finite = loop.state_finite(run)
+    feed = loop.Prefetch(
         s.iterator, lambda b: to_global(b, run.batch_sharding, tc.batch_size), tc.prefetch_depth
     )
 
@@ -560,7 +404,7 @@ def train(
         for at, m in got:
             if m["nonfinite"]:
                 if tc.on_nonfinite == "stop":
-                    raise NonFiniteError(
+                    raise loop.NonFiniteError(
                         f"non-finite loss or gradient at step {at} (loss {m['loss']}, "
                         f"grad_norm {m['grad_norm']}); stopped without saving it: "
                         f"{last_good()} (train.on_nonfinite=skip drops such updates)"
@@ -576,7 +420,7 @@ def train(
             return
         fetch()  # a non-finite step since the last log stops the run here, unsaved
         if not state_finite(s.state):
-            raise NonFiniteError(
+            raise loop.NonFiniteError(
                 f"the train state at step {at} holds non-finite values; not saved: "
                 f"{last_good()}"
             )
@@ -587,7 +431,7 @@ def train(
         ckpt.save(at, s.state, feed.consumed_state, meta)
         save_blocking.append(time.perf_counter() - t0)
         if memory_source == "live_arrays":
-            live["during_save"] = max(live["during_save"], _live_bytes_per_device())
+            live["during_save"] = max(live["during_save"], loop.live_bytes_per_device())
         saved_step = at
 
     def run_eval(at: int) -> None:
@@ -655,15 +499,15 @@ def train(
             if logged:
                 window.pause()  # the fetch waited for this step: the window ends here
                 if memory_source == "live_arrays":
-                    live["steady"] = max(live["steady"], _live_bytes_per_device())
+                    live["steady"] = max(live["steady"], loop.live_bytes_per_device())
                 if window.losses:
                     record = _log_record(s, step, m, window, peak)
                     record["skipped_steps"] = skipped
-                    record["peak_memory_bytes"] = _memory_now(s.devices, live)
+                    record["peak_memory_bytes"] = loop.memory_now(s.devices, live)
                     writer.write(step, record)
                     stats.update(record)
                 loop_s, loop_steps = loop_s + window.seconds, loop_steps + window.steps
-                window = _Window()
+                window = loop.Window()
             every = (tc.eval_every, cfg.checkpoint.every_steps, tc.plot_every)
             busy = last or any(step % n == 0 for n in every)
             if busy and not logged:
@@ -727,7 +571,7 @@ def train(
             s.tokens_per_step * loop_steps / loop_s if loop_steps and loop_s else None
         ),
         "skipped_steps": skipped,
-        "peak_memory_bytes": _memory_now(s.devices, live),
+        "peak_memory_bytes": loop.memory_now(s.devices, live),
         "memory_source": memory_source,
         "live_bytes": dict(live),
         "save_blocking_s": save_blocking,

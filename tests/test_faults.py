@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from trained_runs import preset_config
 
-from t5x_lite import checkpoints, metrics, partitioning, steps, trainer
+from t5x_lite import checkpoints, loop, metrics, partitioning, steps, trainer
 from t5x_lite.data import pipeline
 from t5x_lite.metrics import read_records
 
@@ -260,7 +260,7 @@ def test_two_process_stop_checks_cost_no_collective_per_step(service, monkeypatc
     from jax.experimental import multihost_utils
 
     gathered: list[int] = []
-    stop = trainer._StopFlag(enabled=True, check_every=10)
+    stop = loop.StopFlag(enabled=True, check_every=10)
     try:
         monkeypatch.setattr(jax, "process_count", lambda: 2)
         stop.service = service
