@@ -8,20 +8,21 @@ A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items:
   ``{"0": {...}, "1": {...}}`` keyed by process index;
 * ``meta``   JSON ``{"step": 10, "process_count": 1, "mesh": [8, 1, 1], ...}``.
 
-Saves are asynchronous by default (``checkpoint.async_save``):
+Saves are asynchronous by default (``checkpoint.async_save``), through orbax's own
+asynchronous path on any number of processes: :meth:`Checkpointer.save` returns once
+the arrays are copied to host memory (no second copy of the state stays on the
+device), and the files are written in the background, into a temporary directory that
+is renamed to ``<step>/`` only when complete. A process killed mid-save leaves no
+``<step>/`` behind, so a restart resumes from the last complete checkpoint.
+:meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait for the save in flight.
 
-* one process: :meth:`Checkpointer.save` hands the state to a background thread
-  that runs orbax's save, so the state passed must not be donated or deleted until
-  the save is done (:attr:`Checkpointer.needs_copy`): the trainer passes an
-  on-device copy (``Steps.copy``: one extra state-sized buffer while the save runs)
-  and donates the live state to the next step. The loop blocks only for
-  dispatching that copy and for a previous save still in flight;
-* several processes: orbax's own asynchronous save, called from the training
-  thread (its barriers must run in the same order on every process); it returns
-  once the arrays are on the host, and files are written in the background.
+A checkpoint that cannot be read (truncated or corrupted on disk) is skipped by
+:meth:`Checkpointer.restore_latest` when an earlier one restores: it is moved aside to
+``<workdir>/checkpoints_unreadable/<step>/`` (nothing is deleted) and the message
+names both steps.
 
-:meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait for the save in flight
-and re-raise its error, if any.
+Paths go through ``etils.epath`` (as orbax's do), so ``gs://bucket/run/checkpoints``
+stays a GCS path.
 
 Restoring takes an abstract state whose leaves carry the target ``NamedSharding`` s,
 so a checkpoint written under ``fsdp=8`` restores directly into a ``data=2,
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from typing import Any
 
@@ -59,6 +59,11 @@ def _gather_json(obj: Any) -> dict[str, Any]:
     }
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     """Tree of ``ShapeDtypeStruct`` with the target shardings (the restore target)."""
     return jax.tree_util.tree_map(
@@ -66,28 +71,41 @@ def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
     )
 
 
+UNREADABLE_DIR = "checkpoints_unreadable"  # beside checkpoints/: steps that failed to restore
+
+
+def resolve(path: str | os.PathLike) -> str:
+    """``path`` made absolute when local; a URL (``gs://b/x``) is returned unchanged.
+
+    >>> resolve("gs://bucket/run/checkpoints")
+    'gs://bucket/run/checkpoints'
+    """
+    text = os.fspath(path)
+    return text if "://" in text else os.path.abspath(text)
+
+
 class Checkpointer:
     """Thin wrapper over ``orbax.checkpoint.CheckpointManager`` for one workdir."""
 
     def __init__(self, directory: str, cfg: CheckpointConfig, create: bool = True) -> None:
         import orbax.checkpoint as ocp
+        from etils import epath
 
         self._ocp = ocp
-        self.directory = os.path.abspath(directory)
-        # One process: asynchrony from our own thread; several: orbax's (see above).
-        self._threaded = cfg.async_save and jax.process_count() == 1
+        self.directory = resolve(directory)
+        self._path = epath.Path(self.directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep,
-            enable_async_checkpointing=cfg.async_save and not self._threaded,
+            enable_async_checkpointing=cfg.async_save,
             create=create,
+            # Temporary directories of saves killed before their commit.
+            cleanup_tmp_directories=create,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta")
+            self._path, options=options, item_names=("state", "data", "meta")
         )
         # Steps on disk or being written (listing the directory on every save costs ms).
         self._steps = set(self._manager.all_steps())
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         self.last_save_blocking_s = 0.0
 
     # ------------------------------------------------------------------ queries
@@ -105,8 +123,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: Any, meta: dict[str, Any]) -> bool:
         """Save ``step``; returns once the loop may go on (False if it already exists).
 
-        With ``async_save`` the arrays of ``state`` are read after this returns: pass
-        a copy that nothing donates (see the module docstring).
+        With ``async_save`` it returns when the arrays are on the host: ``state`` may
+        be donated to the next step right away. A previous save still writing is
+        waited for first.
         """
         if step in self._steps:
             return False
@@ -115,25 +134,6 @@ class Checkpointer:
         data = _gather_json(data_state)  # a collective: every process, main thread
         meta = {"step": int(step), **meta}
         self._steps.add(step)
-        if not self._threaded:
-            self._save_now(step, state, data, meta, wait=False)
-            self.last_save_blocking_s = time.perf_counter() - start
-            return True
-        self._thread = threading.Thread(
-            target=self._save_in_background, args=(step, state, data, meta), daemon=False
-        )
-        self._thread.start()
-        self.last_save_blocking_s = time.perf_counter() - start
-        return True
-
-    @property
-    def needs_copy(self) -> bool:
-        """Whether :meth:`save` reads the state after returning (pass a copy then)."""
-        return self._threaded
-
-    def _save_now(
-        self, step: int, state: Any, data: Any, meta: dict[str, Any], wait: bool = True
-    ) -> None:
         ocp = self._ocp
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -141,24 +141,12 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta),
         )
         self._manager.save(step, args=args, force=True)
-        if wait:
-            self._manager.wait_until_finished()
-
-    def _save_in_background(self, step: int, state: Any, data: Any, meta: dict) -> None:
-        try:
-            self._save_now(step, state, data, meta)
-        except BaseException as e:  # re-raised by wait() in the training thread
-            self._error = e
+        self.last_save_blocking_s = time.perf_counter() - start
+        return True
 
     def wait(self) -> None:
-        """Block until the background save (if any) is on disk; re-raise its error."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Block until the save in flight (if any) is on disk; re-raise its error."""
         self._manager.wait_until_finished()
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
 
     # ------------------------------------------------------------------ restore
     def restore(
@@ -180,6 +168,62 @@ class Checkpointer:
         )
         meta = dict(out["meta"])
         return out["state"], _data_state(out["data"], process_index, step, meta), meta
+
+    def restore_latest(
+        self, abstract_state: Any, process_index: int = 0, log: Any = print
+    ) -> tuple[int, Any, Any, dict[str, Any]] | None:
+        """``(step, state, data state, meta)`` of the newest checkpoint that restores.
+
+        None when there is no checkpoint. A newer checkpoint that fails while an older
+        one restores is unreadable (the config check before this rules out another
+        model): it is moved to ``<workdir>/checkpoints_unreadable/<step>`` and ``log``
+        gets one line naming both steps. When none restores, a ConfigError names the
+        latest and its error, and nothing is moved.
+        """
+        from t5x_lite.config import ConfigError
+
+        failed: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, data, meta = self.restore(step, abstract_state, process_index)
+            except ConfigError:
+                raise  # a data-iterator state this run cannot continue from
+            except Exception as e:  # orbax / tensorstore / JSON errors of a bad step
+                failed.append((step, _first_line(e)))
+                continue
+            for bad, why in failed:
+                moved = self._move_aside(bad)
+                log(
+                    f"checkpoint step {bad} in {self.directory} cannot be read ({why[:160]});"
+                    f" moved it to {moved}, resuming from step {step}"
+                )
+            return step, state, data, meta
+        if failed:
+            step, why = failed[0]
+            raise ConfigError(
+                f"checkpoint {self.directory}/{step} cannot be restored into this run's "
+                f"train state ({why[:200]}) and no earlier checkpoint can; choose another "
+                "--workdir"
+            )
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        """Rename ``<dir>/<step>`` to ``<dir>/../checkpoints_unreadable/<step>[.N]``."""
+        target_dir = self._path.parent / UNREADABLE_DIR
+        target = target_dir / str(step)
+        if jax.process_index() == 0:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            n = 1
+            while target.exists():
+                target, n = target_dir / f"{step}.{n}", n + 1
+            (self._path / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"t5x_lite_move_aside_{step}")
+        self._manager.reload()
+        self._steps = set(self._manager.all_steps())
+        return str(target)
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the ``params`` of checkpoint ``step`` (no optimizer state is read).

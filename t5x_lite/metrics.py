@@ -16,7 +16,9 @@ eval loss against the step) and ``<workdir>/plots/throughput.png`` (learning rat
 and tokens/s) are redrawn by :meth:`MetricsWriter.plot`.
 
 Only process 0 writes (``enabled=False`` elsewhere). A resumed run first drops
-records past the restored step, so a curve never has two values for one step.
+records past the restored step, so a curve never has two values for one step. Paths go
+through ``etils.epath``: a ``gs://`` workdir stays a GCS path (tensorboardX writes
+``gs://`` itself).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import math
 import os
 from typing import Any
 
+from etils import epath
+
 PLOTS_DIR = "plots"
 TB_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"
@@ -33,16 +37,22 @@ METRICS_FILE = "metrics.jsonl"
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
     """All records of ``<workdir>/metrics.jsonl`` (empty if there is none)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = workdir_path(workdir, METRICS_FILE)
+    if not path.exists():
         return []
     out = []
-    with open(path) as f:
+    with path.open() as f:
         for line in f:
             line = line.strip()
             if line:
                 out.append(json.loads(line))
     return out
+
+
+def workdir_path(workdir: str, *names: str) -> epath.Path:
+    """``workdir/names...``: absolute when local, a URL (``gs://b/run``) unchanged."""
+    root = workdir if "://" in os.fspath(workdir) else os.path.abspath(workdir)
+    return epath.Path(root).joinpath(*names)
 
 
 def _clean(value: Any) -> Any:
@@ -64,6 +74,16 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def _savefig(fig: Any, path: epath.Path) -> str:
+    """Write ``fig`` as a PNG at ``path`` (any epath location); returns the path."""
+    import matplotlib.pyplot as plt
+
+    with path.open("wb") as f:
+        fig.savefig(f, dpi=100, format="png")
+    plt.close(fig)
+    return os.fspath(path)
+
+
 class MetricsWriter:
     """Appends records to ``metrics.jsonl`` and TensorBoard; draws the PNG plots."""
 
@@ -74,23 +94,21 @@ class MetricsWriter:
         self._tb = None
         if not enabled:
             return
-        path = os.path.join(workdir, METRICS_FILE)
+        path = workdir_path(workdir, METRICS_FILE)
         old = read_records(workdir)
         if resume_step is not None:
             kept = [r for r in old if r.get("step", 0) <= resume_step]
             if len(kept) != len(old):
-                tmp = path + ".tmp"
-                with open(tmp, "w") as f:
-                    for r in kept:
-                        f.write(json.dumps(r) + "\n")
-                os.replace(tmp, path)
+                tmp = path.parent / (path.name + ".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                tmp.replace(path)
             old = kept
         self.records = old
-        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
+        self._file = path.open("a")  # closed in close()
         from tensorboardX import SummaryWriter
 
         purge = resume_step + 1 if resume_step is not None else None
-        self._tb = SummaryWriter(os.path.join(workdir, TB_DIR), purge_step=purge)
+        self._tb = SummaryWriter(os.fspath(workdir_path(workdir, TB_DIR)), purge_step=purge)
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         """One record: train scalars, or eval scalars (keys starting with ``eval_``)."""
@@ -119,8 +137,8 @@ class MetricsWriter:
         evals = [r for r in self.records if r.get("eval_loss") is not None]
         if not train and not evals:
             return []
-        out_dir = os.path.join(os.path.abspath(self.workdir), PLOTS_DIR)
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = workdir_path(self.workdir, PLOTS_DIR)
+        out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -140,14 +158,11 @@ class MetricsWriter:
             )
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats / token)")
-        ax.set_title(os.path.basename(os.path.abspath(self.workdir)))
+        ax.set_title(workdir_path(self.workdir).name)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = os.path.join(out_dir, "loss.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_savefig(fig, out_dir / "loss.png"))
 
         if train:
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -161,10 +176,7 @@ class MetricsWriter:
             a2.set_ylabel("tokens / s")
             a2.grid(alpha=0.3)
             fig.tight_layout()
-            path = os.path.join(out_dir, "throughput.png")
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_savefig(fig, out_dir / "throughput.png"))
         return paths
 
     def close(self) -> None:

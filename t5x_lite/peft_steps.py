@@ -97,6 +97,7 @@ def build(cfg: Config, mesh: Mesh, base: Any, extra_trainable: Sequence[str] = (
             micro_constraint=lambda mbs: jax.tree_util.tree_map(
                 lambda x: jax.lax.with_sharding_constraint(x, micro_sharding), mbs
             ),
+            skip_nonfinite=cfg.train.on_nonfinite == "skip",
         )
 
     train_jit = jax.jit(

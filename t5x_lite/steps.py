@@ -67,8 +67,14 @@ def train_step(
     dropout: bool = False,
     grad_constraint: Callable[[Any], Any] = lambda g: g,
     micro_constraint: Callable[[Batch], Batch] = lambda b: b,
+    skip_nonfinite: bool = False,
 ) -> tuple[ts.TrainState, dict[str, Array]]:
-    """One optimizer update on a global batch; see the module docstring."""
+    """One optimizer update on a global batch; see the module docstring.
+
+    ``metrics["nonfinite"]`` is 1.0 when the loss or the gradient norm is NaN / Inf;
+    with ``skip_nonfinite`` such a step keeps the parameters and optimizer state as
+    they were (only ``step`` advances: the batch is consumed, its update dropped).
+    """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     denominators = model.denominators(batch)  # global token weight (and rows)
 
@@ -103,7 +109,17 @@ def train_step(
         "grad_norm": optax.global_norm(grads),
         "learning_rate": schedule(state.step),
     }
-    return state.apply_gradients(grads, tx), metrics
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    new = state.apply_gradients(grads, tx)
+    if skip_nonfinite:
+        kept = jax.tree_util.tree_map(
+            lambda n, o: jnp.where(finite, n, o),
+            (new.params, new.opt_state),
+            (state.params, state.opt_state),
+        )
+        new = new.replace(params=kept[0], opt_state=kept[1])
+    return new, metrics
 
 
 def eval_step(params: Any, batch: Batch, *, model: models.BaseModel) -> dict[str, Array]:
@@ -158,6 +174,7 @@ def build(
     microbatches: int,
     seed: int,
     mesh: Mesh,
+    skip_nonfinite: bool = False,
 ) -> Steps:
     """Jitted, sharded steps (cached: equal configs on the same mesh reuse compilations)."""
     model = models.get(model_cfg)
@@ -192,6 +209,7 @@ def build(
         dropout=model_cfg.dropout_rate > 0,
         grad_constraint=grad_constraint,
         micro_constraint=micro_constraint,
+        skip_nonfinite=skip_nonfinite,
     )
     train_jit = jax.jit(
         step,
@@ -230,5 +248,6 @@ def build(
 def for_config(cfg: Config, mesh: Mesh) -> Steps:
     """:func:`build` for a full run config."""
     return build(
-        cfg.model, cfg.optimizer, cfg.train.num_steps, cfg.train.microbatches, cfg.train.seed, mesh
-    )
+        cfg.model, cfg.optimizer, cfg.train.num_steps, cfg.train.microbatches, cfg.train.seed, mesh,
+        cfg.train.on_nonfinite == "skip",
+    )  # fmt: skip

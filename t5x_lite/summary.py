@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,22 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
     if result["compile_s"] is not None:
         timing.append(f"first step (compile) {result['compile_s']:.1f} s")
     if result["mean_step_s"] is not None:
-        timing.append(f"step {1e3 * result['mean_step_s']:.1f} ms")
+        text = f"step {1e3 * result['mean_step_s']:.1f} ms"
+        if result.get("loop_tokens_per_second"):
+            text += f" ({result['loop_tokens_per_second']:.0f} tokens/s, whole loop)"
+        timing.append(text)
+    if result.get("peak_memory_bytes"):
+        mib = result["peak_memory_bytes"] / 2**20
+        if result.get("memory_source") == "memory_stats":
+            timing.append(f"peak device memory {mib:.1f} MiB (memory_stats)")
+        else:
+            live = result["live_bytes"]
+            timing.append(
+                f"peak device memory {mib:.1f} MiB (live arrays: {live['steady'] / 2**20:.1f} "
+                f"MiB at logs, {live['during_save'] / 2**20:.1f} MiB during saves)"
+            )
+    if result.get("skipped_steps"):
+        timing.append(f"{result['skipped_steps']} non-finite steps skipped")
     saves = result["save_blocking_s"]
     if saves:
         first, rest = 1e3 * saves[0], [1e3 * x for x in saves[1:]]
@@ -45,13 +59,13 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
     lines.append(f"checkpoints: {result['checkpoint_dir']} (step {result['checkpoint_step']})")
     best = result.get("best")
     if best and best.get("value") is not None:
-        where = os.path.join(os.path.abspath(workdir), "best")
+        where = metrics_lib.workdir_path(workdir, "best")
         lines.append(f"best checkpoint: {where} ({best['metric']} {best['value']:.4f})")
     for p in result["plots"]:
         lines.append(f"plot: {p}")
-    lines.append(f"metrics: {os.path.join(os.path.abspath(workdir), metrics_lib.METRICS_FILE)}")
+    lines.append(f"metrics: {metrics_lib.workdir_path(workdir, metrics_lib.METRICS_FILE)}")
     lines.append(
         "tensorboard: tensorboard --logdir "
-        f"{os.path.join(os.path.abspath(workdir), metrics_lib.TB_DIR)}"
+        f"{metrics_lib.workdir_path(workdir, metrics_lib.TB_DIR)}"
     )
     print("\n".join(lines), flush=True)

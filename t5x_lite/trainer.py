@@ -19,15 +19,23 @@ What it does, in order:
 2. Creates the workdir and copies the tokenizer into it; restores the latest
    checkpoint (train state onto *this* run's mesh, data-iterator state) or
    initialises the state sharded, then writes the resolved ``config.json``.
-3. Steps to ``train.num_steps``: every ``log_every`` a record in ``metrics.jsonl`` and
-   TensorBoard (loss = mean over the logging window, learning rate, tokens/s, MFU or
-   achieved FLOP/s), every ``eval_every`` an evaluation on ``train.eval_batches``
-   validation batches, every ``checkpoint.every_steps`` an async checkpoint, every
-   ``plot_every`` fresh PNG plots.
+3. Steps to ``train.num_steps`` without waiting on the host between logs: step metrics
+   stay on the device and are fetched every ``log_every`` steps (one transfer), and
+   ``train.prefetch_depth`` batches are put on the devices while the step before runs.
+   Every ``log_every`` a record in ``metrics.jsonl`` and TensorBoard (loss = mean over
+   the logging window, learning rate, tokens/s and MFU or achieved FLOP/s of the whole
+   loop, ``skipped_steps``, ``peak_memory_bytes``), every ``eval_every`` an evaluation
+   on ``train.eval_batches`` validation batches, every ``checkpoint.every_steps`` an
+   async checkpoint, every ``plot_every`` fresh PNG plots.
+   A non-finite loss or gradient norm (a flag each step computes on the device) stops
+   the run with :class:`~t5x_lite.loop.NonFiniteError` at the next fetch, and every save fetches
+   first and checks the state itself, so no non-finite state is saved; with
+   ``train.on_nonfinite=skip`` the step drops that update on the device instead.
 4. On SIGTERM / SIGINT (unless ``checkpoint.save_on_preemption=False``, which keeps
    the default signal behaviour): finishes the current step, saves a checkpoint at it, and
    returns with ``preempted=True`` (restarting on the same workdir resumes there
-   and reproduces the uninterrupted run bit for bit on the same machine).
+   and reproduces the uninterrupted run bit for bit on the same machine). Several
+   processes agree on the step without a per-step collective (:class:`~t5x_lite.loop.StopFlag`).
 5. At the end: final evaluation and checkpoint, plots, and for decoders a sampled
    continuation of ``train.sample_prompt``.
 """
@@ -37,16 +45,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
-from t5x_lite import checkpoints, decoding, flops, loading, partitioning, peft_run, steps, summary
+from t5x_lite import (
+    checkpoints,
+    decoding,
+    flops,
+    loading,
+    loop,
+    partitioning,
+    peft_run,
+    steps,
+    summary,
+)
 from t5x_lite import metrics as metrics_lib
 from t5x_lite.config import Config, ConfigError, to_dict
 from t5x_lite.evaluation import evaluate, metric_names, task_metrics
@@ -66,54 +83,30 @@ from t5x_lite.progress import Progress
 BEST_FILE = "best.json"  # {"step", "metric", "value"} of the checkpoint in best/
 
 # Re-exported: what callers of the trainer check before a run.
-__all__ = ["check_layout", "check_workdir", "sampleable_ids", "train"]
+__all__ = ["NonFiniteError", "check_layout", "check_workdir", "sampleable_ids", "train"]
 sampleable_ids = decoding.sampleable_ids
+NonFiniteError = loop.NonFiniteError
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-class _StopFlag:
-    """SIGTERM / SIGINT set a flag checked after each step (main thread only).
+def _join(workdir: str, name: str) -> str:
+    """``workdir/name`` through ``etils.epath``: a ``gs://`` workdir stays a URL.
 
-    A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt without saving.
+    >>> _join("gs://bucket/run", "checkpoints")
+    'gs://bucket/run/checkpoints'
     """
-
-    def __init__(self, enabled: bool) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-        self.enabled = enabled
-        if enabled and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signum = signum
-
-    def requested(self) -> bool:
-        local = self.signum is not None
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.asarray([local], np.int32))
-        return bool(np.any(flags))
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
+    return os.fspath(epath.Path(workdir) / name)
 
 
-@dataclasses.dataclass
-class _Window:
-    """Train-only time and tokens since the last log (evals and saves excluded)."""
-
-    seconds: float = 0.0
-    steps: int = 0
-    losses: list[float] = dataclasses.field(default_factory=list)
+def _write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path`` (local: through a rename, never half-written)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    if "://" in path:  # object stores write whole objects
+        epath.Path(path).write_text(text)
+    else:
+        write_json(path, obj)
 
 
 @dataclasses.dataclass
@@ -155,8 +148,8 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     mesh_shape = check_layout(cfg, len(devices), pcount)
     check_backend(cfg, devices)
     check_workdir(cfg, workdir)
-    run_tokenizer = os.path.join(workdir, TOKENIZER_FILE)
-    resuming_tokenizer = os.path.isfile(run_tokenizer)
+    run_tokenizer = _join(workdir, TOKENIZER_FILE)
+    resuming_tokenizer = epath.Path(run_tokenizer).is_file()
     base = None
     if cfg.train.init_from and not loading.checkpoint_steps(workdir):
         base = loading.check_init_from(cfg.model, cfg.train.init_from)
@@ -185,7 +178,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     best_value = _best_so_far(cfg, workdir)
 
     # Every check passed: only now is the workdir created and the tokenizer copied in.
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if not resuming_tokenizer:
         pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
 
@@ -194,22 +187,17 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         run, peft_manifest = peft_run.build_steps(cfg, mesh, base)
     else:
         run = steps.for_config(cfg, mesh)
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
-    latest = ckpt.latest_step()
+    ckpt = checkpoints.Checkpointer(_join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
     restore_s = None
     data_state = None
     init_note = ""
-    if latest is not None:
-        t0 = time.perf_counter()
-        target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
-        try:
-            state, data_state, _ = ckpt.restore(latest, target, pidx)
-        except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ConfigError(
-                f"checkpoint {ckpt.directory}/{latest} does not fit this run's train state "
-                f"({first[:200]}); choose another --workdir"
-            ) from None
+    latest = None
+    t0 = time.perf_counter()
+    target = checkpoints.abstract_with_shardings(run.abstract_state, run.state_shardings)
+    log = print if pidx == 0 else (lambda line: None)
+    restored = ckpt.restore_latest(target, pidx, log=log)
+    if restored is not None:
+        latest, state, data_state, _ = restored
         jax.block_until_ready(state)
         restore_s = time.perf_counter() - t0
     else:
@@ -225,7 +213,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         iterator.set_state(data_state)
     primary = pidx == 0
     if primary:  # only now: a start that fails above leaves the old config.json alone
-        write_json(os.path.join(workdir, CONFIG_FILE), to_dict(cfg))
+        _write_json(_join(workdir, CONFIG_FILE), to_dict(cfg))
         if peft_manifest is not None:
             peft_run.write_manifest(workdir, peft_manifest)
     if peft_manifest is not None:
@@ -288,22 +276,21 @@ def _best_so_far(cfg: Config, workdir: str) -> float | None:
             f"checkpoint.best_metric={name!r} is not an eval metric of this run (one of "
             f"{', '.join(known)})"
         )
-    path = os.path.join(workdir, BEST_FILE)
-    if not os.path.isfile(path):
+    path = epath.Path(_join(workdir, BEST_FILE))
+    if not path.is_file():
         return None
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     return float(saved["value"]) if saved.get("metric") == name else None
 
 
 def _log_record(
-    s: _Session, step: int, m: dict[str, float], window: _Window, peak: float | None
+    s: _Session, step: int, m: dict[str, float], window: loop.Window, peak: float | None
 ) -> dict[str, Any]:
     """The ``log_every`` record: the window's mean loss, throughput and MFU."""
     tps = s.tokens_per_step * window.steps / window.seconds if window.seconds else None
     achieved = s.flops_per_token * tps if tps else None
     return {
-        **{k: v for k, v in m.items() if k != "loss"},
+        **{k: v for k, v in m.items() if k not in ("loss", "nonfinite")},
         "loss": float(np.mean(window.losses)),
         "tokens_per_second": tps,
         "flops_per_second": achieved,
@@ -350,12 +337,15 @@ def train(
 
     ``devices``: the mesh's devices (default all); ``progress``: None follows
     ``train.progress_bar``, False prints nothing; ``on_step(step, metrics)`` is called
-    after every step with that step's metrics as floats.
+    after every step with that step's metrics as floats (so, with it, the loop fetches
+    metrics every step).
     Returns ``final_eval_loss``, ``final_eval`` (all eval metrics),
     ``final_train_loss``, ``steps``, ``start_step``, ``tokens_seen``, ``wall_time_s``,
     ``losses`` (``{step: loss}`` of the steps run here), ``preempted``, ``sample``
     (decoders: the prompt and its sampled continuation as text) and ``sample_ids`` (the
-    sampled ids, all below ``tokenizer.vocab_size``), and timings.
+    sampled ids, all below ``tokenizer.vocab_size``), ``skipped_steps``, device memory
+    (``peak_memory_bytes``, ``memory_source``, ``live_bytes``) and timings
+    (``mean_step_s`` and ``loop_tokens_per_second`` time the whole loop).
     """
     wall_start = time.perf_counter()
     cfg = cfg.validate()  # trained as given: entry points apply a scaling plan first
@@ -378,28 +368,75 @@ def train(
     # With save_on_preemption=False nothing is caught: signals keep their default
     # meaning (SIGTERM ends the process, Ctrl-C raises KeyboardInterrupt) instead of a
     # handler that would only set a flag nobody acts on.
-    stop = _StopFlag(handle_signals and cfg.checkpoint.save_on_preemption)
+    stop = loop.StopFlag(handle_signals and cfg.checkpoint.save_on_preemption,
+                     tc.preemption_check_every)  # fmt: skip
     stats: dict[str, Any] = {}
     history: dict[int, float] = {}
-    window, last_eval, eval_step = _Window(), {}, None
+    window, last_eval, eval_step = loop.Window(), {}, None
     save_blocking: list[float] = []
-    step_times: list[float] = []
+    loop_s, loop_steps, skipped = 0.0, 0, 0
+    # Device memory: the backend's peak where it keeps one, else live-array bytes
+    # sampled at each log (steady) and right after each save returns (the write runs on).
+    memory_source = loop.peak_device_memory(s.devices)[1]
+    live = {"steady": 0, "during_save": 0}
     compile_s, saved_step, step, preempted = None, s.latest, s.start_step, False
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # metrics still on the device
+    state_finite = loop.state_finite(run)
+    feed = loop.Prefetch(
+        s.iterator, lambda b: to_global(b, run.batch_sharding, tc.batch_size), tc.prefetch_depth
+    )
+
+    def last_good() -> str:
+        where = f"{ckpt.directory}/{saved_step}" if saved_step is not None else None
+        return f"the last good checkpoint is {where}" if where else "no checkpoint was saved"
+
+    def fetch() -> dict[str, float]:
+        """Bring the pending steps' metrics to the host (one transfer); the newest as
+        floats. Stops the run (stop mode) at the first non-finite step."""
+        nonlocal skipped
+        if not pending:
+            return {}
+        local = jax.device_get(
+            [jax.tree_util.tree_map(lambda x: x.addressable_data(0), m) for _, m in pending]
+        )
+        got = [(at, {k: float(v) for k, v in m.items()}) for (at, _), m in zip(pending, local)]
+        pending.clear()
+        for at, m in got:
+            if m["nonfinite"]:
+                if tc.on_nonfinite == "stop":
+                    raise loop.NonFiniteError(
+                        f"non-finite loss or gradient at step {at} (loss {m['loss']}, "
+                        f"grad_norm {m['grad_norm']}); stopped without saving it: "
+                        f"{last_good()} (train.on_nonfinite=skip drops such updates)"
+                    )
+                skipped += 1
+            history[at] = m["loss"]
+            window.losses.append(m["loss"])
+        return got[-1][1]
 
     def save(at: int) -> None:
         nonlocal saved_step
         if saved_step == at:
             return
+        fetch()  # a non-finite step since the last log stops the run here, unsaved
+        if not state_finite(s.state):
+            raise loop.NonFiniteError(
+                f"the train state at step {at} holds non-finite values; not saved: "
+                f"{last_good()}"
+            )
         meta = {"mesh": list(s.mesh_shape), "process_count": s.process_count}
         t0 = time.perf_counter()
-        # The live state is donated to the next step; the background save reads a copy.
-        snapshot = run.run(run.copy, s.state) if ckpt.needs_copy else s.state
-        ckpt.save(at, snapshot, s.iterator.get_state(), meta)
+        # Orbax copies the arrays to the host before returning: the state may be donated
+        # to the next step while the files are written.
+        ckpt.save(at, s.state, feed.consumed_state, meta)
         save_blocking.append(time.perf_counter() - t0)
+        if memory_source == "live_arrays":
+            live["during_save"] = max(live["during_save"], loop.live_bytes_per_device())
         saved_step = at
 
     def run_eval(at: int) -> None:
         nonlocal last_eval, eval_step
+        fetch()  # a non-finite step stops the run before its evaluation
         last_eval, eval_step = evaluate(run, s.state.params, s.eval_batches), at
         if s.task is not None:
             view = getattr(run, "inference", None) or run  # PEFT: the combined params
@@ -425,42 +462,57 @@ def train(
             value <= s.best_value if mode == "max" else value >= s.best_value
         ):
             return
+        fetch()
+        if not state_finite(s.state):
+            return  # a non-finite state is never saved (the next fetch or save stops)
         best_cfg = dataclasses.replace(cfg.checkpoint, keep=1, async_save=False)
-        best = checkpoints.Checkpointer(os.path.join(workdir, BEST_DIR), best_cfg)
+        best = checkpoints.Checkpointer(_join(workdir, BEST_DIR), best_cfg)
         try:
             meta = {"mesh": list(s.mesh_shape), "process_count": s.process_count}
-            best.save(at, s.state, s.iterator.get_state(), {**meta, name: value})
+            best.save(at, s.state, feed.consumed_state, {**meta, name: value})
             best.wait()
         finally:
             best.close()
         s.best_value = value
         stats["best_" + name] = value
         if s.primary:
-            write_json(os.path.join(workdir, BEST_FILE), {"step": at, "metric": name,
-                                                          "value": value})  # fmt: skip
+            _write_json(_join(workdir, BEST_FILE), {"step": at, "metric": name,
+                                                    "value": value})  # fmt: skip
 
     try:
         while step < tc.num_steps:
-            batch = to_global(next(s.iterator), run.batch_sharding, tc.batch_size)
+            batch = feed.pop()
             t0 = time.perf_counter()
-            s.state, step_metrics = run.run(run.train, s.state, batch)
-            m = {k: float(v) for k, v in replicated_value(step_metrics).items()}
-            dt = time.perf_counter() - t0
+            s.state, step_metrics = run.run(run.train, s.state, batch)  # dispatched
             step += 1
-            if compile_s is None:
-                compile_s = dt
+            pending.append((step, step_metrics))
+            feed.fill()  # the next batches go to the devices while this step runs
+            if compile_s is None:  # the first step: compilation, timed to its end
+                jax.block_until_ready(s.state)
+                compile_s = time.perf_counter() - t0
+                window.start()
             else:
-                window.seconds, window.steps = window.seconds + dt, window.steps + 1
-                step_times.append(dt)
-            history[step] = m["loss"]
-            window.losses.append(m["loss"])
+                window.steps += 1
             last = step == tc.num_steps
             logged = step % tc.log_every == 0 or last
+            m = fetch() if (logged or on_step is not None) else {}
             if logged:
-                record = _log_record(s, step, m, window, peak)
-                writer.write(step, record)
-                stats.update(record)
-                window = _Window()
+                window.pause()  # the fetch waited for this step: the window ends here
+                if memory_source == "live_arrays":
+                    live["steady"] = max(live["steady"], loop.live_bytes_per_device())
+                if window.losses:
+                    record = _log_record(s, step, m, window, peak)
+                    record["skipped_steps"] = skipped
+                    record["peak_memory_bytes"] = loop.memory_now(s.devices, live)
+                    writer.write(step, record)
+                    stats.update(record)
+                loop_s, loop_steps = loop_s + window.seconds, loop_steps + window.steps
+                window = loop.Window()
+            every = (tc.eval_every, cfg.checkpoint.every_steps, tc.plot_every)
+            busy = last or any(step % n == 0 for n in every)
+            if busy and not logged:
+                jax.block_until_ready(s.state)
+                window.pause()
             if step % tc.eval_every == 0 or last:
                 run_eval(step)
             if step % cfg.checkpoint.every_steps == 0 or last:
@@ -470,12 +522,15 @@ def train(
             bar.update(step, stats, logged)
             if on_step is not None:
                 on_step(step, m)
-            if stop.enabled and stop.requested():
+            if stop.requested(step):
                 preempted = True
                 bar.write(f"signal {stop.signum}: saving a checkpoint at step {step}")
                 save(step)
                 break
+            if window.started is None and compile_s is not None:
+                window.start()
         if not preempted:
+            fetch()
             if eval_step != step:
                 run_eval(step)
             save(step)
@@ -498,7 +553,7 @@ def train(
         "wall_time_s": time.perf_counter() - wall_start,
         "losses": history,
         "preempted": preempted,
-        "workdir": os.path.abspath(workdir),
+        "workdir": checkpoints.resolve(workdir),
         "checkpoint_dir": ckpt.directory,
         "checkpoint_step": saved_step,
         "best": (
@@ -510,7 +565,15 @@ def train(
         "sample": sample_text,
         "sample_ids": sampled,
         "compile_s": compile_s,
-        "mean_step_s": float(np.mean(step_times)) if step_times else None,
+        # The whole loop (input, transfers, dispatch; evals, saves and plots left out).
+        "mean_step_s": loop_s / loop_steps if loop_steps else None,
+        "loop_tokens_per_second": (
+            s.tokens_per_step * loop_steps / loop_s if loop_steps and loop_s else None
+        ),
+        "skipped_steps": skipped,
+        "peak_memory_bytes": loop.memory_now(s.devices, live),
+        "memory_source": memory_source,
+        "live_bytes": dict(live),
         "save_blocking_s": save_blocking,
         "restore_s": s.restore_s,
         "flops_per_token": s.flops_per_token,

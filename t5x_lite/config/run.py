@@ -121,10 +121,18 @@ class TrainConfig:
     # checkpoint; PATH@STEP for another step; or a Hugging Face directory). Read only
     # when the workdir holds no checkpoint yet (t5x_lite.loading.initial_params).
     init_from: str = ""
+    # A non-finite loss or gradient norm: stop (no save of that state; the message
+    # names the step and the last good checkpoint) or skip (that batch's update is
+    # dropped on the device; metrics count the skips).
+    on_nonfinite: str = "stop"
+    # Several processes without JAX's preemption service: agree on a stop every N steps.
+    preemption_check_every: int = 10
+    # Batches transferred to the devices ahead of the step that reads them.
+    prefetch_depth: int = 2
 
     def validate(self) -> TrainConfig:
         positive = ("batch_size", "num_steps", "microbatches", "log_every", "eval_every")
-        for name in (*positive, "plot_every"):
+        for name in (*positive, "plot_every", "preemption_check_every"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"train.{name}={v!r} must be a positive integer")
         _check(
@@ -135,6 +143,14 @@ class TrainConfig:
         _check(
             isinstance(self.eval_batches, int) and self.eval_batches >= 0,
             f"train.eval_batches={self.eval_batches!r} must be a non-negative integer",
+        )
+        _check(
+            isinstance(self.prefetch_depth, int) and self.prefetch_depth >= 0,
+            f"train.prefetch_depth={self.prefetch_depth!r} must be a non-negative integer",
+        )
+        _check(
+            self.on_nonfinite in ("stop", "skip"),
+            f"train.on_nonfinite={self.on_nonfinite!r} is not one of stop, skip",
         )
         return self
 
