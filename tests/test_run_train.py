@@ -191,9 +191,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             "data.target_len=10 is below the 29 targets that span corruption makes",
         ),
         (
-            ["--config=configs/gpt2_tiny.py", "--config.model.attention_impl=cudnn",
+            ["--config=configs/gpt2_tiny.py", "--config.model.attention=cudnn",
              "--config.model.dtype=bfloat16"],
-            "model.attention_impl='cudnn' needs GPU devices; this run has cpu",
+            "model.attention='cudnn' needs GPU devices; this run has cpu",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.model.attention=splash"],
+            "model.attention='splash' needs TPU devices; this run has cpu",
         ),
         (
             ["--config=configs/gpt2_tiny.py", "--coordinator_address=127.0.0.1:9",

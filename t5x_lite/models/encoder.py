@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import attention, layers
+from t5x_lite import attention, layers, masks
 from t5x_lite.config import ConfigError, ModelConfig
 from t5x_lite.models import heads
 
@@ -107,7 +107,7 @@ class EncoderLayer(nn.Module):
             dtype=dt,
             param_dtype=pdt,
             init_std=cfg.initializer_range,
-            implementation=cfg.attention_impl,
+            implementation=cfg.attention,
             dropout_rate=cfg.dropout_rate,
             name="attention",
         )(x, mask=mask, deterministic=deterministic)  # [B, T, E]
@@ -182,7 +182,7 @@ class Model(nn.Module):
         x = layers.constrain(x, _HIDDEN)
 
         # ---- layers
-        mask = layers.self_attention_mask(batch, t, causal=False)  # [B|1, 1, T, T]
+        mask = masks.self_attention_mask(batch, causal=False)  # padding or segments
         layer_cls = layers.remat(EncoderLayer, cfg.remat_policy)
         if cfg.share_layers:
             shared = layer_cls(cfg, name="layer")
