@@ -21,7 +21,8 @@ auto       cudnn on GPU in bfloat16/float16 for causal/window/padding masks, spl
 =========  ===========================================================================
 
 Calls a backend cannot express take the xla path: an explicit mask (the decoding
-cache's slots), T5's relative-position bias or a prefix LM on splash, and attention
+cache's slots), T5's relative-position bias, a prefix LM or lengths that are not
+multiples of 128 (its block width) on splash, and attention
 dropout on every backend (dropout needs the probabilities, so that path forms the
 float32 ``[B, H, T, S]`` probabilities explicitly).
 
@@ -94,7 +95,9 @@ def resolve(
         if backend == "tpu" and bias is None and kind != "prefix" and t % 128 == s % 128 == 0:
             return "splash"
         return "xla"
-    if requested == "splash" and (bias is not None or kind == "prefix"):
+    if requested == "splash" and (
+        bias is not None or kind == "prefix" or q.shape[1] % 128 or k.shape[1] % 128
+    ):
         return "xla"
     return requested
 
@@ -234,8 +237,7 @@ def attention_probabilities(
     logits = logits.reshape(b, h, t, s) * scale  # [B, H, T, S]
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    m = None if mask is None else mask.logits_mask(t, s)
-    if m is not None:
+    for m in [] if mask is None else mask.logits_masks(t, s):
         logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1)
 

@@ -74,16 +74,13 @@ class AttentionMask:
             return None
         return self.kv_valid.astype(jnp.int32).sum(-1)
 
-    def logits_mask(self, t: int, s: int) -> Array | None:
-        """Boolean factor ANDed into the logits, broadcastable to ``[B, H, T, S]``, or
-        None. Causal and window parts are a ``[T, S]`` iota comparison and padding is
-        ``[B, 1, 1, S]``; only segments, a prefix or an explicit mask carry a batch
-        *and* both lengths (``[B, 1, T, S]``)."""
-        m = None
-
-        def both(a: Array | None, b: Array) -> Array:
-            return b if a is None else a & b
-
+    def logits_masks(self, t: int, s: int) -> list[Array]:
+        """Boolean factors, each broadcastable to ``[B, H, T, S]``, that the logits are
+        masked by one after another (each a ``where`` fused into the softmax).
+        Causal and window parts are one ``[T, S]`` iota comparison and padding is
+        ``[B, 1, 1, S]``, never combined into a ``[B, 1, T, S]`` array; only segments,
+        a prefix or an explicit mask carry a batch *and* both lengths."""
+        out = []
         if self.causal:
             i = jax.lax.broadcasted_iota(jnp.int32, (t, s), 0)
             j = jax.lax.broadcasted_iota(jnp.int32, (t, s), 1)
@@ -93,23 +90,22 @@ class AttentionMask:
             if self.prefix is not None:
                 p = self.prefix.astype(bool)
                 c = c | (p[:, None, :, None] & p[:, None, None, :])  # [B, 1, T, T]
-            m = both(m, c)
+            out.append(c)
         if self.kv_valid is not None:
-            m = both(m, self.kv_valid.astype(bool)[:, None, None, :])  # [B, 1, 1, S]
+            out.append(self.kv_valid.astype(bool)[:, None, None, :])  # [B, 1, 1, S]
         if self.q_segments is not None:
             q = self.q_segments[:, None, :, None]
-            m = both(m, q == self.kv_segments[:, None, None, :])  # [B, 1, T, S]
+            out.append(q == self.kv_segments[:, None, None, :])  # [B, 1, T, S]
         if self.dense_mask is not None:
-            m = both(m, self.dense_mask)
-        return m
+            out.append(self.dense_mask)
+        return out
 
     def dense(self, t: int, s: int) -> Array:
         """The mask as one ``[B|1, 1|H, T, S]`` bool array (prefix tuning, tests)."""
-        m = self.logits_mask(t, s)
-        if m is None:
-            return jnp.ones((1, 1, t, s), bool)
-        m = m[None, None] if m.ndim == 2 else m
-        return jnp.broadcast_to(m, (*m.shape[:2], t, s))
+        m = jnp.ones((1, 1, t, s), bool)
+        for factor in self.logits_masks(t, s):
+            m = m & factor
+        return m
 
 
 def self_attention_mask(
