@@ -188,6 +188,19 @@ class Embed(nn.Module):
         )
 
 
+def real_vocab(logits: Array, vocab_size: int) -> Array:
+    """Logits over the real vocabulary: ``[B, T, Vp] -> [B, T, V]``.
+
+    Token tables and LM heads have ``model.padded_vocab_size`` rows (a multiple of
+    ``model.vocab_pad_multiple``) so the head matmul runs at an aligned width; the
+    padding columns are sliced off here, once, so losses, sampling, scoring,
+    fill-mask and export never see a padded id. Slicing (rather than -inf masking)
+    keeps the padding invisible by construction; XLA fuses the slice into the
+    consumer. E.g. ``V = 3`` of ``Vp = 4``: ``[[[1, 2, 3, 0]]] -> [[[1, 2, 3]]]``.
+    """
+    return logits if logits.shape[-1] == vocab_size else logits[..., :vocab_size]
+
+
 # --------------------------------------------------------------------------- norms
 
 

@@ -146,7 +146,7 @@ class Model(nn.Module):
             mask = masks.explicit(batch["decode_mask"])
 
         wte = layers.Embed(
-            cfg.vocab_size,
+            cfg.padded_vocab_size,
             cfg.d_model,
             dtype=dtype,
             param_dtype=param_dtype,
@@ -177,7 +177,7 @@ class Model(nn.Module):
 
         if not cfg.tied_head:
             logits = layers.DenseGeneral(
-                (cfg.vocab_size,),
+                (cfg.padded_vocab_size,),
                 ("embed",),
                 ("vocab",),
                 use_bias=False,
@@ -189,8 +189,8 @@ class Model(nn.Module):
             )(x)
         else:
             logits = wte.attend(x)  # tied: [B, T, V] = x · wteᵀ, float32
-        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
-        return {"logits": logits.astype(jnp.float32)}
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))  # [B, T, Vp]
+        return {"logits": layers.real_vocab(logits.astype(jnp.float32), cfg.vocab_size)}
 
 
 def count_params(cfg: ModelConfig) -> tuple[int, int]:

@@ -147,7 +147,7 @@ class Model(nn.Module):
 
         # ---- embeddings: [B, T] -> [B, T, Em]
         word = layers.Embed(
-            cfg.vocab_size, em, ("vocab", "embed"), dt, pdt, std, name="word_embeddings"
+            cfg.padded_vocab_size, em, ("vocab", "embed"), dt, pdt, std, name="word_embeddings"
         )
         x = word(ids)
         if cfg.type_vocab_size:
@@ -202,10 +202,11 @@ class Model(nn.Module):
         h = layers.activation(head_activation(cfg))(h)
         h = layers.norm(cfg, "mlm_norm")(h)
         bias = layers.param_with_axes(
-            self, "mlm_bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), pdt
+            self, "mlm_bias", nn.initializers.zeros, (cfg.padded_vocab_size,), ("vocab",), pdt
         )
-        logits = word.attend(h) + bias.astype(jnp.float32)  # float32 [B, T, V]
-        out = {"logits": layers.constrain(logits, ("batch", "act_length", "act_vocab"))}
+        logits = word.attend(h) + bias.astype(jnp.float32)  # float32 [B, T, Vp]
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
+        out = {"logits": layers.real_vocab(logits, cfg.vocab_size)}  # [B, T, V]
 
         # ---- pooler + NSP / SOP: [B, E] -> [B, 2]
         if cfg.sentence_head:

@@ -347,7 +347,7 @@ class Decoder(nn.Module):
             logits = self.shared_embedding.attend(y * scale)
         else:
             logits = layers.DenseGeneral(
-                (cfg.vocab_size,),
+                (cfg.padded_vocab_size,),
                 ("embed",),
                 ("vocab",),
                 use_bias=False,
@@ -357,8 +357,8 @@ class Decoder(nn.Module):
                 kernel_init=layers.normal(cfg.d_model**-0.5),
                 name="logits_dense",
             )(y)
-        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
-        return logits.astype(jnp.float32)  # [B, T, V]
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))  # [B, T, Vp]
+        return layers.real_vocab(logits.astype(jnp.float32), cfg.vocab_size)  # [B, T, V]
 
 
 # --------------------------------------------------------------------------- model
@@ -372,7 +372,7 @@ class Model(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.token_embedder = layers.Embed(
-            cfg.vocab_size,
+            cfg.padded_vocab_size,
             cfg.d_model,
             dtype=layers.dtype_of(cfg.dtype),
             param_dtype=layers.dtype_of(cfg.param_dtype),
