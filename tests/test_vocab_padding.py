@@ -66,3 +66,29 @@ def test_counts_say_what_is_stored_and_what_runs():
     head = flops.forward_flops_per_row(cfg, 8)["head"]
     assert head == 2 * 8 * 32 * 1024
     assert flops.forward_flops_per_row(plain, 8)["head"] == 2 * 8 * 32 * 1000
+
+
+@pytest.mark.parametrize("vocab, refused", [(2048, False), (1000, True)])
+def test_a_workdir_saved_before_padding_resumes_with_the_same_rows(tmp_path, vocab, refused):
+    """A config.json written without ``vocab_pad_multiple`` (unpadded tables, and the
+    old key ``attention_impl``) resumes when the padded rows are the same (2048) and is
+    a one-line error naming the field when they are not (1000 -> 1024)."""
+    import json
+
+    from t5x_lite import preflight
+    from t5x_lite.config import ConfigError, from_dict, saved_config, to_dict
+
+    want = from_dict({"model": {"vocab_size": vocab}})
+    old = to_dict(want)
+    del old["model"]["vocab_pad_multiple"]
+    old["model"]["attention_impl"] = old["model"].pop("attention")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert from_dict(saved_config(old)).model.padded_vocab_size == vocab  # read as run
+    if not refused:
+        assert preflight.check_workdir(want, str(tmp_path)) is not None
+        return
+    with pytest.raises(ConfigError) as err:
+        preflight.check_workdir(want, str(tmp_path))
+    said = "model.vocab_pad_multiple=1; the requested config has model.vocab_pad_multiple=128"
+    assert said in str(err.value)
+    assert "\n" not in str(err.value)
