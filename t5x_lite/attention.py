@@ -160,12 +160,60 @@ def _cudnn(
 
 
 def _splash(q: Array, k: Array, v: Array, mask: AttentionMask | None, scale: float) -> Array:
-    """Pallas splash attention, one kernel per call vmapped over the batch.
+    """Pallas splash attention, one kernel vmapped over the batch.
 
     The static mask is causal (with a window: local ``(W - 1, 0)``) or full; packed
     rows pass their segment ids, padding passes key segment ids ``kv_valid`` (0 for
-    padding) against query segment 1. Key/value heads are repeated ``G`` times.
+    padding) against query segment 1. Key/value heads are repeated ``G`` times. Under
+    a mesh (``jax.set_mesh``, as the steps run) the kernel runs in ``shard_map``:
+    rows split over ``data`` x ``fsdp`` and heads over ``tensor`` where they divide,
+    since XLA cannot partition a Pallas call itself.
     """
+    from jax.sharding import PartitionSpec as P
+
+    b, t, h, _ = q.shape
+    mask = AttentionMask() if mask is None else mask
+    groups = h // k.shape[2]
+    qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)  # [B, H, T, D]
+    kh = jnp.swapaxes(jnp.repeat(k, groups, axis=2), 1, 2)  # [B, H, S, D]
+    vh = jnp.swapaxes(jnp.repeat(v, groups, axis=2), 1, 2)
+    if mask.q_segments is not None:
+        q_seg, kv_seg = mask.q_segments, mask.kv_segments
+    elif mask.kv_valid is not None:
+        q_seg, kv_seg = jnp.ones((b, t), jnp.int32), mask.kv_valid
+    else:
+        q_seg = kv_seg = None
+    segments = None if q_seg is None else (q_seg.astype(jnp.int32), kv_seg.astype(jnp.int32))
+
+    def local(qh: Array, kh: Array, vh: Array, segments: Any) -> Array:
+        kernel = _splash_kernel(mask, qh.shape[1], qh.shape[2], kh.shape[2])
+        if segments is None:
+            return jax.vmap(kernel)(qh, kh, vh)
+        seg = _splash_segments(*segments)
+        return jax.vmap(lambda a, b_, c, d: kernel(a, b_, c, segment_ids=d))(qh, kh, vh, seg)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        out = local(qh, kh, vh, segments)
+    else:
+        rows = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+        rows = rows if b % math.prod(mesh.shape[a] for a in rows) == 0 else ()
+        tensor = mesh.shape.get("tensor", 1)
+        heads = "tensor" if tensor > 1 and h % tensor == 0 else None
+        spec = P(rows or None, heads, None, None)
+        seg_spec = None if segments is None else (P(rows or None, None),) * 2
+        out = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(spec, spec, spec, seg_spec),
+            out_specs=spec,
+            check_vma=False,
+        )(qh, kh, vh, segments)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)  # [B, T, H, D]
+
+
+def _splash_kernel(mask: AttentionMask, h: int, t: int, s: int) -> Callable[..., Array]:
+    """The splash kernel of ``h`` heads over ``[T, S]`` for ``mask``'s static part."""
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as sk,
     )
@@ -173,9 +221,6 @@ def _splash(q: Array, k: Array, v: Array, mask: AttentionMask | None, scale: flo
         splash_attention_mask as sm,
     )
 
-    b, t, h, _ = q.shape
-    s = k.shape[1]
-    mask = AttentionMask() if mask is None else mask
     if mask.causal and mask.window is not None and mask.window < s:
         base = sm.LocalMask((t, s), (mask.window - 1, 0), offset=0)
     elif mask.causal:
@@ -187,29 +232,21 @@ def _splash(q: Array, k: Array, v: Array, mask: AttentionMask | None, scale: flo
         block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
         block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk,
     )  # fmt: skip
-    kernel = sk.make_splash_mha(
+    return sk.make_splash_mha(
         sm.MultiHeadMask([base] * h),
         head_shards=1,
         q_seq_shards=1,
         block_sizes=sizes,
         interpret=_SPLASH_INTERPRET[-1],
     )
-    groups = h // k.shape[2]
-    qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)  # [B, H, T, D]
-    kh = jnp.swapaxes(jnp.repeat(k, groups, axis=2), 1, 2)  # [B, H, S, D]
-    vh = jnp.swapaxes(jnp.repeat(v, groups, axis=2), 1, 2)
-    if mask.q_segments is not None:
-        q_seg, kv_seg = mask.q_segments, mask.kv_segments
-        seg = sk.SegmentIds(q=q_seg.astype(jnp.int32), kv=kv_seg.astype(jnp.int32))
-    elif mask.kv_valid is not None:
-        seg = sk.SegmentIds(q=jnp.ones((b, t), jnp.int32), kv=mask.kv_valid.astype(jnp.int32))
-    else:
-        seg = None
-    if seg is None:
-        out = jax.vmap(kernel)(qh, kh, vh)
-    else:
-        out = jax.vmap(lambda a, b_, c, d: kernel(a, b_, c, segment_ids=d))(qh, kh, vh, seg)
-    return jnp.swapaxes(out, 1, 2).astype(q.dtype)  # [B, T, H, D]
+
+
+def _splash_segments(q_seg: Array, kv_seg: Array) -> Any:
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as sk,
+    )
+
+    return sk.SegmentIds(q=q_seg, kv=kv_seg)
 
 
 def attention_probabilities(

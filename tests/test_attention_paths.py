@@ -166,8 +166,10 @@ def test_no_dense_mask_in_a_model_forward(kw, key):
 
 def test_splash_gradients_match_xla():
     """Training runs the splash kernel's backward pass: packed causal rows, d(q, k, v)."""
-    mask, _, _ = cases(128)["packed"]
-    q, k, v = _qkv(3, 128)
+    packed, _, _ = cases(128)["packed"]
+    seg = packed.q_segments[1:]  # one row: three segments and padding
+    mask = masks.AttentionMask(causal=True, q_segments=seg, kv_segments=seg)
+    q, k, v = (x[1:] for x in _qkv(3, 128))
 
     def loss(impl):
         def f(*qkv):
@@ -180,3 +182,19 @@ def test_splash_gradients_match_xla():
     want = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-4, rtol=0)
+
+
+def test_splash_under_a_mesh_runs_in_shard_map():
+    """Rows on ``data``, heads on ``tensor`` (XLA cannot partition a Pallas call)."""
+    from t5x_lite import partitioning
+    from t5x_lite.config import MeshConfig
+
+    mask, allowed, rows = cases(128)["causal_padded"]
+    q, k, v = _qkv(4, 128)
+    mesh = partitioning.make_mesh(MeshConfig(data=2, fsdp=1, tensor=4))
+    run = jax.jit(lambda *a: attention.dot_product_attention(*a, mask, implementation="splash"))
+    with attention.splash_interpret(), jax.set_mesh(mesh):
+        got = run(q, k, v)
+    assert got.sharding.spec == jax.sharding.PartitionSpec("data", None, "tensor")
+    want = _reference(q, k, v, allowed)
+    np.testing.assert_allclose(np.asarray(got)[rows], want[rows], atol=2e-5, rtol=0)
