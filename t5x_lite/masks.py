@@ -40,8 +40,8 @@ class AttentionMask:
     * ``q_segments [B, T]``, ``kv_segments [B, S]`` int: same segment id (packed rows);
     * ``dense [B|1, 1|H, T, S]`` bool: an explicit mask (the decoding cache's slots).
 
-    E.g. ``AttentionMask(causal=True, kv_valid=[[1, 1, 0]]).dense(3, 3)[0, 0]`` is
-    ``[[1, 0, 0], [1, 1, 0], [1, 1, 0]]``.
+    E.g. ``AttentionMask(causal=True, kv_valid=jnp.asarray([[1, 1, 0]])).dense(3, 3)``
+    is ``[[[[1, 0, 0], [1, 1, 0], [1, 1, 0]]]]`` (True as 1).
     """
 
     kv_valid: Array | None = None
