@@ -11,14 +11,11 @@ build a ``[B, 1, T, S]`` array. :meth:`AttentionMask.dense` materialises the mas
 for the few places that need it (prefix tuning, tests).
 
 Shapes: ``B`` batch, ``T`` query length, ``S`` key length, ``H`` heads. Segment id 0
-marks padding; a query sees the keys of its own segment id. This module imports
-only jax.
+marks padding; a query sees the keys of its own segment id (padding sees padding,
+outputs never read). This module imports only jax and flax.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +35,7 @@ class AttentionMask:
     * ``kv_valid [B, S]`` bool: key ``j`` is a real token (padding masks keys only,
       as Hugging Face's models do; outputs at padded queries are never read);
     * ``q_segments [B, T]``, ``kv_segments [B, S]`` int: same segment id (packed rows);
-    * ``dense [B|1, 1|H, T, S]`` bool: an explicit mask (the decoding cache's slots).
+    * ``dense_mask [B|1, 1|H, T, S]`` bool: an explicit mask (the decoding cache's slots).
 
     E.g. ``AttentionMask(causal=True, kv_valid=jnp.asarray([[1, 1, 0]])).dense(3, 3)``
     is ``[[[[1, 0, 0], [1, 1, 0], [1, 1, 0]]]]`` (True as 1).
@@ -63,9 +60,6 @@ class AttentionMask:
         if self.q_segments is not None:
             return "segments"
         return "simple"
-
-    def replace(self, **kw: Any) -> AttentionMask:
-        return dataclasses.replace(self, **kw)
 
     def kv_lengths(self) -> Array | None:
         """``[B]`` int32 number of real keys, valid when padding is trailing (the
