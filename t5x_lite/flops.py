@@ -15,8 +15,9 @@ Conventions (those of Kaplan et al. 2020, Hoffmann et al. 2022 and PaLM's MFU):
 Symbols: ``T`` = ``seq_len`` (encoder/decoder input tokens per row), ``U`` =
 ``target_len`` (encoder-decoder decoder tokens per row), ``L`` layers (``L_e``,
 ``L_d`` for T5), ``E`` = ``d_model``, ``F`` = ``d_ff``, ``H`` query heads, ``K``
-key/value heads, ``D`` head size, ``V`` vocabulary, ``Em`` the (ALBERT) embedding
-width; ``m`` = 3 for gated MLPs (llama SwiGLU, t5_v1_1 gated-GELU) and 2 otherwise;
+key/value heads, ``D`` head size, ``V`` vocabulary (``model.padded_vocab_size``),
+``Em`` the (ALBERT) embedding width; ``m`` = 3 for gated MLPs (llama SwiGLU, t5_v1_1
+gated-GELU) and 2 otherwise;
 ``P = 2EHD + 2EKD`` the attention projections (q, o and k, v) of one layer.
 
 Training FLOPs **per row** (one sequence of the batch)::
@@ -35,13 +36,15 @@ their parameters are stored once.
 (``data.seq_len``), the same tokens the trainer counts in ``tokens_per_second``
 (``batch_size x seq_len`` per step). For encoder-decoders this folds the decoder's
 work into the encoder token count. Example: GPT-2 small (``L=12, E=768, F=3072,
-V=50257``) at ``T=1024`` gives ``6 x 123.5M + 12 x 12 x 768 x 1024 = 854.4 MFLOP``
-per token, PaLM's ``6N + 12LHQT`` with ``N`` the matmul parameters::
+V=50257``, padded to 50304) at ``T=1024`` gives ``6 x 123.6M + 12 x 12 x 768 x 1024
+= 854.7 MFLOP`` per token, PaLM's ``6N + 12LHQT`` with ``N`` the matmul parameters.
+The head counts ``model.padded_vocab_size`` rows, the matmul the hardware runs
+(``model.vocab_pad_multiple = 1``: 854.4)::
 
     >>> cfg = ModelConfig(vocab_size=50257, d_model=768, num_heads=12, num_layers=12,
     ...                   d_ff=3072, max_seq_len=1024)
     >>> round(train_flops_per_token(cfg, 1024) / 1e6, 1)
-    854.4
+    854.7
 
 MFU = ``train_flops_per_token x tokens_per_second / (num_devices x peak)`` with the
 per-device ``peak`` from :func:`peak_flops_per_device`.
@@ -168,15 +171,15 @@ def forward_flops_per_row(
     ``target_len`` is the decoder length of an encoder-decoder (``None``: ``seq_len``).
 
     >>> cfg = ModelConfig(vocab_size=100, d_model=16, num_heads=2, num_layers=1, d_ff=32)
-    >>> forward_flops_per_row(cfg, 8)  # 2*8*(4*16*16), 2*8*(2*16*32), 2*8*16*100, 4*8*8*16
-    {'attention_proj': 16384.0, 'mlp': 16384.0, 'head': 25600.0, 'attention_scores': 4096.0}
+    >>> forward_flops_per_row(cfg, 8)  # 2*8*(4*16*16), 2*8*(2*16*32), 2*8*16*128, 4*8*8*16
+    {'attention_proj': 16384.0, 'mlp': 16384.0, 'head': 32768.0, 'attention_scores': 4096.0}
     """
     u = _check_lengths(cfg, seq_len, target_len)
     t = seq_len
     e, f, v, h, k, d = (
         cfg.d_model,
         cfg.d_ff,
-        cfg.vocab_size,
+        cfg.padded_vocab_size,  # the head's matmul runs over the padded rows
         cfg.num_heads,
         cfg.kv_heads,
         cfg.head_size,
@@ -229,8 +232,8 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None
     pass the decoder length of the batch, e.g. ``batch["decoder_input_ids"].shape[1]``).
 
     >>> cfg = ModelConfig(vocab_size=100, d_model=16, num_heads=2, num_layers=1, d_ff=32)
-    >>> train_flops_per_token(cfg, 8)  # 3 * (16384 + 16384 + 25600 + 4096) / 8
-    23424.0
+    >>> train_flops_per_token(cfg, 8)  # 3 * (16384 + 16384 + 32768 + 4096) / 8
+    26112.0
     """
     return train_flops_per_row(cfg, seq_len, target_len) / seq_len
 

@@ -4,7 +4,7 @@ Every parameter is created through :func:`param_with_axes`, so it carries logica
 axis names (see :mod:`t5x_lite.partitioning`); activations are constrained with
 :func:`constrain`. Shapes use ``B`` batch, ``T`` query length, ``S`` key length,
 ``H`` heads, ``K`` key/value heads, ``D`` head size, ``E`` model width,
-``F`` MLP width, ``V`` vocabulary.
+``F`` MLP width, ``V`` vocabulary. Attention masks live in :mod:`t5x_lite.masks`.
 
 This module imports only jax, flax, numpy and the config.
 """
@@ -188,6 +188,19 @@ class Embed(nn.Module):
         )
 
 
+def real_vocab(logits: Array, vocab_size: int) -> Array:
+    """Logits over the real vocabulary: ``[B, T, Vp] -> [B, T, V]``.
+
+    Token tables and LM heads have ``model.padded_vocab_size`` rows (a multiple of
+    ``model.vocab_pad_multiple``) so the head matmul runs at an aligned width; the
+    padding columns are sliced off here, once, so losses, sampling, scoring,
+    fill-mask and export never see a padded id. Slicing (rather than -inf masking)
+    keeps the padding invisible by construction; XLA fuses the slice into the
+    consumer. E.g. ``V = 3`` of ``Vp = 4``: ``[[[1, 2, 3, 0]]] -> [[[1, 2, 3]]]``.
+    """
+    return logits if logits.shape[-1] == vocab_size else logits[..., :vocab_size]
+
+
 # --------------------------------------------------------------------------- norms
 
 
@@ -339,83 +352,7 @@ def bottleneck_adapter(module: nn.Module, y: Array) -> Array:
     return y + jnp.einsum("...m,me->...e", h, get("adapter_up")) + get("adapter_up_bias")
 
 
-# --------------------------------------------------------------------------- masks
-
-
-def padding_mask(q_valid: Array, kv_valid: Array) -> Array:
-    """``[B, T]``, ``[B, S]`` bool -> ``[B, 1, T, S]``: both positions real tokens."""
-    return q_valid[:, None, :, None] & kv_valid[:, None, None, :]
-
-
-def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
-    """Packed rows: attend only within the same segment; segment 0 is padding.
-
-    ``[B, T]``, ``[B, S]`` int -> ``[B, 1, T, S]`` bool.
-    """
-    same = q_segments[:, None, :, None] == kv_segments[:, None, None, :]
-    return same & (q_segments[:, None, :, None] > 0) & (kv_segments[:, None, None, :] > 0)
-
-
-def causal_mask(length: int) -> Array:
-    """``[1, 1, T, T]`` bool, ``True`` where key index <= query index."""
-    i = jnp.arange(length)
-    return (i[None, :] <= i[:, None])[None, None]
-
-
-def prefix_lm_mask(prefix: Array) -> Array:
-    """Causal, except fully visible inside the prefix.
-
-    ``prefix`` ``[B, T]`` bool marks prefix tokens; ``[B, 1, T, T]`` bool result:
-    query i sees key j iff ``j <= i`` or (i and j both in the prefix).
-    """
-    t = prefix.shape[1]
-    both = prefix[:, None, :, None] & prefix[:, None, None, :]
-    return causal_mask(t) | both
-
-
-def sliding_window_mask(length: int, window: int) -> Array:
-    """``[1, 1, T, T]`` bool, ``True`` where ``query - window < key <= query + window``;
-    combined with the causal mask a query sees itself and the ``window - 1`` keys
-    before it (Mistral; HF's ``kv_idx > q_idx - sliding_window``)."""
-    i = jnp.arange(length)
-    d = i[:, None] - i[None, :]
-    return (jnp.abs(d) < window)[None, None]
-
-
-def self_attention_mask(
-    batch: dict[str, Array],
-    length: int,
-    causal: bool,
-    prefix_key: str = "prefix_mask",
-    window: int | None = None,
-    ids_key: str = "input_ids",
-    segment_key: str = "segment_ids",
-    mask_key: str = "attention_mask",
-) -> Array:
-    """Mask ``[B|1, 1, T, T]`` for self-attention over the rows of ``batch[ids_key]``:
-    the one mask builder of every family (encoder, decoder, T5's decoder with
-    ``ids_key="decoder_input_ids"`` and its ``decoder_*`` keys).
-
-    Uses ``segment_key`` when present (packed rows), else ``mask_key`` (1 = token,
-    0 = padding), else all-ones; adds the causal or prefix-LM mask (``prefix_key``)
-    and, with ``window``, the sliding window.
-    """
-    if segment_key in batch:
-        seg = batch[segment_key]
-        mask = segment_mask(seg, seg)
-    elif mask_key in batch:
-        valid = batch[mask_key].astype(bool)
-        mask = padding_mask(valid, valid)
-    else:
-        mask = jnp.ones((1, 1, length, length), bool)
-    if causal:
-        if prefix_key in batch:
-            mask = mask & prefix_lm_mask(batch[prefix_key].astype(bool))
-        else:
-            mask = mask & causal_mask(length)
-    if window is not None and window < length:
-        mask = mask & sliding_window_mask(length, window)
-    return mask
+# --------------------------------------------------------------------------- positions
 
 
 def segment_positions(segment_ids: Array) -> Array:

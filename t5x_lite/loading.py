@@ -57,6 +57,7 @@ from t5x_lite.config import (
     MeshConfig,
     ModelConfig,
     from_dict,
+    saved_config,
 )
 from t5x_lite.data.tokenizer import Tokenizer
 from t5x_lite.hf.tokenizer import MARKER_FILE, read_marker
@@ -133,7 +134,7 @@ def read_config(workdir: str) -> Config:
     if not isinstance(saved, dict):
         raise ConfigError(f"{cfg_file}: not a t5x_lite config.json")
     try:
-        return from_dict(saved)
+        return from_dict(saved_config(saved))
     except ConfigError as e:
         raise ConfigError(f"{cfg_file}: {e}") from None
 

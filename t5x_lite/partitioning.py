@@ -20,6 +20,7 @@ This module imports only jax, flax and the config.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from t5x_lite.config import MeshConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
+
+_log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, int, tuple[str, ...], int]] = set()
 
 # logical name -> mesh axis (or axes, or None for replicated)
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -118,19 +122,49 @@ def param_shardings(mesh: Mesh, abstract_boxed_params: Any) -> Any:
     """
     specs = nn.get_partition_spec(abstract_boxed_params)
     shapes = nn.meta.unbox(abstract_boxed_params)
+
+    def one(spec: PartitionSpec, leaf: Any) -> PartitionSpec:
+        wanted = nn.logical_to_mesh_axes(tuple(spec), LOGICAL_AXIS_RULES)
+        got = divisible_spec(wanted, leaf.shape, mesh)
+        warn_replicated(tuple(spec), wanted, got, leaf.shape, mesh)
+        return got
+
     mesh_specs = jax.tree.map(
-        lambda spec, leaf: divisible_spec(
-            nn.logical_to_mesh_axes(tuple(spec), LOGICAL_AXIS_RULES), leaf.shape, mesh
-        ),
-        specs,
-        shapes,
-        is_leaf=lambda x: isinstance(x, PartitionSpec),
+        one, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
     )
     return jax.tree.map(
         lambda spec: NamedSharding(mesh, spec),
         mesh_specs,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+def warn_replicated(
+    logical: Sequence[Any],
+    wanted: PartitionSpec,
+    got: PartitionSpec,
+    shape: Sequence[int],
+    mesh: Mesh,
+) -> None:
+    """Log once per (logical axis, size, mesh axes) that a dimension the rules shard
+    is replicated because the mesh does not divide it, e.g. ``logical axis 'kv_heads'
+    of size 2 is not divisible by mesh axis tensor=4: that dimension is replicated
+    (every device holds all of it)``."""
+    for i, (w, g) in enumerate(zip(tuple(wanted), tuple(got), strict=False)):
+        if w is None or g is not None:
+            continue
+        axes = (w,) if isinstance(w, str) else tuple(w)
+        size = math.prod(mesh.shape[a] for a in axes)
+        name = str(logical[i]) if i < len(logical) else "?"
+        key = (name, int(shape[i]), axes, size)
+        if size > 1 and key not in _WARNED:
+            _WARNED.add(key)
+            where = " x ".join(f"{a}={mesh.shape[a]}" for a in axes)
+            _log.warning(
+                "logical axis %r of size %d is not divisible by mesh axis %s: that "
+                "dimension is replicated (every device holds all of it)",
+                name, shape[i], where,
+            )  # fmt: skip
 
 
 def divisible_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:

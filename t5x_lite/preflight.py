@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from t5x_lite.config import Config, ConfigError, to_dict
+from t5x_lite.config import Config, ConfigError, saved_config, to_dict
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"  # the copy pipeline.get_tokenizer keeps in a workdir
@@ -22,7 +22,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # the best checkpoint by checkpoint.best_metric (fine-tuning)
 # Model fields that may change between a run and its resumption (numerics and
 # memory, not the parameters' meaning or shapes).
-RUNTIME_MODEL_FIELDS = ("dtype", "attention_impl", "remat_policy", "dropout_rate")
+RUNTIME_MODEL_FIELDS = ("dtype", "attention", "attention_impl", "remat_policy", "dropout_rate")
 
 
 def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
@@ -61,16 +61,23 @@ def check_layout(cfg: Config, num_devices: int, process_count: int = 1) -> tuple
 def check_backend(cfg: Config, devices: list[jax.Device]) -> None:
     """One-line ConfigError for a model setting the devices cannot run.
 
-    ``model.attention_impl='cudnn'`` needs GPUs: on CPU devices it is refused here,
-    before compilation, instead of failing inside XLA.
+    ``model.attention='cudnn'`` needs GPUs and ``'splash'`` TPUs: on other devices
+    they are refused here, before compilation, instead of failing inside XLA.
     """
     platforms = sorted({d.platform for d in devices})
-    if cfg.model.attention_impl == "cudnn" and platforms != ["gpu"]:
+    need = {"cudnn": "gpu", "splash": "tpu"}.get(cfg.model.attention)
+    if need is not None and platforms != [need]:
         raise ConfigError(
-            f"model.attention_impl='cudnn' needs GPU devices; this run has "
-            f"{', '.join(platforms)} (jax.default_backend()={jax.default_backend()!r}); "
-            "use model.attention_impl='xla'"
+            f"model.attention={cfg.model.attention!r} needs {need.upper()} devices; this "
+            f"run has {', '.join(platforms)} (jax.default_backend()="
+            f"{jax.default_backend()!r}); use model.attention='auto' or 'xla'"
         )
+
+
+def _padded(model: dict[str, Any]) -> int | None:
+    """Token-table rows of a saved model dict (``vocab_size`` padded up)."""
+    v, m = model.get("vocab_size"), model.get("vocab_pad_multiple")
+    return None if not isinstance(v, int) or not isinstance(m, int) else -(-v // m) * m
 
 
 def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
@@ -87,7 +94,7 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
     try:
         with open(path) as f:
             saved = json.load(f)
-        saved_model = dict(saved["model"])
+        saved_model = dict(saved_config(saved)["model"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a t5x_lite config.json ({e})") from None
     wanted = to_dict(cfg.model)
@@ -99,6 +106,8 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
     for key in keys:
         if key in RUNTIME_MODEL_FIELDS:
             continue
+        if key == "vocab_pad_multiple" and _padded(saved_model) == _padded(wanted):
+            continue  # the same table rows either way
         if saved_model.get(key) != wanted.get(key):
             raise ConfigError(
                 f"workdir {workdir} holds a model with model.{key}={saved_model.get(key)!r}; "

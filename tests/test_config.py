@@ -56,8 +56,12 @@ def test_mesh_resolution():
          "model.head_dim=32 x model.num_heads=4 != model.d_model=64"),
         ({"family": "encoder", "arch": "bert", "d_model": 64, "num_heads": 4, "head_dim": 8},
          "model.head_dim=8 x model.num_heads=4 != model.d_model=64"),
-        ({"attention_impl": "cudnn"},
-         "model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 (got 'float32')"),
+        ({"attention": "cudnn"},
+         "model.attention='cudnn' needs model.dtype bfloat16 or float16 (got 'float32')"),
+        ({"attention": "flash"},
+         "model.attention='flash' is not one of auto, xla, cudnn, splash"),
+        ({"vocab_pad_multiple": 0},
+         "model.vocab_pad_multiple=0 must be a positive integer (1 disables padding)"),
     ],
 )  # fmt: skip
 def test_model_shape_and_attention_constraints(model, message):
@@ -72,8 +76,9 @@ def test_model_shape_and_attention_constraints(model, message):
         {"arch": "gpt2", "d_model": 64, "num_heads": 4, "head_dim": 16},  # 4 x 16 == 64
         {"arch": "llama", "d_model": 48, "num_heads": 4, "head_dim": 16},
         {"family": "encoder_decoder", "arch": "t5", "d_model": 24, "num_heads": 3, "head_dim": 10},
-        {"attention_impl": "cudnn", "dtype": "bfloat16"},
-        {"attention_impl": "cudnn", "dtype": "float16"},
+        {"attention": "cudnn", "dtype": "bfloat16"},
+        {"attention": "cudnn", "dtype": "float16"},
+        {"attention": "splash"},
     ],
 )
 def test_model_shape_and_attention_constraints_allow(model):

@@ -9,13 +9,13 @@ from t5x_lite.data import lm, packing, rng
 
 
 def test_prefix_attends_within_its_own_document():
-    from t5x_lite import layers
+    from t5x_lite import masks
 
     # The three-document row of the objective tests: prefixes of 1, 3 and 4 tokens.
     ids = np.array([[6, 1, 7, 8, 9, 10, 1, 11, 12, 13, 14, 15, 16, 17]])
     slot = np.array([[0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]])
     out = lm.prefix_lm(ids, slot, lm.prefix_lengths(0, np.array([0]), 13, 0.6, slot=slot))
-    mask = np.asarray(layers.self_attention_mask(out, 13, causal=True))[0, 0]  # [T, T]
+    mask = np.asarray(masks.self_attention_mask(out, causal=True).dense(13, 13))[0, 0]
     seg, prefix = out["segment_ids"][0], out["prefix_mask"][0]
     i, j = np.arange(13)[:, None], np.arange(13)[None, :]
     expected = (seg[:, None] == seg[None, :]) & ((j <= i) | (prefix[:, None] & prefix[None, :]))

@@ -258,9 +258,10 @@ def test_count_params_equals_initialised_tree(name):
     shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
     n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
     counts = models.count_params(cfg)
-    assert counts["total"] == n
+    assert counts["total"] + counts["vocab_padding"] == n  # padded rows are stored
     if name == "gpt2_small":
-        assert n == 124_439_808  # OpenAI GPT-2 small
+        assert counts["total"] == 124_439_808  # OpenAI GPT-2 small
+        assert counts["vocab_padding"] == (50304 - 50257) * 768
 
 
 def test_non_embedding_count_by_hand():
@@ -271,6 +272,7 @@ def test_non_embedding_count_by_hand():
     assert models.count_params(_preset("gpt2_tiny")) == {
         "total": non_embedding + (2048 + 128) * 64,
         "non_embedding": non_embedding,
+        "vocab_padding": 0,  # 2048 is a multiple of 128
     }
     # llama_tiny: E=64, 4 heads x 16, 2 KV heads, F=172; untied head is "embedding" too.
     per_layer = 2 * 64 + (64 * 64 + 2 * 64 * 32 + 64 * 64) + 3 * 64 * 172
@@ -278,6 +280,7 @@ def test_non_embedding_count_by_hand():
     assert models.count_params(_preset("llama_tiny")) == {
         "total": non_embedding + 2 * 2048 * 64,
         "non_embedding": non_embedding,
+        "vocab_padding": 0,
     }
 
 

@@ -207,7 +207,8 @@ def test_count_params_matches_tree_and_transformers(preset):
     cfg = presets.to_typed(presets.load(preset)).model
     counted = models.count_params(cfg)
     shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
-    assert counted["total"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    stored = counted["total"] + counted["vocab_padding"]  # bert_base: 30522 -> 30592 rows
+    assert stored == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     # Independent count: the equivalent transformers model, built on the meta device.
     hf_config = transformers.AutoConfig.for_model(**hf_bert.hf_config_of(cfg))
     cls = getattr(transformers, hf_config.architectures[0])
@@ -297,7 +298,7 @@ def test_allowed_extras_still_import(cases, tmp_path, model):
         np.testing.assert_array_equal(got, ref)
     ref_model = cases[model].model
     np.testing.assert_array_equal(
-        params["word_embeddings"]["embedding"],
+        params["word_embeddings"]["embedding"][: cfg.vocab_size],  # then zero padding rows
         ref_model.get_input_embeddings().weight.detach().numpy(),
     )
 

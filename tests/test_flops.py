@@ -155,10 +155,15 @@ def test_matmul_params_match_kernels_in_tree(name):
 def test_gpt2_small_by_hand():
     # HF GPT-2 small has 124,439,808 parameters; not matmuls: wpe 1024*768, per layer
     # biases 3*768 + 768 + 3072 + 768 and LayerNorms 4*768, final LayerNorm 2*768.
+    # The published shapes, unpadded (model.vocab_pad_multiple=1); the padded head's
+    # 47 extra rows are checked below and in tests/test_vocab_padding.py.
     cfg = ModelConfig(
-        vocab_size=50257, d_model=768, num_heads=12, num_layers=12, d_ff=3072, max_seq_len=1024
-    )
+        vocab_size=50257, d_model=768, num_heads=12, num_layers=12, d_ff=3072, max_seq_len=1024,
+        vocab_pad_multiple=1,
+    )  # fmt: skip
     assert flops.param_counts(cfg)["total"] == 124_439_808
+    padded = dataclasses.replace(cfg, vocab_pad_multiple=128)  # 50304 rows, as run
+    assert flops.matmul_params(padded) == flops.matmul_params(cfg) + 47 * 768
     n_matmul = 124_439_808 - 1024 * 768 - 12 * (6912 + 3072) - 1536
     assert n_matmul == 123_532_032
     assert flops.matmul_params(cfg) == n_matmul
@@ -173,6 +178,7 @@ def test_bert_base_by_hand():
         family="encoder",
         arch="bert",
         vocab_size=30522,
+        vocab_pad_multiple=1,  # the published shapes, unpadded
         d_model=768,
         num_heads=12,
         num_layers=12,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t5x_lite import attention, layers, models
+from t5x_lite import attention, masks, models
 from t5x_lite.config import ModelConfig
 from t5x_lite.data import sentence_pairs
 
@@ -49,7 +49,7 @@ def test_attention_dropout_is_on_the_probabilities_by_hand():
     b, t, e, h, k, d = 2, 16, 32, 4, 2, 8
     mha = attention.MultiHeadAttention(num_heads=h, head_dim=d, num_kv_heads=k, dropout_rate=RATE)
     x = jax.random.normal(jax.random.key(0), (b, t, e))
-    mask = layers.causal_mask(t)  # [1, 1, T, T]
+    mask = masks.AttentionMask(causal=True)
     params = nn.meta.unbox(mha.init(jax.random.key(1), x, mask=mask)["params"])
     params = jax.tree_util.tree_map(  # biases nonzero, so their placement counts
         lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params
@@ -71,7 +71,7 @@ def test_attention_dropout_is_on_the_probabilities_by_hand():
     kk = np.einsum("bte,ehd->bthd", xn, p["key"]["kernel"]) + p["key"]["bias"]
     vv = np.einsum("bte,ehd->bthd", xn, p["value"]["kernel"]) + p["value"]["bias"]
     kk, vv = np.repeat(kk, h // k, axis=2), np.repeat(vv, h // k, axis=2)  # [B, S, H, D]
-    allowed = np.broadcast_to(np.asarray(mask), (b, h, t, t))
+    allowed = np.broadcast_to(np.tril(np.ones((t, t), bool)), (b, h, t, t))
     logits = np.einsum("bthd,bshd->bhts", q, kk) / math.sqrt(d)
     probs = _softmax(np.where(allowed, logits, -np.inf))  # [B, H, T, S]
 
@@ -291,6 +291,7 @@ def test_softmax_of_fully_masked_row_matches_fused_kernel():
     k = jax.random.normal(jax.random.key(1), (1, 5, 2, 4))
     v = jax.random.normal(jax.random.key(2), (1, 5, 2, 4))
     mask = jnp.ones((1, 1, 3, 5), bool).at[:, :, 1].set(False).at[:, :, 2, 3:].set(False)
-    fused = attention.dot_product_attention(q, k, v, mask=mask)
-    explicit = attention.attend_with_probabilities(attention.attention_probabilities(q, k, mask), v)
+    fused = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    ours = masks.explicit(mask)
+    explicit = attention.attend_with_probabilities(attention.attention_probabilities(q, k, ours), v)
     np.testing.assert_allclose(np.asarray(explicit), np.asarray(fused), atol=1e-6, rtol=0)

@@ -1,5 +1,7 @@
 """The logical-axis rules table and mesh construction on 8 fake CPU devices."""
 
+import dataclasses
+
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -115,3 +117,28 @@ def test_mesh_is_topology_ordered_and_dcn_axes_are_checked():
         partitioning.make_mesh(MeshConfig(data=8, dcn_data=2))
     with pytest.raises(ConfigError, match=r"mesh.dcn_fsdp=0 must be positive"):
         partitioning.make_mesh(MeshConfig(data=8, dcn_fsdp=0))
+
+
+def test_replication_fallback_is_logged_once_naming_axis_size_and_mesh(caplog):
+    """2 key/value heads and an unpadded vocabulary of 1002 on tensor=8: replicated,
+    each said once (the second call logs nothing new)."""
+    from t5x_lite import models
+    from t5x_lite.config import ModelConfig
+
+    cfg = ModelConfig(family="decoder", arch="llama", vocab_size=1002, vocab_pad_multiple=1,
+                      d_model=64, num_heads=8, num_kv_heads=2, num_layers=2, d_ff=64)  # fmt: skip
+    mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=8))
+    partitioning._WARNED.clear()  # once per process: forget earlier tests' warnings
+    with caplog.at_level("WARNING", logger="t5x_lite.partitioning"):
+        shardings = models.param_shardings(cfg, mesh)
+        models.param_shardings(cfg, mesh)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sorted(lines) == [
+        "logical axis 'kv_heads' of size 2 is not divisible by mesh axis tensor=8: that "
+        "dimension is replicated (every device holds all of it)",
+        "logical axis 'vocab' of size 1002 is not divisible by mesh axis tensor=8: that "
+        "dimension is replicated (every device holds all of it)",
+    ]
+    assert shardings["wte"]["embedding"].spec == P(None, "fsdp")
+    padded = models.param_shardings(dataclasses.replace(cfg, vocab_pad_multiple=128), mesh)
+    assert padded["wte"]["embedding"].spec == P("tensor", "fsdp")  # 1024 rows divide

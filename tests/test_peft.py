@@ -287,7 +287,8 @@ def test_trainable_fraction_line_counts_added_and_base():
     cfg = CONFIGS["gpt2"]
     p = peft.Peft(PeftConfig(method="lora", rank=2, targets=("query", "value")), cfg)
     # 1 layer x 2 targets x (A [32, 2] + B [2, 4, 8]) = 2 x 128 = 256 trained.
-    total = models.count_params(cfg)["total"] + 256
+    counts = models.count_params(cfg)  # the base as stored: its padded vocabulary rows too
+    total = counts["total"] + counts["vocab_padding"] + 256
     assert p.trainable_line() == f"trainable {100 * 256 / total:.2f}% (256 of {total:,} parameters)"
 
 

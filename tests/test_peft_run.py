@@ -55,7 +55,8 @@ def test_lora_run_saves_only_deltas_and_loads_merged(base_dir, kjv_root, tmp_pat
     base = t5x_lite.load(base_dir)
     assert manifest["base"]["path"] == base.path
     assert manifest["base"]["fingerprint"] == peft.fingerprint(base.config.model, base.params)
-    n_base = models.count_params(cfg.model)["total"]
+    counts = models.count_params(cfg.model)
+    n_base = counts["total"] + counts["vocab_padding"]  # as stored
     # 1 layer x 2 targets x (A [E, 2] + B [2, H, D]) with E = H * D.
     e = cfg.model.d_model
     assert manifest["trainable"] == 2 * 4 * e and manifest["total"] == n_base + 8 * e

@@ -73,7 +73,8 @@ def test_every_gin_file_parses_and_matches_its_preset():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_count_params_equals_the_initialised_tree(name):
-    """The analytic count of every preset = the element count of its (abstract) init."""
+    """The analytic count of every preset (+ its padded vocabulary rows) = the element
+    count of its (abstract) init."""
     import jax
 
     from t5x_lite import models
@@ -81,7 +82,8 @@ def test_count_params_equals_the_initialised_tree(name):
     cfg = presets.load_typed(name).model
     tree = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
     elements = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
-    assert models.count_params(cfg)["total"] == elements
+    counts = models.count_params(cfg)
+    assert counts["total"] + counts["vocab_padding"] == elements
 
 
 def test_published_shapes_of_the_base_presets():
@@ -191,9 +193,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
             "data.target_len=10 is below the 29 targets that span corruption makes",
         ),
         (
-            ["--config=configs/gpt2_tiny.py", "--config.model.attention_impl=cudnn",
+            ["--config=configs/gpt2_tiny.py", "--config.model.attention=cudnn",
              "--config.model.dtype=bfloat16"],
-            "model.attention_impl='cudnn' needs GPU devices; this run has cpu",
+            "model.attention='cudnn' needs GPU devices; this run has cpu",
+        ),
+        (
+            ["--config=configs/gpt2_tiny.py", "--config.model.attention=splash"],
+            "model.attention='splash' needs TPU devices; this run has cpu",
         ),
         (
             ["--config=configs/gpt2_tiny.py", "--coordinator_address=127.0.0.1:9",

@@ -23,7 +23,13 @@ Modules: :mod:`~.errors` (``ConfigError``), :mod:`~.archs` (the architecture tab
 from t5x_lite.config.archs import ARCHS, FAMILIES, ArchTraits, archs_of
 from t5x_lite.config.data import DataConfig, parse_ul2_mixture
 from t5x_lite.config.errors import ConfigError
-from t5x_lite.config.io import from_dict, model_from_dict, section_from_dict, to_dict
+from t5x_lite.config.io import (
+    from_dict,
+    model_from_dict,
+    saved_config,
+    section_from_dict,
+    to_dict,
+)
 from t5x_lite.config.model import ModelConfig
 from t5x_lite.config.objectives import ObjectiveSpec, RowLengths, row_lengths
 from t5x_lite.config.peft import PeftConfig
@@ -59,6 +65,7 @@ __all__ = [
     "model_from_dict",
     "parse_ul2_mixture",
     "row_lengths",
+    "saved_config",
     "section_from_dict",
     "to_dict",
 ]

@@ -50,14 +50,31 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# Renamed fields: the old key of a section (saved config.json files, older presets or
+# flags) -> its new name.
+RENAMED = {("model", "attention_impl"): "attention"}
+
+
 def section_from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Build one frozen section from a dict, rejecting unknown fields by name."""
+    for (section, old), new in RENAMED.items():
+        if section == prefix and old in values:
+            values = {(new if k == old else k): v for k, v in values.items()}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         _check(key in names, f"unknown config field {prefix}.{key}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
     return cls(**kwargs)
+
+
+def saved_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` written by an earlier version, read as it was run: a model
+    saved without ``vocab_pad_multiple`` had unpadded tables (1); renamed keys are
+    read by :func:`section_from_dict`."""
+    model = dict(values.get("model") or {})
+    model.setdefault("vocab_pad_multiple", 1)
+    return {**values, "model": model}
 
 
 def from_dict(values: dict[str, Any]) -> Config:

@@ -92,9 +92,15 @@ class ModelConfig:
     # Compute dtype of activations and matmuls; params stay in param_dtype.
     dtype: str = "float32"
     param_dtype: str = "float32"
-    # Implementation passed to jax.nn.dot_product_attention: xla | cudnn (cudnn needs
-    # dtype bfloat16 or float16).
-    attention_impl: str = "xla"
+    # Attention backend (t5x_lite.attention): auto (cudnn on GPU in bfloat16/float16,
+    # splash on TPU, xla elsewhere, per call) | xla | cudnn (GPU, dtype bfloat16 or
+    # float16) | splash (TPU; Pallas splash attention). The key ``attention_impl`` of
+    # older configs is read as this field.
+    attention: str = "auto"
+    # Token tables and logits rows are padded to a multiple of this (128 suits GPU and
+    # TPU matmuls: GPT-2's 50257 -> 50304, as nanoGPT); logits keep vocab_size
+    # columns. 1 disables.
+    vocab_pad_multiple: int = 128
     # Sliding-window attention (traits.sliding_window, Mistral): each query sees the
     # last sliding_window keys including itself; None attends to the whole row.
     sliding_window: int | None = None
@@ -117,6 +123,18 @@ class ModelConfig:
         if self.tie_word_embeddings is None:
             return self.traits.tied_head
         return self.tie_word_embeddings
+
+    @property
+    def attention_impl(self) -> str:
+        """The former name of :attr:`attention`."""
+        return self.attention
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token table and the LM head: ``vocab_size`` rounded up to a
+        multiple of ``vocab_pad_multiple`` (50257 at 128 -> 50304)."""
+        m = self.vocab_pad_multiple
+        return -(-self.vocab_size // m) * m
 
     @property
     def kv_heads(self) -> int:
@@ -227,13 +245,20 @@ class ModelConfig:
                 f"model.{name}={v!r} is not one of float32, bfloat16, float16",
             )
         _check(
-            self.attention_impl in ("xla", "cudnn"),
-            f"model.attention_impl={self.attention_impl!r} is not one of xla, cudnn",
+            self.attention in ("auto", "xla", "cudnn", "splash"),
+            f"model.attention={self.attention!r} is not one of auto, xla, cudnn, splash",
         )
         _check(
-            self.attention_impl != "cudnn" or self.dtype in ("bfloat16", "float16"),
-            f"model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 "
+            self.attention != "cudnn" or self.dtype in ("bfloat16", "float16"),
+            f"model.attention='cudnn' needs model.dtype bfloat16 or float16 "
             f"(got {self.dtype!r})",
+        )
+        _check(
+            isinstance(self.vocab_pad_multiple, int)
+            and not isinstance(self.vocab_pad_multiple, bool)
+            and self.vocab_pad_multiple > 0,
+            f"model.vocab_pad_multiple={self.vocab_pad_multiple!r} must be a positive "
+            "integer (1 disables padding)",
         )
         _check(
             self.remat_policy in ("none", "full", "dots"),

@@ -303,7 +303,7 @@ def from_hf(
         "" if cfg.sentence_head else " and no sentence head"
     )
     common.check_no_unexpected(tensors, expected, source, what, tolerated.__contains__)
-    return cfg, params
+    return cfg, common.pad_vocab(cfg, params)
 
 
 def _tolerated(
@@ -383,6 +383,7 @@ def to_hf(cfg: ModelConfig, params: Any) -> tuple[dict[str, Any], dict[str, np.n
     A model without segment embeddings (``type_vocab_size=0``) is written with a
     one-row zero table (HF's ``type_vocab_size=1``), which adds nothing.
     """
+    params = common.real_vocab(cfg, params)  # the padded rows stay behind
     cfg.validate()
     _check_exportable(cfg)
     tensors: dict[str, np.ndarray] = {}

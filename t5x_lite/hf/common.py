@@ -72,6 +72,51 @@ def check_no_unexpected(
         )
 
 
+# Parameters with a vocabulary axis (path in the params tree -> that axis): token
+# tables, untied LM heads and the MLM bias of every family.
+VOCAB_LEAVES: dict[tuple[str, ...], int] = {
+    ("wte", "embedding"): 0,
+    ("lm_head", "kernel"): 1,
+    ("word_embeddings", "embedding"): 0,
+    ("mlm_bias",): 0,
+    ("token_embedder", "embedding"): 0,
+    ("decoder", "logits_dense", "kernel"): 1,
+}
+
+
+def _resize_vocab(params: Any, rows: int) -> Any:
+    """``params`` (nested dicts) with each :data:`VOCAB_LEAVES` leaf's vocabulary axis
+    cut or zero-padded to ``rows``; other leaves as they are."""
+
+    def walk(tree: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(tree, Mapping):
+            return {k: walk(v, (*path, str(k))) for k, v in tree.items()}
+        if path not in VOCAB_LEAVES:
+            return tree
+        x, axis = np.asarray(tree), VOCAB_LEAVES[path]
+        if x.shape[axis] >= rows:
+            return np.take(x, np.arange(rows), axis=axis)
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, rows - x.shape[axis])
+        return np.pad(x, widths)
+
+    return walk(params, ())
+
+
+def pad_vocab(cfg: ModelConfig, params: Any) -> Any:
+    """Imported weights (``cfg.vocab_size`` rows) padded with zero rows to the model's
+    ``cfg.padded_vocab_size``: e.g. GPT-2's ``wte`` ``[50257, 768] -> [50304, 768]``.
+    The padded logits columns are sliced off by the model, so their values never
+    matter."""
+    return _resize_vocab(params, cfg.padded_vocab_size)
+
+
+def real_vocab(cfg: ModelConfig, params: Any) -> Any:
+    """The inverse of :func:`pad_vocab` for export: the first ``cfg.vocab_size`` rows
+    (``[50304, 768] -> [50257, 768]``), the shapes Hugging Face's config implies."""
+    return _resize_vocab(params, cfg.vocab_size)
+
+
 def model_config(where: str, build: Callable[[], ModelConfig]) -> ModelConfig:
     """``build()`` validated, its errors (bad field values, unconvertible numbers) as one
     ConfigError line prefixed with ``where`` (the HF ``config.json`` being read)."""

@@ -141,11 +141,12 @@ def from_hf(
     common.check_no_unexpected(
         tensors, expected, source, f"GPT-2 with {cfg.num_layers} layers", _IGNORED.match
     )
-    return cfg, params
+    return cfg, common.pad_vocab(cfg, params)
 
 
 def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(config.json dict, tensors)`` loadable by ``GPT2LMHeadModel.from_pretrained``."""
+    params = common.real_vocab(cfg, params)  # the padded rows stay behind
     e, f = cfg.d_model, cfg.d_ff
     if cfg.num_heads * cfg.head_size != e:
         raise ConfigError(

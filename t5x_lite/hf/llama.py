@@ -198,7 +198,7 @@ def from_hf(
     )
     # Contiguous copies, so that the params do not alias the transposed HF buffers.
     params = _map(params, np.ascontiguousarray)
-    return cfg, params
+    return cfg, common.pad_vocab(cfg, params)
 
 
 def _check_tied(tensors: dict[str, np.ndarray], embedding: np.ndarray, source: str) -> None:
@@ -220,6 +220,7 @@ def _map(tree: Any, fn: Any) -> Any:
 def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(config.json dict, tensors)`` loadable by ``LlamaForCausalLM`` /
     ``MistralForCausalLM.from_pretrained``."""
+    params = common.real_vocab(cfg, params)  # the padded rows stay behind
     e, f = cfg.d_model, cfg.d_ff
     hd, kd = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
 

@@ -237,11 +237,12 @@ def from_hf(
         f"T5 with {cfg.num_layers}+{cfg.decoder_layers} layers",
         _IGNORED.__contains__,
     )
-    return cfg, params
+    return cfg, common.pad_vocab(cfg, params)
 
 
 def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(config.json dict, tensors)`` loadable by ``T5ForConditionalGeneration``."""
+    params = common.real_vocab(cfg, params)  # the padded rows stay behind
     key = (cfg.arch, cfg.activation)
     if key not in _FFN_OUT:
         want = dict(_FFN_IN.values())[cfg.arch]

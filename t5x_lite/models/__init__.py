@@ -27,6 +27,7 @@ Batch keys by family (``[B, T]`` int32 unless noted):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -99,12 +100,24 @@ def init_sharded(cfg: ModelConfig, rng: jax.Array, mesh: jax.sharding.Mesh) -> A
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """Analytic parameter count: ``{"total": ..., "non_embedding": ...}``.
+    """Analytic parameter count: ``{"total": ..., "non_embedding": ...,
+    "vocab_padding": ...}``.
 
+    ``total`` and ``non_embedding`` count the real vocabulary (the published sizes:
+    GPT-2 small 124,439,808); ``vocab_padding`` is the elements of the padded rows
+    the stored tree holds beyond them (``model.vocab_pad_multiple``; GPT-2's 50257
+    -> 50304 tied rows of 768: 36,096), so the tree has ``total + vocab_padding``.
     ``non_embedding`` excludes token, position and segment embedding tables (and
     an untied output projection, following Kaplan et al. 2020), the quantity
     scaling laws are usually written in.
     """
     cfg.validate()
-    total, non_embedding = _FAMILIES[cfg.family].count_params(cfg)
-    return {"total": int(total), "non_embedding": int(non_embedding)}
+    family = _FAMILIES[cfg.family]
+    total, non_embedding = family.count_params(cfg)
+    padded = dataclasses.replace(cfg, vocab_size=cfg.padded_vocab_size, vocab_pad_multiple=1)
+    stored, _ = family.count_params(padded)
+    return {
+        "total": int(total),
+        "non_embedding": int(non_embedding),
+        "vocab_padding": int(stored - total),
+    }

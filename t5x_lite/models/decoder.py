@@ -48,7 +48,7 @@ embeddings and to the output of every attention and MLP branch, like GPT-2's
 ``embd_pdrop`` / ``resid_pdrop``, and for GPT-2 (trait ``attention_dropout``) to the
 attention probabilities too, as its ``attn_pdrop``.
 
-A block is ``Block(cfg)(x [B, T, E], mask [B, 1, T, T], positions [B, T]) ->
+A block is ``Block(cfg)(x [B, T, E], mask: AttentionMask, positions [B, T]) ->
 [B, T, E]``; the key/value cache of incremental decoding lives inside
 ``attn`` without changing this interface.
 
@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import attention, layers
+from t5x_lite import attention, layers, masks
 from t5x_lite.config import ModelConfig
 from t5x_lite.models import heads
 
@@ -73,7 +73,8 @@ Array = jax.Array
 class Block(nn.Module):
     """One pre-norm layer: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
 
-    ``x [B, T, E]``, ``mask [B|1, 1, T, T]`` bool, ``positions [B, T]`` (RoPE only)
+    ``x [B, T, E]``, ``mask`` (causal, padding, packed, prefix LM or the cache's slots),
+    ``positions [B, T]`` (RoPE only)
     -> ``[B, T, E]``.
     """
 
@@ -81,7 +82,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, mask: Array, positions: Array, deterministic: bool = True
+        self, x: Array, mask: masks.AttentionMask, positions: Array, deterministic: bool = True
     ) -> Array:
         cfg, t = self.config, self.config.traits
         dtype = layers.dtype_of(cfg.dtype)
@@ -104,7 +105,7 @@ class Block(nn.Module):
             param_dtype=param_dtype,
             init_std=std,
             out_init_std=out_std,
-            implementation=cfg.attention_impl,
+            implementation=cfg.attention,
             dropout_rate=cfg.dropout_rate if t.attention_dropout else 0.0,
             name="attn",
         )(h, mask=mask, q_positions=positions, rope=rope, deterministic=deterministic)
@@ -140,14 +141,12 @@ class Model(nn.Module):
         ids = batch["input_ids"]  # [B, T]
         t = ids.shape[1]
         positions = layers.default_positions(batch, t)  # [B, T]
-        mask = layers.self_attention_mask(  # [B|1, 1, T, T]
-            batch, t, causal=True, window=cfg.sliding_window
-        )
+        mask = masks.self_attention_mask(batch, causal=True, window=cfg.sliding_window)
         if "decode_mask" in batch:  # cached decoding: [B, 1, T, L] over the cache's slots
-            mask = batch["decode_mask"]
+            mask = masks.explicit(batch["decode_mask"])
 
         wte = layers.Embed(
-            cfg.vocab_size,
+            cfg.padded_vocab_size,
             cfg.d_model,
             dtype=dtype,
             param_dtype=param_dtype,
@@ -178,7 +177,7 @@ class Model(nn.Module):
 
         if not cfg.tied_head:
             logits = layers.DenseGeneral(
-                (cfg.vocab_size,),
+                (cfg.padded_vocab_size,),
                 ("embed",),
                 ("vocab",),
                 use_bias=False,
@@ -190,8 +189,8 @@ class Model(nn.Module):
             )(x)
         else:
             logits = wte.attend(x)  # tied: [B, T, V] = x · wteᵀ, float32
-        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
-        return {"logits": logits.astype(jnp.float32)}
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))  # [B, T, Vp]
+        return {"logits": layers.real_vocab(logits.astype(jnp.float32), cfg.vocab_size)}
 
 
 def count_params(cfg: ModelConfig) -> tuple[int, int]:

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import attention, layers
+from t5x_lite import attention, layers, masks
 from t5x_lite.config import ConfigError, ModelConfig
 from t5x_lite.models import heads
 
@@ -107,7 +107,7 @@ class EncoderLayer(nn.Module):
             dtype=dt,
             param_dtype=pdt,
             init_std=cfg.initializer_range,
-            implementation=cfg.attention_impl,
+            implementation=cfg.attention,
             dropout_rate=cfg.dropout_rate,
             name="attention",
         )(x, mask=mask, deterministic=deterministic)  # [B, T, E]
@@ -147,7 +147,7 @@ class Model(nn.Module):
 
         # ---- embeddings: [B, T] -> [B, T, Em]
         word = layers.Embed(
-            cfg.vocab_size, em, ("vocab", "embed"), dt, pdt, std, name="word_embeddings"
+            cfg.padded_vocab_size, em, ("vocab", "embed"), dt, pdt, std, name="word_embeddings"
         )
         x = word(ids)
         if cfg.type_vocab_size:
@@ -182,7 +182,7 @@ class Model(nn.Module):
         x = layers.constrain(x, _HIDDEN)
 
         # ---- layers
-        mask = layers.self_attention_mask(batch, t, causal=False)  # [B|1, 1, T, T]
+        mask = masks.self_attention_mask(batch, causal=False)  # padding or segments
         layer_cls = layers.remat(EncoderLayer, cfg.remat_policy)
         if cfg.share_layers:
             shared = layer_cls(cfg, name="layer")
@@ -202,10 +202,11 @@ class Model(nn.Module):
         h = layers.activation(head_activation(cfg))(h)
         h = layers.norm(cfg, "mlm_norm")(h)
         bias = layers.param_with_axes(
-            self, "mlm_bias", nn.initializers.zeros, (cfg.vocab_size,), ("vocab",), pdt
+            self, "mlm_bias", nn.initializers.zeros, (cfg.padded_vocab_size,), ("vocab",), pdt
         )
-        logits = word.attend(h) + bias.astype(jnp.float32)  # float32 [B, T, V]
-        out = {"logits": layers.constrain(logits, ("batch", "act_length", "act_vocab"))}
+        logits = word.attend(h) + bias.astype(jnp.float32)  # float32 [B, T, Vp]
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
+        out = {"logits": layers.real_vocab(logits, cfg.vocab_size)}  # [B, T, V]
 
         # ---- pooler + NSP / SOP: [B, E] -> [B, 2]
         if cfg.sentence_head:

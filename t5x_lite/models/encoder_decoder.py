@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5x_lite import attention, layers
+from t5x_lite import attention, layers, masks
 from t5x_lite.config import ModelConfig
 
 Array = jax.Array
@@ -144,35 +144,34 @@ def _valid(batch: dict[str, Array], mask_key: str, seg_key: str, ids_key: str) -
     return jnp.ones(batch[ids_key].shape, bool)
 
 
-def encoder_mask(batch: dict[str, Array]) -> Array:
-    """Bidirectional encoder self-attention mask ``[B|1, 1, S, S]`` bool."""
-    return layers.self_attention_mask(batch, batch["input_ids"].shape[1], causal=False)
+def encoder_mask(batch: dict[str, Array]) -> masks.AttentionMask:
+    """Bidirectional encoder self-attention: padding or packed segments."""
+    return masks.self_attention_mask(batch, causal=False)
 
 
-def decoder_mask(batch: dict[str, Array]) -> Array:
-    """Causal decoder self-attention mask ``[B|1, 1, T, T]`` bool (packing-aware)."""
-    return layers.self_attention_mask(
+def decoder_mask(batch: dict[str, Array]) -> masks.AttentionMask:
+    """Causal decoder self-attention (packing-aware)."""
+    return masks.self_attention_mask(
         batch,
-        batch["decoder_input_ids"].shape[1],
         causal=True,
         prefix_key="decoder_prefix_mask",  # never set: T5's decoder is causal
-        ids_key="decoder_input_ids",
         segment_key="decoder_segment_ids",
         mask_key="decoder_attention_mask",
     )
 
 
-def cross_mask(batch: dict[str, Array]) -> Array:
-    """Decoder -> encoder attention mask ``[B, 1, T, S]`` bool.
+def cross_mask(batch: dict[str, Array]) -> masks.AttentionMask:
+    """Decoder -> encoder attention.
 
     Packed rows (both ``decoder_segment_ids`` and ``segment_ids``): decoder segment
-    ``k`` sees only encoder segment ``k``. Otherwise: real queries see real keys.
+    ``k`` sees only encoder segment ``k``. Otherwise: queries see the real keys.
     """
     if "decoder_segment_ids" in batch and "segment_ids" in batch:
-        return layers.segment_mask(batch["decoder_segment_ids"], batch["segment_ids"])
-    q = _valid(batch, "decoder_attention_mask", "decoder_segment_ids", "decoder_input_ids")
+        return masks.cross_attention_mask(
+            batch["decoder_segment_ids"], batch["segment_ids"], None
+        )
     k = _valid(batch, "attention_mask", "segment_ids", "input_ids")
-    return layers.padding_mask(q, k)
+    return masks.cross_attention_mask(None, None, k)
 
 
 # --------------------------------------------------------------------------- layers
@@ -191,7 +190,7 @@ def _attention(cfg: ModelConfig, name: str) -> attention.MultiHeadAttention:
         init_std=e**-0.5,
         query_init_std=(e * d) ** -0.5,
         out_init_std=(h * d) ** -0.5,
-        implementation=cfg.attention_impl,
+        implementation=cfg.attention,
         dropout_rate=cfg.dropout_rate,
         name=name,
     )
@@ -218,13 +217,15 @@ _RESIDUAL = ("batch", "act_length", "act_embed")
 class EncoderLayer(nn.Module):
     """``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
 
-    ``x [B, S, E]``, ``mask [B|1, 1, S, S]``, ``bias [B|1, H, S, S]`` -> ``[B, S, E]``.
+    ``x [B, S, E]``, ``mask`` (an ``AttentionMask``), ``bias [B|1, H, S, S]`` -> ``[B, S, E]``.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool = True) -> Array:
+    def __call__(
+        self, x: Array, mask: masks.AttentionMask, bias: Array, deterministic: bool = True
+    ) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = layers.norm(cfg, "pre_attention_layer_norm")(x)
@@ -238,8 +239,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Causal self-attention, cross-attention to the encoder, MLP; all pre-norm.
 
-    ``y [B, T, E]``, ``encoded [B, S, E]``, ``self_mask [B|1, 1, T, T]``,
-    ``enc_mask [B, 1, T, S]``, ``bias [B|1, H, T, T]`` -> ``[B, T, E]``.
+    ``y [B, T, E]``, ``encoded [B, S, E]``, ``self_mask``, ``enc_mask`` (``AttentionMask``),
+    ``bias [B|1, H, T, T]`` -> ``[B, T, E]``.
     """
 
     config: ModelConfig
@@ -249,8 +250,8 @@ class DecoderLayer(nn.Module):
         self,
         y: Array,
         encoded: Array,
-        self_mask: Array,
-        enc_mask: Array,
+        self_mask: masks.AttentionMask,
+        enc_mask: masks.AttentionMask,
         bias: Array,
         deterministic: bool = True,
     ) -> Array:
@@ -284,14 +285,18 @@ def _relpos(cfg: ModelConfig, bidirectional: bool) -> RelativePositionBias:
 
 
 class Encoder(nn.Module):
-    """``ids [B, S]``, ``mask [B|1, 1, S, S]``, ``positions [B|1, S]`` -> ``[B, S, E]``."""
+    """``ids [B, S]``, ``mask`` (an ``AttentionMask``), ``positions [B|1, S]`` -> ``[B, S, E]``."""
 
     config: ModelConfig
     shared_embedding: nn.Module
 
     @nn.compact
     def __call__(
-        self, ids: Array, mask: Array, positions: Array, deterministic: bool = True
+        self,
+        ids: Array,
+        mask: masks.AttentionMask,
+        positions: Array,
+        deterministic: bool = True,
     ) -> Array:
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
@@ -308,8 +313,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Decoder stack and LM head.
 
-    ``ids [B, T]``, ``encoded [B, S, E]``, ``self_mask [B|1, 1, T, T]``,
-    ``enc_mask [B, 1, T, S]``, ``positions [B|1, T]`` -> logits ``[B, T, V]`` float32.
+    ``ids [B, T]``, ``encoded [B, S, E]``, ``self_mask``, ``enc_mask`` (``AttentionMask``),
+    ``positions [B|1, T]`` -> logits ``[B, T, V]`` float32.
     """
 
     config: ModelConfig
@@ -320,8 +325,8 @@ class Decoder(nn.Module):
         self,
         ids: Array,
         encoded: Array,
-        self_mask: Array,
-        enc_mask: Array,
+        self_mask: masks.AttentionMask,
+        enc_mask: masks.AttentionMask,
         positions: Array,
         deterministic: bool = True,
         kv_positions: Array | None = None,
@@ -342,7 +347,7 @@ class Decoder(nn.Module):
             logits = self.shared_embedding.attend(y * scale)
         else:
             logits = layers.DenseGeneral(
-                (cfg.vocab_size,),
+                (cfg.padded_vocab_size,),
                 ("embed",),
                 ("vocab",),
                 use_bias=False,
@@ -352,8 +357,8 @@ class Decoder(nn.Module):
                 kernel_init=layers.normal(cfg.d_model**-0.5),
                 name="logits_dense",
             )(y)
-        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))
-        return logits.astype(jnp.float32)  # [B, T, V]
+        logits = layers.constrain(logits, ("batch", "act_length", "act_vocab"))  # [B, T, Vp]
+        return layers.real_vocab(logits.astype(jnp.float32), cfg.vocab_size)  # [B, T, V]
 
 
 # --------------------------------------------------------------------------- model
@@ -367,7 +372,7 @@ class Model(nn.Module):
     def setup(self) -> None:
         cfg = self.config
         self.token_embedder = layers.Embed(
-            cfg.vocab_size,
+            cfg.padded_vocab_size,
             cfg.d_model,
             dtype=layers.dtype_of(cfg.dtype),
             param_dtype=layers.dtype_of(cfg.param_dtype),
@@ -394,8 +399,8 @@ class Model(nn.Module):
         )
         self_mask, kv_positions = decoder_mask(batch), None
         if "decode_mask" in batch:  # cached decoding: [B, 1, T, L]; slot j holds position j
-            self_mask = batch["decode_mask"]
-            kv_positions = jnp.arange(self_mask.shape[-1], dtype=jnp.int32)[None]
+            self_mask = masks.explicit(batch["decode_mask"])
+            kv_positions = jnp.arange(batch["decode_mask"].shape[-1], dtype=jnp.int32)[None]
         logits = self.decoder(
             batch["decoder_input_ids"],
             encoded,
