@@ -48,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import convert
-from t5x_lite.config import ConfigError
+from t5x_lite.config import Config, ConfigError
+from t5x_lite.hf import heads as hf_heads
 from t5x_lite.hf import tokenizer as hf_tokenizer
 from t5x_lite.loading import Loaded, choose_step, load, read_config
 
@@ -78,6 +79,22 @@ def check_format(fmt: str) -> None:
         raise ConfigError(f"--format={fmt!r} is not one of {', '.join(FORMATS)}")
 
 
+def check_hf_exportable(cfg: Config) -> None:
+    """A one-line ConfigError for a run the HF format cannot hold: adapters and prefixes
+    (LoRA merges into the base's kernels; HF classes have no Houlsby adapter or learned
+    key/value prefix), and a task head without an HF class."""
+    method = cfg.peft.method
+    if method in ("adapter", "prefix"):
+        raise ConfigError(
+            f"--format=hf: a peft.method={method!r} run has no Hugging Face class (HF models "
+            f"have no {'Houlsby adapter' if method == 'adapter' else 'learned key/value prefix'}"
+            " layers); export it with --format=stablehlo, or train peft.method='lora', which "
+            "merges into the base"
+        )
+    if cfg.model.task_head != "none":
+        hf_heads.hf_class(cfg.model)
+
+
 # --------------------------------------------------------------------------- hf
 
 
@@ -95,11 +112,15 @@ def write_hf(run: Loaded, out: str) -> list[str]:
     if cfg.family == "encoder_decoder":
         ids["decoder_start_token_id"] = tok.pad_id  # T5 starts decoding from pad
     hf_config.update(ids)
+    if cfg.task_head != "none":  # id2label / label2id of the classifying heads
+        hf_config.update(hf_heads.config_fields(cfg, tuple(run.config.task.labels)))
     with open(cfg_file, "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
     with open(os.path.join(out, "generation_config.json"), "w", encoding="utf-8") as f:
         json.dump({**ids, "_from_model_config": False}, f, indent=2, sort_keys=True)
-    files = hf_tokenizer.write_tokenizer(tok.path, out, cfg.max_seq_len)
+    files = hf_tokenizer.write_tokenizer(
+        tok.path, out, cfg.max_seq_len, masked_lm=cfg.family == "encoder"
+    )
     return ["config.json", "model.safetensors", "generation_config.json", *files]
 
 
@@ -203,7 +224,9 @@ def export(
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} does not exist")
-    read_config(workdir)
+    cfg = read_config(workdir)
+    if fmt == "hf":
+        check_hf_exportable(cfg)
     choose_step(workdir, step)
     run = load(workdir, step)
     tmp = f"{out}.tmp-{os.getpid()}"

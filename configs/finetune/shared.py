@@ -10,7 +10,11 @@ and keeping the best checkpoint by accuracy in ``<workdir>/best/``.
 
 from t5x_lite import presets
 
-LABELS = {"bigram_shift": ("original", "shifted"), "testament": ("old", "new")}
+LABELS = {
+    "bigram_shift": ("original", "shifted"),
+    "testament": ("old", "new"),
+    "word_order": ("original", "shuffled"),
+}
 
 
 def finetune(base: str, task: str, variant: str | None = None, target_len: int | None = None):

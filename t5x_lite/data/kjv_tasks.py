@@ -36,7 +36,11 @@ import numpy as np
 from t5x_lite.config import ConfigError
 from t5x_lite.data.corpora import kjv_chapters, validation_indices
 
-TASKS = {"bigram_shift": ("original", "shifted"), "testament": ("old", "new")}
+TASKS = {
+    "bigram_shift": ("original", "shifted"),
+    "testament": ("old", "new"),
+    "word_order": ("original", "shuffled"),
+}
 OLD_TESTAMENT_BOOKS = 39
 
 
@@ -69,8 +73,24 @@ def shift(words: list[str], rng: np.random.Generator) -> list[str]:
     return out
 
 
-def records(task: str, verses: list[tuple[str, int]], rng: np.random.Generator) -> list[dict]:
-    """``[{"text", "label"}]`` of ``task`` for ``verses`` (see the module docstring)."""
+def shuffle(words: list[str], rng: np.random.Generator) -> list[str]:
+    """``words`` with all but the last in a new random order (the same bag of words).
+
+    >>> shuffle("In the beginning God created the heaven".split(), np.random.default_rng(0))
+    ['God', 'beginning', 'the', 'created', 'In', 'the', 'heaven']
+    """
+    head = list(words[:-1])
+    while True:
+        order = [head[i] for i in rng.permutation(len(head))]
+        if order != head:
+            return [*order, words[-1]]
+
+
+def records(
+    task: str, verses: list[tuple[str, int]], rng: np.random.Generator, paired: bool = False
+) -> list[dict]:
+    """``[{"text", "label"}]`` of ``task`` for ``verses`` (see the module docstring);
+    ``paired``: ``word_order`` writes every verse twice, original and shuffled."""
     out = []
     for verse, book in verses:
         words = verse.split()
@@ -78,8 +98,14 @@ def records(task: str, verses: list[tuple[str, int]], rng: np.random.Generator) 
             continue
         if task == "testament":
             out.append({"text": verse, "label": "old" if book < OLD_TESTAMENT_BOOKS else "new"})
+            continue
+        changed = TASKS[task][1]  # "shifted" / "shuffled"
+        change = shuffle if task == "word_order" else shift
+        if task == "word_order" and paired:
+            out.append({"text": verse, "label": "original"})
+            out.append({"text": " ".join(change(words, rng)), "label": changed})
         elif rng.random() < 0.5:
-            out.append({"text": " ".join(shift(words, rng)), "label": "shifted"})
+            out.append({"text": " ".join(change(words, rng)), "label": changed})
         else:
             out.append({"text": verse, "label": "original"})
     return out
@@ -99,7 +125,7 @@ def build(task: str, out: str, train_verses: int, seed: int) -> dict[str, Any]:
     pick = np.sort(rng.permutation(len(train))[:train_verses])
     split = {
         "train": records(task, [train[i] for i in pick], rng),
-        "validation": records(task, validation, rng),
+        "validation": records(task, validation, rng, paired=True),
     }
     os.makedirs(out, exist_ok=True)
     for name, recs in split.items():

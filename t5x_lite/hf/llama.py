@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
-from t5x_lite.hf import common
+from t5x_lite.hf import common, heads
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHS = ("llama", "mistral", "qwen2")
@@ -230,7 +230,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "model.embed_tokens.weight": a(params["wte"]["embedding"]),
         "model.norm.weight": a(params["ln_f"]["scale"]),
     }
-    if not cfg.tied_head:  # a tied head is the embedding: transformers re-ties it
+    if not cfg.tied_head and cfg.task_head == "none":  # tied: transformers re-ties it
         tensors["lm_head.weight"] = a(params["lm_head"]["kernel"]).T
     for i in range(cfg.num_layers):
         lp, p = params[f"layers_{i}"], f"model.layers.{i}"
@@ -282,4 +282,8 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         hf_config.update(attention_bias=False, mlp_bias=False)
     if cfg.rope_type == "llama3":
         hf_config["rope_scaling"] = rope  # read by transformers < 5
+    if cfg.task_head != "none":  # LlamaFor...: the head replaces the LM head
+        hf_config.update(heads.config_fields(cfg))
+        tensors = {heads.backbone_name(cfg, n): t for n, t in tensors.items()}
+        tensors.update(heads.tensors(cfg, params))
     return hf_config, {name: np.ascontiguousarray(t) for name, t in tensors.items()}
