@@ -2,13 +2,21 @@
 
     python -m t5x_lite.export --workdir=runs/default --format=hf --out=exports/hf
     python -m t5x_lite.export --workdir=runs/default --format=stablehlo --out=exports/shlo \\
-        [--step=N] [--platforms=cpu,cuda]
+        [--step=N|best] [--platforms=cpu,cuda]
 
 ``hf`` writes ``config.json`` + ``model.safetensors`` (:func:`t5x_lite.convert.export_hf`),
 ``generation_config.json`` (our EOS / pad / BOS ids) and the tokenizer files of
 :mod:`t5x_lite.hf.tokenizer` (``AutoTokenizer`` loads them; they add no BOS/EOS, so
 ``input_ids`` equal ``Tokenizer.encode``). ``transformers`` then loads the directory
-with ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+with ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained``. A
+fine-tuned run is written as the HF class of its head (:mod:`t5x_lite.hf.heads`:
+``BertForSequenceClassification``, ``GPT2ForTokenClassification``,
+``LlamaForQuestionAnswering``, ...) with ``id2label`` / ``label2id`` from
+``task.labels``, and its tokenizer frames inputs as the fine-tuning rows (a decoder's
+ends with ``</s>``, the token its sequence head reads; an encoder's is ``[CLS] text
+[SEP]``); a T5 label-word classifier stays ``T5ForConditionalGeneration``.
+LoRA runs are exported merged; adapter and prefix runs have no HF class (an error
+pointing at ``--format=stablehlo``).
 
 ``stablehlo`` writes ``forward.jax_export`` (``jax.export.Exported.serialize()``),
 ``params.npz`` and ``export.json``. ``forward(params, input_ids, attention_mask, ...)``
@@ -119,7 +127,11 @@ def write_hf(run: Loaded, out: str) -> list[str]:
     with open(os.path.join(out, "generation_config.json"), "w", encoding="utf-8") as f:
         json.dump({**ids, "_from_model_config": False}, f, indent=2, sort_keys=True)
     files = hf_tokenizer.write_tokenizer(
-        tok.path, out, cfg.max_seq_len, masked_lm=cfg.family == "encoder"
+        tok.path,
+        out,
+        cfg.max_seq_len,
+        masked_lm=cfg.family == "encoder",
+        task_family=cfg.family if cfg.task_head != "none" else None,
     )
     return ["config.json", "model.safetensors", "generation_config.json", *files]
 
@@ -210,10 +222,11 @@ def export(
     workdir: str,
     fmt: str,
     out: str,
-    step: int | None = None,
+    step: int | str | None = None,
     platforms: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """Export checkpoint ``step`` (latest if None) of ``workdir`` as ``fmt`` into ``out``.
+    """Export checkpoint ``step`` (latest if None; ``"best"``: the best checkpoint a
+    fine-tuning run kept) of ``workdir`` as ``fmt`` into ``out``.
 
     Every check (format, ``out``, config, checkpoint step) runs before anything is
     written; the files appear in ``out`` only once all are written. Returns their names.
@@ -227,7 +240,8 @@ def export(
     cfg = read_config(workdir)
     if fmt == "hf":
         check_hf_exportable(cfg)
-    choose_step(workdir, step)
+    if step != "best":  # load checks the best checkpoint itself
+        choose_step(workdir, step)
     run = load(workdir, step)
     tmp = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -245,6 +259,15 @@ def export(
     return files
 
 
+def _step(text: str) -> int | str:
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number or 'best'") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m t5x_lite.export", description=__doc__.split("\n")[0]
@@ -252,7 +275,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="a t5x_lite run directory")
     p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="a new or empty directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--step",
+        type=_step,
+        default=None,
+        help="checkpoint step, or 'best' (a fine-tuning run's best checkpoint; default: latest)",
+    )
     p.add_argument(
         "--platforms",
         default=None,

@@ -26,9 +26,12 @@ validation accuracy, macro-F1 and chance (the majority class) as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import sys
+from collections.abc import Set
 from typing import Any
 
 import numpy as np
@@ -40,12 +43,25 @@ TASKS = {
     "bigram_shift": ("original", "shifted"),
     "testament": ("old", "new"),
     "word_order": ("original", "shuffled"),
+    "names": ("O", "NAME"),  # token classification
+    "relations": (),  # span QA
 }
 OLD_TESTAMENT_BOOKS = 39
+_LETTERS = re.compile(r"[^A-Za-z]")
+_NAME = r"([A-Z][a-z]+)"
+# Span QA: (relation in the verse, question about its first name; the answer is the second).
+RELATIONS = (
+    (re.compile(_NAME + r" the son of " + _NAME), "Whose son is {}?"),
+    (re.compile(_NAME + r" the daughter of " + _NAME), "Whose daughter is {}?"),
+    (re.compile(_NAME + r" begat " + _NAME), "Whom did {} beget?"),
+    (re.compile(_NAME + r",? (?:the )?king of " + _NAME), "Of what was {} king?"),
+)
+RELATIONS_VALIDATION = 0.25  # of the verses holding a relation
 
 
+@functools.lru_cache(maxsize=1)
 def _verses() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """``(train, validation)`` lists of ``(verse, book index)``."""
+    """``(train, validation)`` lists of ``(verse, book index)`` (never modified)."""
     chapters = kjv_chapters()
     held = validation_indices(len(chapters))
     books: list[str] = []
@@ -111,6 +127,94 @@ def records(
     return out
 
 
+def lowercase_words(verses: list[str]) -> set[str]:
+    """Every word (letters only, lowercased) that occurs starting lowercase in ``verses``."""
+    out = set()
+    for verse in verses:
+        for word in verse.split():
+            w = _LETTERS.sub("", word)
+            if w and w[0].islower():
+                out.add(w.lower())
+    return out
+
+
+def is_name(word: str, lower: Set[str]) -> bool:
+    """A capitalised word (letters only) whose lowercase form never occurs lowercase in
+    the KJV (``lower``: :func:`lowercase_words`); ``I`` and ``O`` are not names.
+
+    >>> lower = {"let", "god", "lord"}
+    >>> [is_name(w, lower) for w in ["Moses,", "Abraham’s", "Let", "God", "LORD", "I"]]
+    [True, True, False, False, False, False]
+    """
+    w = _LETTERS.sub("", word)
+    return bool(w) and w[0].isupper() and w.lower() not in lower and w not in ("I", "O")
+
+
+def name_records(verses: list[tuple[str, int]], lower: Set[str]) -> list[dict]:
+    """``[{"tokens", "tags"}]``: each verse's words, tagged ``NAME`` (:func:`is_name`)
+    or ``O``. E.g. ``"And Enos lived ninety years"`` -> tags ``O NAME O O O``."""
+    out = []
+    for verse, _ in verses:
+        words = verse.split()
+        if len(words) >= 4:
+            tags = ["NAME" if is_name(w, lower) else "O" for w in words]
+            out.append({"tokens": words, "tags": tags})
+    return out
+
+
+def relation_records(verses: list[str], lower: Set[str]) -> list[dict]:
+    """``[{"question", "context", "answer", "answer_start"}]``: the first relation of
+    :data:`RELATIONS` in each verse whose two words are names; the context is the verse.
+
+    >>> relation_records(["And Joshua the son of Nun sent men."], set())[0]["question"]
+    'Whose son is Joshua?'
+    """
+    out = []
+    for verse in verses:
+        for pattern, question in RELATIONS:
+            m = pattern.search(verse)
+            if m and is_name(m.group(1), lower) and is_name(m.group(2), lower):
+                out.append(
+                    {
+                        "question": question.format(m.group(1)),
+                        "context": verse,
+                        "answer": m.group(2),
+                        "answer_start": m.start(2),
+                    }
+                )
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _kjv_lowercase() -> frozenset[str]:
+    train, validation = _verses()
+    return frozenset(lowercase_words([v for v, _ in train + validation]))
+
+
+def _split(task: str, train_verses: int, rng: np.random.Generator) -> dict[str, list[dict]]:
+    train, validation = _verses()
+    if task == "relations":  # too few in the held-out chapters: a seeded share of all
+        lower = _kjv_lowercase()
+        recs = relation_records([v for v, _ in train + validation], lower)
+        held = set(rng.permutation(len(recs))[: round(len(recs) * RELATIONS_VALIDATION)].tolist())
+        return {
+            "train": [r for i, r in enumerate(recs) if i not in held],
+            "validation": [r for i, r in enumerate(recs) if i in held],
+        }
+    pick = np.sort(rng.permutation(len(train))[:train_verses])
+    if task == "names":
+        lower = _kjv_lowercase()
+        return {
+            "train": name_records([train[i] for i in pick], lower),
+            "validation": name_records(validation, lower),
+        }
+    return {
+        "train": records(task, [train[i] for i in pick], rng),
+        "validation": records(task, validation, rng, paired=True),
+    }
+
+
 def build(task: str, out: str, train_verses: int, seed: int) -> dict[str, Any]:
     """Write ``out/train.jsonl`` and ``out/validation.jsonl``; returns their sizes."""
     if task not in TASKS:
@@ -120,13 +224,7 @@ def build(task: str, out: str, train_verses: int, seed: int) -> dict[str, Any]:
         raise ConfigError(
             f"{out} already holds train.jsonl/validation.jsonl; refusing to overwrite"
         )
-    rng = np.random.default_rng(seed)
-    train, validation = _verses()
-    pick = np.sort(rng.permutation(len(train))[:train_verses])
-    split = {
-        "train": records(task, [train[i] for i in pick], rng),
-        "validation": records(task, validation, rng, paired=True),
-    }
+    split = _split(task, train_verses, np.random.default_rng(seed))
     os.makedirs(out, exist_ok=True)
     for name, recs in split.items():
         tmp = paths[name] + ".tmp"
@@ -140,7 +238,22 @@ def build(task: str, out: str, train_verses: int, seed: int) -> dict[str, Any]:
 def _read(path: str) -> tuple[list[str], list[str]]:
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    if not rows or not all("text" in r and "label" in r for r in rows):
+        raise ConfigError(f"{path}: not a classification file (text and label on every line)")
     return [r["text"] for r in rows], [str(r["label"]) for r in rows]
+
+
+def wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for ``z=1.96``) of an accuracy over ``n`` rows.
+
+    >>> [round(x, 4) for x in wilson(0.5, 1370)]
+    [0.4736, 0.5264]
+    """
+    if n <= 0:
+        raise ConfigError(f"--n={n} must be positive")
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
 
 
 def baseline(folder: str) -> dict[str, Any]:
@@ -160,6 +273,7 @@ def baseline(folder: str) -> dict[str, Any]:
         "validation_rows": len(y_val),
         "bow_accuracy": float(accuracy_score(y_val, pred)),
         "bow_macro_f1": float(f1_score(y_val, pred, average="macro")),
+        "bow_accuracy_95ci": wilson(float(accuracy_score(y_val, pred)), len(y_val)),
         "chance_accuracy": float(counts.max() / counts.sum()),
         "majority_label": str(labels[np.argmax(counts)]),
     }
@@ -179,10 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("baseline", help="bag-of-words logistic regression")
     s.add_argument("--dir", required=True)
+    w = sub.add_parser("interval", help="95%% Wilson interval of an accuracy over n rows")
+    w.add_argument("--accuracy", type=float, required=True)
+    w.add_argument("--n", type=int, required=True)
     args = p.parse_args(argv)
     try:
         if args.command == "build":
             result = build(args.task, args.out, args.train_verses, args.seed)
+        elif args.command == "interval":
+            result = {"accuracy": args.accuracy, "n": args.n,
+                      "95ci": wilson(args.accuracy, args.n)}  # fmt: skip
         else:
             result = baseline(args.dir)
     except ConfigError as e:

@@ -108,7 +108,9 @@ def tensors(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarray]:
         node: Any = params
         for key in path:
             if not isinstance(node, dict) or key not in node:
-                raise ConfigError(f"params: missing {'/'.join(path)} for the {hf_class(cfg)} export")
+                raise ConfigError(
+                    f"params: missing {'/'.join(path)} for the {hf_class(cfg)} export"
+                )
             node = node[key]
         x = np.asarray(node, np.float32)
         x = x.T if layout == "dense" else x

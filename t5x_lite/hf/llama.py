@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
-from t5x_lite.hf import common, heads
+from t5x_lite.hf import common
+from t5x_lite.hf import heads as hf_heads
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHS = ("llama", "mistral", "qwen2")
@@ -283,7 +284,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
     if cfg.rope_type == "llama3":
         hf_config["rope_scaling"] = rope  # read by transformers < 5
     if cfg.task_head != "none":  # LlamaFor...: the head replaces the LM head
-        hf_config.update(heads.config_fields(cfg))
-        tensors = {heads.backbone_name(cfg, n): t for n, t in tensors.items()}
-        tensors.update(heads.tensors(cfg, params))
+        hf_config.update(hf_heads.config_fields(cfg))
+        tensors = {hf_heads.backbone_name(cfg, n): t for n, t in tensors.items()}
+        tensors.update(hf_heads.tensors(cfg, params))
     return hf_config, {name: np.ascontiguousarray(t) for name, t in tensors.items()}
