@@ -22,11 +22,13 @@ pointing at ``--format=stablehlo``).
 ``params.npz`` and ``export.json``. ``forward(params, input_ids, attention_mask, ...)``
 maps ``int32 [batch, length]`` inputs, both dimensions symbolic (``b, t``; an
 encoder-decoder's decoder length is ``s``), to float32 logits ``[batch, length,
-vocab]``. The parameters are an **argument**, not baked-in constants: a list of float32
-arrays in the order ``export.json["params"]`` names (the ``params.npz`` keys), so the
-artifact stays small, weights can be swapped, and no 2 GiB protobuf limit applies. The
-inputs are ``export.json["inputs"]`` in order. A process that never imports t5x_lite
-runs it with jax and numpy only::
+vocab]`` (a fine-tuned run: its head's outputs, ``export.json["outputs"]``:
+``class_logits [b, classes]``, ``tag_logits [b, t, classes]`` or the pair
+``start_logits, end_logits [b, t]``). The parameters are an **argument**, not baked-in
+constants: a list of float32 arrays in the order ``export.json["params"]`` names (the
+``params.npz`` keys), so the artifact stays small, weights can be swapped, and no 2 GiB
+protobuf limit applies. The inputs are ``export.json["inputs"]`` in order. A process
+that never imports t5x_lite runs it with jax and numpy only::
 
     import json, jax, numpy as np
     exp = jax.export.deserialize(open("out/forward.jax_export", "rb").read())
@@ -150,9 +152,21 @@ def input_names(run: Loaded) -> list[str]:
     return names
 
 
+# The forward's outputs per model.task_head (a fine-tuned run returns its head's).
+OUTPUTS = {
+    "none": ("logits",),
+    "sequence": ("class_logits",),
+    "token": ("tag_logits",),
+    "span": ("start_logits", "end_logits"),
+}
+
+
 def exported_forward(run: Loaded, platforms: tuple[str, ...] | None = None) -> Any:
-    """``jax.export.Exported`` of ``forward(params_list, *inputs) -> float32 logits``."""
+    """``jax.export.Exported`` of ``forward(params_list, *inputs)``: float32 logits, or
+    for a fine-tuned run its head's outputs (:data:`OUTPUTS`; a span head returns the
+    pair ``(start_logits, end_logits)``)."""
     cfg = run.config.model
+    outputs = OUTPUTS[cfg.task_head]
     leaves, treedef = jax.tree_util.tree_flatten(run.params)
     names = input_names(run)
     model = run.model
@@ -166,7 +180,9 @@ def exported_forward(run: Loaded, platforms: tuple[str, ...] | None = None) -> A
                 length = batch[f"{prefix}input_ids"].shape[1]
                 batch[f"{prefix}positions"] = jnp.arange(length, dtype=jnp.int32)[None]
         p = jax.tree_util.tree_unflatten(treedef, params)
-        return model.apply(p, batch)["logits"].astype(jnp.float32)
+        out = model.apply(p, batch)
+        got = tuple(out[k].astype(jnp.float32) for k in outputs)
+        return got[0] if len(got) == 1 else got
 
     # The decoder length of an encoder-decoder is its own dimension ``s``.
     dims = ["b", "t", "s"] if cfg.family == "encoder_decoder" else ["b", "t"]
@@ -196,7 +212,13 @@ def write_stablehlo(run: Loaded, out: str, platforms: tuple[str, ...] | None = N
     cfg = run.config.model
     manifest = {
         "format": "jax.export",
-        "function": "forward(params, *inputs) -> logits float32 [b, t, vocab]",
+        "function": {
+            "none": "forward(params, *inputs) -> logits float32 [b, t, vocab]",
+            "sequence": "forward(params, *inputs) -> class_logits float32 [b, classes]",
+            "token": "forward(params, *inputs) -> tag_logits float32 [b, t, classes]",
+            "span": "forward(params, *inputs) -> (start_logits, end_logits) float32 [b, t]",
+        }[cfg.task_head],
+        "outputs": list(OUTPUTS[cfg.task_head]),
         "family": cfg.family,
         "arch": cfg.arch,
         "step": run.step,

@@ -213,6 +213,15 @@ def test_token_and_span_tasks_finetune_evaluate_and_export(task, kjv_root, tmp_p
     real = val.arrays["attention_mask"].astype(bool)
     np.testing.assert_allclose(start[real], np.asarray(ours["start_logits"])[real], atol=1e-4)
     np.testing.assert_allclose(end[real], np.asarray(ours["end_logits"])[real], atol=1e-4)
+    # The StableHLO export of a span head returns the pair of logits.
+    shlo = tmp_path / "shlo"
+    export.export(str(work), "stablehlo", str(shlo), step="best")
+    exp = jax.export.deserialize((shlo / "forward.jax_export").read_bytes())
+    meta, w = json.loads((shlo / "export.json").read_text()), np.load(shlo / "params.npz")
+    assert meta["outputs"] == ["start_logits", "end_logits"]
+    got = exp.call([w[n] for n in meta["params"]], *[val.arrays[n] for n in meta["inputs"]])
+    for mine, key in zip(got, meta["outputs"], strict=True):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(ours[key]), atol=1e-5, rtol=0)
     em, f1 = [], []
     for i, gold in enumerate(val.meta["answers"]):
         word = val.meta["token_word"][i]
