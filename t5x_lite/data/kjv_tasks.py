@@ -1,6 +1,12 @@
-"""Two classification tasks built from the embedded King James Bible, and their
-bag-of-words baseline.
+"""Example fine-tuning tasks built from the embedded King James Bible, and the
+bag-of-words baseline of the classification ones.
 
+Classification (``{"text", "label"}`` per line):
+
+* ``word_order`` (the example of ``make finetune``): in half the training verses the
+  words before the last are shuffled (:func:`shuffle`), labels ``original`` /
+  ``shuffled``; validation holds every verse twice, original and shuffled, so it is
+  exactly balanced and a bag of words (the same bag for both) is at chance.
 * ``bigram_shift`` (SentEval's probing task, Conneau et al. 2018): half of the verses
   have two adjacent words swapped (``"God created the heaven"`` -> ``"God the created
   heaven"``), labels ``original`` / ``shifted``. Both versions hold the same words,
@@ -8,19 +14,29 @@ bag-of-words baseline.
 * ``testament``: which testament a verse comes from (``old`` / ``new``); vocabulary
   alone is a strong signal here.
 
+Token classification, ``names`` (``{"tokens", "tags"}``): each word of a verse tagged
+``NAME`` or ``O`` by :func:`is_name` (capitalised, and its lowercase form never occurs
+lowercase in the KJV). Span QA, ``relations`` (``{"question", "context", "answer",
+"answer_start"}``): the first of :data:`RELATIONS` a verse states between two names
+(``"Joshua the son of Nun"`` -> ``"Whose son is Joshua?"``, answer ``Nun``).
+
 Splits follow the corpus's (:func:`t5x_lite.data.corpora.validation_indices`): the
 validation verses come from the 24 held-out chapters a ``data.corpus=kjv``
 pretraining run never trains on; the training verses (``--train_verses``, sampled
-with ``--seed``) from the other chapters. Verses of fewer than 4 words are skipped; the
-swap never involves the last word (so final punctuation stays in place)::
+with ``--seed``) from the other chapters. ``relations`` is the exception: the held-out
+chapters hold 39 of its 1060 verses, so a seeded quarter of all of them is its
+validation. Verses of fewer than 4 words are skipped; the swap and the shuffle never
+move the last word (so final punctuation stays in place)::
 
-    python -m t5x_lite.data.kjv_tasks build --task=bigram_shift --out=runs/tasks/bigram_shift
-    python -m t5x_lite.data.kjv_tasks baseline --dir=runs/tasks/bigram_shift
+    python -m t5x_lite.data.kjv_tasks build --task=word_order --out=runs/tasks/word_order
+    python -m t5x_lite.data.kjv_tasks baseline --dir=runs/tasks/word_order
+    python -m t5x_lite.data.kjv_tasks interval --accuracy=0.9577 --n=1370
 
-``build`` writes ``train.jsonl`` and ``validation.jsonl`` (``{"text", "label"}`` per
-line) and refuses an ``--out`` that already holds them; ``baseline`` fits scikit-learn's
-``CountVectorizer`` (unigrams) + ``LogisticRegression`` on train and prints the
-validation accuracy, macro-F1 and chance (the majority class) as JSON.
+``build`` writes ``train.jsonl`` and ``validation.jsonl`` and refuses an ``--out`` that
+already holds them; ``baseline`` fits scikit-learn's ``CountVectorizer`` (unigrams) +
+``LogisticRegression`` on train and prints the validation accuracy (with its 95%
+Wilson interval), macro-F1 and chance (the majority class) as JSON; ``interval`` prints
+the Wilson interval of any accuracy over ``n`` rows.
 """
 
 from __future__ import annotations
