@@ -276,6 +276,9 @@ def test_the_kjv_example_tasks(tmp_path):
     assert [w for w, t in zip(first["tokens"], first["tags"]) if t == "NAME"] == [
         "Abraham", "Keturah."
     ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train\.jsonl: not a classification file"):
+        kjv_tasks.baseline(str(tmp_path / "names"))
+    assert kjv_tasks.main(["interval", "--accuracy=0.9", "--n=0"]) == 2
     kjv_tasks.build("relations", str(tmp_path / "rel"), train_verses=0, seed=0)
     rows = [r for f in ("train", "validation") for r in _read(tmp_path / "rel" / f"{f}.jsonl")]
     assert len(rows) > 1000
