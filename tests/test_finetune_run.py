@@ -151,7 +151,7 @@ TOKEN_AND_SPAN = {
 
 @pytest.mark.parametrize("task", list(TOKEN_AND_SPAN))
 def test_token_and_span_tasks_finetune_evaluate_and_export(task, kjv_root, tmp_path_factory,
-                                                           tmp_path):  # fmt: skip
+                                                           tmp_path, capsys):  # fmt: skip
     """The kjv_tasks names (token tags) and relations (span QA) files, a short fine-tune
     of the tiny GPT-2, its best checkpoint exported to HF (GPT2ForTokenClassification /
     GPT2ForQuestionAnswering): the logged metrics of the best step are recomputed from
@@ -181,7 +181,11 @@ def test_token_and_span_tasks_finetune_evaluate_and_export(task, kjv_root, tmp_p
         checkpoint=dataclasses.replace(cfg.checkpoint, best_metric=metric, every_steps=4),
     ).validate()  # fmt: skip
     work = tmp_path / "ft"
-    trainer.train(cfg, str(work), devices=jax.devices()[:1], progress=False)
+    trainer.train(cfg, str(work), devices=jax.devices()[:1], progress=None, sample=False)
+    # The end-of-run summary as run_train.py prints it (span QA logs no plain loss).
+    printed = capsys.readouterr().out
+    assert "eval at step 4: " in printed and f"{metric} " in printed
+    assert f"best checkpoint: {work / 'best'}" in printed
     logged = map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
     evals = {e["step"]: e for e in logged if f"eval_{metric}" in e}
     assert sorted(evals) == [2, 4]
