@@ -279,6 +279,8 @@ HEAD_CASES = [
     ("llama_tiny", "token", "LlamaForTokenClassification"),
     ("bert_tiny", "span", "BertForQuestionAnswering"),
     ("llama_tiny", "span", "LlamaForQuestionAnswering"),
+    # Mistral's QA class keeps its backbone under model., Llama's under transformer.
+    ("llama_tiny:mistral", "span", "MistralForQuestionAnswering"),
 ]
 
 
@@ -291,7 +293,10 @@ def test_each_head_exports_to_its_hf_class(preset, head, hf_class, tmp_path):
     from t5x_lite import models, presets
     from t5x_lite.config import ModelConfig
 
+    preset, _, arch = preset.partition(":")
     m = presets.load(preset).to_dict()["model"]
+    if arch:
+        m.update(arch=arch, sliding_window=16)
     m.update(num_layers=1, sentence_head=False, dropout_rate=0.0, task_head=head,
              num_labels=3 if head != "span" else 0)  # fmt: skip
     cfg = ModelConfig(**m).validate()

@@ -21,6 +21,7 @@ llama,    sequence      LlamaForSequenceClassification   score -> score (no bias
 mistral,  token         ...ForTokenClassification        classifier -> score (with bias)
 qwen2     span          ...ForQuestionAnswering          qa_outputs -> qa_outputs; the
                                                          backbone is ``transformer.*``
+                                                         (Mistral's: ``model.*``)
 ========  ============  ===============================  =====================================
 
 RoBERTa's ``RobertaClassificationHead`` is ``out_proj(tanh(dense(x[:, 0])))`` at
@@ -53,6 +54,7 @@ _SUFFIX = {
     "span": "ForQuestionAnswering",
 }
 _LLAMA_LIKE = ("llama", "mistral", "qwen2")
+_QA_TRANSFORMER = ("llama", "qwen2")  # their ...ForQuestionAnswering name it "transformer"
 # Entry: (our path, HF name, layout, HF shape); layouts "dense" (kernel [in, out] <->
 # weight [out, in]) and "copy" (biases).
 Entry = tuple[tuple[str, ...], str, str, tuple[int, ...]]
@@ -94,9 +96,10 @@ def entries(cfg: ModelConfig) -> list[Entry]:
 
 
 def backbone_name(cfg: ModelConfig, name: str) -> str:
-    """``name`` of a pretraining-class tensor as the head class stores it (Llama's
-    question-answering class keeps its backbone under ``transformer.``)."""
-    if cfg.task_head == "span" and cfg.arch in _LLAMA_LIKE and name.startswith("model."):
+    """``name`` of a pretraining-class tensor as the head class stores it (Llama's and
+    Qwen2's question-answering classes keep their backbone under ``transformer.``,
+    Mistral's under ``model.``)."""
+    if cfg.task_head == "span" and cfg.arch in _QA_TRANSFORMER and name.startswith("model."):
         return "transformer." + name[len("model.") :]
     return name
 
