@@ -28,13 +28,13 @@ train: $(STAMP)
 	$(PY) run_train.py
 
 # The example fine-tuning (README "Fine-tuning"): the make-train base if missing, the
-# bigram-shift task files if missing, then 300 steps of GPT-2 sequence classification.
+# word-order task files if missing, then 300 steps of GPT-2 sequence classification.
 finetune: $(STAMP)
 	test -d runs/default/checkpoints || $(PY) run_train.py
-	test -f runs/tasks/bigram_shift/train.jsonl || $(PY) -m t5x_lite.data.kjv_tasks build \
-	  --task=bigram_shift --out=runs/tasks/bigram_shift
-	$(PY) run_train.py --config=configs/finetune/kjv_bigram_shift_gpt2.py \
-	  --config.train.init_from=runs/default --workdir=runs/ft_bigram_gpt2
+	test -f runs/tasks/word_order/train.jsonl || $(PY) -m t5x_lite.data.kjv_tasks build \
+	  --task=word_order --out=runs/tasks/word_order
+	$(PY) run_train.py --config=configs/finetune/kjv_word_order_gpt2.py \
+	  --config.train.init_from=runs/default --workdir=runs/ft_word_order_gpt2
 
 # Regenerate gin/NAME.gin from configs/NAME.py for every preset (a test checks they agree).
 gin: $(STAMP)

@@ -2,23 +2,33 @@
 
     python -m t5x_lite.export --workdir=runs/default --format=hf --out=exports/hf
     python -m t5x_lite.export --workdir=runs/default --format=stablehlo --out=exports/shlo \\
-        [--step=N] [--platforms=cpu,cuda]
+        [--step=N|best] [--platforms=cpu,cuda]
 
 ``hf`` writes ``config.json`` + ``model.safetensors`` (:func:`t5x_lite.convert.export_hf`),
 ``generation_config.json`` (our EOS / pad / BOS ids) and the tokenizer files of
 :mod:`t5x_lite.hf.tokenizer` (``AutoTokenizer`` loads them; they add no BOS/EOS, so
 ``input_ids`` equal ``Tokenizer.encode``). ``transformers`` then loads the directory
-with ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+with ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained``. A
+fine-tuned run is written as the HF class of its head (:mod:`t5x_lite.hf.heads`:
+``BertForSequenceClassification``, ``GPT2ForTokenClassification``,
+``LlamaForQuestionAnswering``, ...) with ``id2label`` / ``label2id`` from
+``task.labels``, and its tokenizer frames inputs as the fine-tuning rows (a decoder's
+ends with ``</s>``, the token its sequence head reads; an encoder's is ``[CLS] text
+[SEP]``); a T5 label-word classifier stays ``T5ForConditionalGeneration``.
+LoRA runs are exported merged; adapter and prefix runs have no HF class (an error
+pointing at ``--format=stablehlo``).
 
 ``stablehlo`` writes ``forward.jax_export`` (``jax.export.Exported.serialize()``),
 ``params.npz`` and ``export.json``. ``forward(params, input_ids, attention_mask, ...)``
 maps ``int32 [batch, length]`` inputs, both dimensions symbolic (``b, t``; an
 encoder-decoder's decoder length is ``s``), to float32 logits ``[batch, length,
-vocab]``. The parameters are an **argument**, not baked-in constants: a list of float32
-arrays in the order ``export.json["params"]`` names (the ``params.npz`` keys), so the
-artifact stays small, weights can be swapped, and no 2 GiB protobuf limit applies. The
-inputs are ``export.json["inputs"]`` in order. A process that never imports t5x_lite
-runs it with jax and numpy only::
+vocab]`` (a fine-tuned run: its head's outputs, ``export.json["outputs"]``:
+``class_logits [b, classes]``, ``tag_logits [b, t, classes]`` or the pair
+``start_logits, end_logits [b, t]``). The parameters are an **argument**, not baked-in
+constants: a list of float32 arrays in the order ``export.json["params"]`` names (the
+``params.npz`` keys), so the artifact stays small, weights can be swapped, and no 2 GiB
+protobuf limit applies. The inputs are ``export.json["inputs"]`` in order. A process
+that never imports t5x_lite runs it with jax and numpy only::
 
     import json, jax, numpy as np
     exp = jax.export.deserialize(open("out/forward.jax_export", "rb").read())
@@ -48,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import convert
-from t5x_lite.config import ConfigError
+from t5x_lite.config import Config, ConfigError
+from t5x_lite.hf import heads as hf_heads
 from t5x_lite.hf import tokenizer as hf_tokenizer
 from t5x_lite.loading import Loaded, choose_step, load, read_config
 
@@ -78,6 +89,22 @@ def check_format(fmt: str) -> None:
         raise ConfigError(f"--format={fmt!r} is not one of {', '.join(FORMATS)}")
 
 
+def check_hf_exportable(cfg: Config) -> None:
+    """A one-line ConfigError for a run the HF format cannot hold: adapters and prefixes
+    (LoRA merges into the base's kernels; HF classes have no Houlsby adapter or learned
+    key/value prefix), and a task head without an HF class."""
+    method = cfg.peft.method
+    if method in ("adapter", "prefix"):
+        raise ConfigError(
+            f"--format=hf: a peft.method={method!r} run has no Hugging Face class (HF models "
+            f"have no {'Houlsby adapter' if method == 'adapter' else 'learned key/value prefix'}"
+            " layers); export it with --format=stablehlo, or train peft.method='lora', which "
+            "merges into the base"
+        )
+    if cfg.model.task_head != "none":
+        hf_heads.hf_class(cfg.model)
+
+
 # --------------------------------------------------------------------------- hf
 
 
@@ -95,11 +122,19 @@ def write_hf(run: Loaded, out: str) -> list[str]:
     if cfg.family == "encoder_decoder":
         ids["decoder_start_token_id"] = tok.pad_id  # T5 starts decoding from pad
     hf_config.update(ids)
+    if cfg.task_head != "none":  # id2label / label2id of the classifying heads
+        hf_config.update(hf_heads.config_fields(cfg, tuple(run.config.task.labels)))
     with open(cfg_file, "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2, sort_keys=True)
     with open(os.path.join(out, "generation_config.json"), "w", encoding="utf-8") as f:
         json.dump({**ids, "_from_model_config": False}, f, indent=2, sort_keys=True)
-    files = hf_tokenizer.write_tokenizer(tok.path, out, cfg.max_seq_len)
+    files = hf_tokenizer.write_tokenizer(
+        tok.path,
+        out,
+        cfg.max_seq_len,
+        masked_lm=cfg.family == "encoder",
+        task_family=cfg.family if cfg.task_head != "none" else None,
+    )
     return ["config.json", "model.safetensors", "generation_config.json", *files]
 
 
@@ -117,9 +152,21 @@ def input_names(run: Loaded) -> list[str]:
     return names
 
 
+# The forward's outputs per model.task_head (a fine-tuned run returns its head's).
+OUTPUTS = {
+    "none": ("logits",),
+    "sequence": ("class_logits",),
+    "token": ("tag_logits",),
+    "span": ("start_logits", "end_logits"),
+}
+
+
 def exported_forward(run: Loaded, platforms: tuple[str, ...] | None = None) -> Any:
-    """``jax.export.Exported`` of ``forward(params_list, *inputs) -> float32 logits``."""
+    """``jax.export.Exported`` of ``forward(params_list, *inputs)``: float32 logits, or
+    for a fine-tuned run its head's outputs (:data:`OUTPUTS`; a span head returns the
+    pair ``(start_logits, end_logits)``)."""
     cfg = run.config.model
+    outputs = OUTPUTS[cfg.task_head]
     leaves, treedef = jax.tree_util.tree_flatten(run.params)
     names = input_names(run)
     model = run.model
@@ -133,7 +180,9 @@ def exported_forward(run: Loaded, platforms: tuple[str, ...] | None = None) -> A
                 length = batch[f"{prefix}input_ids"].shape[1]
                 batch[f"{prefix}positions"] = jnp.arange(length, dtype=jnp.int32)[None]
         p = jax.tree_util.tree_unflatten(treedef, params)
-        return model.apply(p, batch)["logits"].astype(jnp.float32)
+        out = model.apply(p, batch)
+        got = tuple(out[k].astype(jnp.float32) for k in outputs)
+        return got[0] if len(got) == 1 else got
 
     # The decoder length of an encoder-decoder is its own dimension ``s``.
     dims = ["b", "t", "s"] if cfg.family == "encoder_decoder" else ["b", "t"]
@@ -163,7 +212,13 @@ def write_stablehlo(run: Loaded, out: str, platforms: tuple[str, ...] | None = N
     cfg = run.config.model
     manifest = {
         "format": "jax.export",
-        "function": "forward(params, *inputs) -> logits float32 [b, t, vocab]",
+        "function": {
+            "none": "forward(params, *inputs) -> logits float32 [b, t, vocab]",
+            "sequence": "forward(params, *inputs) -> class_logits float32 [b, classes]",
+            "token": "forward(params, *inputs) -> tag_logits float32 [b, t, classes]",
+            "span": "forward(params, *inputs) -> (start_logits, end_logits) float32 [b, t]",
+        }[cfg.task_head],
+        "outputs": list(OUTPUTS[cfg.task_head]),
         "family": cfg.family,
         "arch": cfg.arch,
         "step": run.step,
@@ -189,10 +244,11 @@ def export(
     workdir: str,
     fmt: str,
     out: str,
-    step: int | None = None,
+    step: int | str | None = None,
     platforms: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """Export checkpoint ``step`` (latest if None) of ``workdir`` as ``fmt`` into ``out``.
+    """Export checkpoint ``step`` (latest if None; ``"best"``: the best checkpoint a
+    fine-tuning run kept) of ``workdir`` as ``fmt`` into ``out``.
 
     Every check (format, ``out``, config, checkpoint step) runs before anything is
     written; the files appear in ``out`` only once all are written. Returns their names.
@@ -203,8 +259,11 @@ def export(
     workdir = os.path.abspath(workdir)
     if not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} does not exist")
-    read_config(workdir)
-    choose_step(workdir, step)
+    cfg = read_config(workdir)
+    if fmt == "hf":
+        check_hf_exportable(cfg)
+    if step != "best":  # load checks the best checkpoint itself
+        choose_step(workdir, step)
     run = load(workdir, step)
     tmp = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -222,6 +281,15 @@ def export(
     return files
 
 
+def _step(text: str) -> int | str:
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number or 'best'") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m t5x_lite.export", description=__doc__.split("\n")[0]
@@ -229,7 +297,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="a t5x_lite run directory")
     p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, help="a new or empty directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--step",
+        type=_step,
+        default=None,
+        help="checkpoint step, or 'best' (a fine-tuning run's best checkpoint; default: latest)",
+    )
     p.add_argument(
         "--platforms",
         default=None,

@@ -18,11 +18,11 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
             "again to resume"
         )
     if ev:
-        extra = ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k not in ("loss", "perplexity"))
-        lines.append(
-            f"eval at step {result['eval_step']}: loss {ev['loss']:.4f}, perplexity "
-            f"{ev['perplexity']:.2f}" + (f", {extra}" if extra else "")
-        )
+        # loss and perplexity first where the run has them (span QA logs start/end losses).
+        first = [f"loss {ev['loss']:.4f}"] if "loss" in ev else []
+        first += [f"perplexity {ev['perplexity']:.2f}"] if "perplexity" in ev else []
+        extra = [f"{k} {v:.4f}" for k, v in ev.items() if k not in ("loss", "perplexity")]
+        lines.append(f"eval at step {result['eval_step']}: " + ", ".join(first + extra))
     if result["sample"] is not None:
         lines.append(f"sample: {result['sample']!r}")
     timing = []

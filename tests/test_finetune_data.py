@@ -21,6 +21,10 @@ def _jsonl(path, rows):
     return str(path)
 
 
+def _read(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _task(path, **kw) -> TaskConfig:
     return TaskConfig(
         kind=kw.pop("kind", "classification"),
@@ -227,7 +231,8 @@ def test_the_finetune_presets_load_and_keep_their_base_model():
     root = os.path.join(os.path.dirname(__file__), "..", "configs")
     bases = {"gpt2": "default", "bert": "bert_tiny", "t5": "t5_tiny"}
     files = sorted(glob.glob(os.path.join(root, "finetune", "kjv_*.py")))
-    assert len(files) == 3
+    assert len(files) == 6
+    kinds = {"names": ("token_classification", "macro_f1"), "relations": ("span_qa", "f1")}
     for path in files:
         cfg = presets.load_typed(path)
         base = presets.load_typed(bases[path.rsplit("_", 1)[1][:-3]]).model
@@ -235,4 +240,49 @@ def test_the_finetune_presets_load_and_keep_their_base_model():
             FREE_MODEL_FIELDS
         )
         assert not diff, (path, diff)
-        assert cfg.task.kind == "classification" and cfg.checkpoint.best_metric == "accuracy"
+        task = os.path.basename(path)[len("kjv_") :].rsplit("_", 1)[0]
+        kind, best = kinds.get(task, ("classification", "accuracy"))
+        assert (cfg.task.kind, cfg.checkpoint.best_metric) == (kind, best), path
+        assert cfg.task.train_file == f"runs/tasks/{task}/train.jsonl"
+
+
+def test_the_kjv_example_tasks(tmp_path):
+    """word_order: every validation verse twice, original and shuffled with the same bag
+    of words (a bag of words is at chance by construction); names: tags by the rule of
+    kjv_tasks.is_name; relations: the answer is the span at answer_start. Files are
+    refused when they exist."""
+    import doctest
+
+    from t5x_lite.data import kjv_tasks
+    from t5x_lite.hf import heads
+
+    for module in (kjv_tasks, heads):
+        result = doctest.testmod(module)
+        assert result.failed == 0
+    assert doctest.testmod(kjv_tasks).attempted >= 6
+    got = kjv_tasks.build("word_order", str(tmp_path / "wo"), train_verses=200, seed=0)
+    assert got["validation"] == 1370 and got["train"] == 200
+    val = _read(tmp_path / "wo" / "validation.jsonl")
+    for a, b in zip(val[0::2], val[1::2], strict=True):
+        assert (a["label"], b["label"]) == ("original", "shuffled")
+        assert a["text"] != b["text"] and sorted(a["text"].split()) == sorted(b["text"].split())
+        assert a["text"].split()[-1] == b["text"].split()[-1]
+    with pytest.raises(ConfigError, match=r"already holds train\.jsonl"):
+        kjv_tasks.build("word_order", str(tmp_path / "wo"), train_verses=10, seed=0)
+    kjv_tasks.build("names", str(tmp_path / "names"), train_verses=50, seed=0)
+    first = _read(tmp_path / "names" / "validation.jsonl")[0]
+    # Genesis 25:1 (the first held-out chapter's first verse).
+    assert first["tokens"][:4] == ["Then", "again", "Abraham", "took"]
+    assert [w for w, t in zip(first["tokens"], first["tags"]) if t == "NAME"] == [
+        "Abraham", "Keturah."
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train\.jsonl: not a classification file"):
+        kjv_tasks.baseline(str(tmp_path / "names"))
+    assert kjv_tasks.main(["interval", "--accuracy=0.9", "--n=0"]) == 2
+    kjv_tasks.build("relations", str(tmp_path / "rel"), train_verses=0, seed=0)
+    rows = [r for f in ("train", "validation") for r in _read(tmp_path / "rel" / f"{f}.jsonl")]
+    assert len(rows) > 1000
+    for r in rows:
+        assert r["context"][r["answer_start"] :].startswith(r["answer"])
+        asked = [w for w in r["question"].rstrip("?").split()[1:] if w[0].isupper()]
+        assert len(asked) == 1 and asked[0] in r["context"], r

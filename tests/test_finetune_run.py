@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import string
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 from trained_runs import FAMILIES, preset_config, trained
 
 import t5x_lite
-from t5x_lite import evaluation, models, partitioning, steps, task_metrics, trainer
+from t5x_lite import evaluation, export, models, partitioning, steps, task_metrics, trainer
 from t5x_lite.config import ConfigError, TaskConfig
 from t5x_lite.data import task_pipeline
 
@@ -86,6 +90,25 @@ def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_
     gold = data.validation.arrays["class_labels"]
     assert len(gold) == 12
     assert task_metrics.accuracy(gold, pred) == pytest.approx(best["value"])
+    # Its HF export (GPT2ForSequenceClassification, labels named) gives the same logits,
+    # and transformers' text-classification pipeline on the raw texts our labels.
+    hf_dir = tmp_path / "hf"
+    export.export(str(work), "hf", str(hf_dir), step="best")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    assert type(hf).__name__ == "GPT2ForSequenceClassification"
+    assert hf.config.id2label == {0: "old", 1: "new"}
+    np.testing.assert_allclose(
+        _hf(hf, data.validation.arrays).logits.numpy(),
+        np.concatenate(logits)[: len(gold)],
+        atol=1e-4,
+        rtol=0,
+    )
+    texts = [json.loads(line)["text"] for line in Path(validation_file).read_text().splitlines()]
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    row, mask = data.validation.arrays["input_ids"][0], data.validation.arrays["attention_mask"][0]
+    assert tok(texts[0]).input_ids == row[: mask.sum()].tolist()  # text + EOS, as our rows
+    got = transformers.pipeline("text-classification", model=str(hf_dir), device="cpu")(texts)
+    assert [g["label"] for g in got] == [("old", "new")[p] for p in pred]
     # Fine-tune from its own best checkpoint: PATH@best.
     again = dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, init_from=f"{work}@best", num_steps=1)
@@ -99,6 +122,122 @@ def test_a_short_finetune_keeps_a_restorable_best_checkpoint(kjv_root, tmp_path_
             progress=False,
         )
     assert not (tmp_path / "x").exists()
+
+
+def _hf(model, arrays):
+    keys = ("input_ids", "attention_mask")
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(arrays[k].astype(np.int64)) for k, v in arrays.items()
+                        if k in keys})  # fmt: skip
+
+
+def _squad(text: str) -> list[str]:
+    """SQuAD's answer normalisation: lowercase, no punctuation or articles, words."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return [w for w in text.split() if w not in ("a", "an", "the")]
+
+
+def _f1(pred: str, gold: str) -> float:
+    p, g = _squad(pred), _squad(gold)
+    common = sum(min(p.count(w), g.count(w)) for w in set(p))
+    return 0.0 if not common else 2 * common / (len(p) + len(g))
+
+
+TOKEN_AND_SPAN = {
+    "names": ("token_classification", "token", ("O", "NAME"), "macro_f1"),
+    "relations": ("span_qa", "span", (), "f1"),
+}
+
+
+@pytest.mark.parametrize("task", list(TOKEN_AND_SPAN))
+def test_token_and_span_tasks_finetune_evaluate_and_export(task, kjv_root, tmp_path_factory,
+                                                           tmp_path, capsys):  # fmt: skip
+    """The kjv_tasks names (token tags) and relations (span QA) files, a short fine-tune
+    of the tiny GPT-2, its best checkpoint exported to HF (GPT2ForTokenClassification /
+    GPT2ForQuestionAnswering): the logged metrics of the best step are recomputed from
+    the HF model's logits over all 13 validation rows (two eval batches, the last
+    padded) with scikit-learn (tags) or a brute-force best span and SQuAD's EM / F1."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from t5x_lite.data import kjv_tasks
+
+    kind, head, labels, metric = TOKEN_AND_SPAN[task]
+    base = trained(FAMILIES["decoder"], str(kjv_root), tmp_path_factory)
+    kjv_tasks.build(task, str(tmp_path / "files"), train_verses=48, seed=0)
+    files = {}
+    for split, n in (("train", 48), ("validation", 13)):
+        lines = (tmp_path / "files" / f"{split}.jsonl").read_text().splitlines(True)[:n]
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(lines))
+    cfg = preset_config(FAMILIES["decoder"], str(kjv_root))
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, task_head=head, num_labels=len(labels)),
+        data=dataclasses.replace(cfg.data, seq_len=64),
+        task=TaskConfig(kind=kind, train_file=str(files["train"]),
+                        validation_file=str(files["validation"]), labels=labels),
+        train=dataclasses.replace(cfg.train, num_steps=4, eval_every=2, log_every=2,
+                                  init_from=base),
+        checkpoint=dataclasses.replace(cfg.checkpoint, best_metric=metric, every_steps=4),
+    ).validate()  # fmt: skip
+    work = tmp_path / "ft"
+    trainer.train(cfg, str(work), devices=jax.devices()[:1], progress=None, sample=False)
+    # The end-of-run summary as run_train.py prints it (span QA logs no plain loss).
+    printed = capsys.readouterr().out
+    assert "eval at step 4: " in printed and f"{metric} " in printed
+    assert f"best checkpoint: {work / 'best'}" in printed
+    logged = map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
+    evals = {e["step"]: e for e in logged if f"eval_{metric}" in e}
+    assert sorted(evals) == [2, 4]
+    best = json.loads((work / "best.json").read_text())
+    assert best["value"] == max(e[f"eval_{metric}"] for e in evals.values())
+    hf_dir = tmp_path / "hf"
+    export.export(str(work), "hf", str(hf_dir), step="best")
+    run = t5x_lite.load(str(work), "best")
+    val = task_pipeline.load(cfg, run.tokenizer).validation
+    assert len(val) == 13
+    ours = run.model.apply(run.params, val.arrays)
+    if head == "token":
+        hf = transformers.AutoModelForTokenClassification.from_pretrained(hf_dir).eval()
+        assert type(hf).__name__ == "GPT2ForTokenClassification"
+        assert hf.config.id2label == {0: "O", 1: "NAME"}
+        logits = _hf(hf, val.arrays).logits.numpy()
+        real = val.arrays["attention_mask"].astype(bool)
+        np.testing.assert_allclose(logits[real], np.asarray(ours["tag_logits"])[real], atol=1e-4)
+        keep = val.arrays["tag_weights"] > 0
+        gold, pred = val.arrays["tag_labels"][keep], logits.argmax(-1)[keep]
+        assert keep.sum() > 13 and set(gold.tolist()) == {0, 1}
+        assert best["value"] == pytest.approx(f1_score(gold, pred, average="macro"))
+        assert evals[best["step"]]["eval_accuracy"] == pytest.approx(accuracy_score(gold, pred))
+        return
+    hf = transformers.AutoModelForQuestionAnswering.from_pretrained(hf_dir).eval()
+    assert type(hf).__name__ == "GPT2ForQuestionAnswering"
+    out = _hf(hf, val.arrays)
+    start, end = out.start_logits.numpy(), out.end_logits.numpy()
+    real = val.arrays["attention_mask"].astype(bool)
+    np.testing.assert_allclose(start[real], np.asarray(ours["start_logits"])[real], atol=1e-4)
+    np.testing.assert_allclose(end[real], np.asarray(ours["end_logits"])[real], atol=1e-4)
+    # The StableHLO export of a span head returns the pair of logits.
+    shlo = tmp_path / "shlo"
+    export.export(str(work), "stablehlo", str(shlo), step="best")
+    exp = jax.export.deserialize((shlo / "forward.jax_export").read_bytes())
+    meta, w = json.loads((shlo / "export.json").read_text()), np.load(shlo / "params.npz")
+    assert meta["outputs"] == ["start_logits", "end_logits"]
+    got = exp.call([w[n] for n in meta["params"]], *[val.arrays[n] for n in meta["inputs"]])
+    for mine, key in zip(got, meta["outputs"], strict=True):
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(ours[key]), atol=1e-5, rtol=0)
+    em, f1 = [], []
+    for i, gold in enumerate(val.meta["answers"]):
+        word = val.meta["token_word"][i]
+        ctx = np.flatnonzero(word >= 0)
+        spans = [(start[i, a] + end[i, b], a, b) for a in ctx for b in ctx
+                 if a <= b < a + cfg.task.max_answer_len]  # fmt: skip
+        _, a, b = max(spans)
+        text = " ".join(val.meta["words"][i][word[a] : word[b] + 1])
+        em.append(float(_squad(text) == _squad(gold)))
+        f1.append(_f1(text, gold))
+    assert best["value"] == pytest.approx(np.mean(f1))
+    assert evals[best["step"]]["eval_exact_match"] == pytest.approx(np.mean(em))
 
 
 def test_t5_label_words_are_scored_for_accuracy(kjv_root, kjv_tokenizer, tmp_path):

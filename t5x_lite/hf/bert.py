@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
-from t5x_lite.hf import common
+from t5x_lite.hf import common, heads
 
 MODEL_TYPES = ("bert", "roberta", "albert")
 ARCHS = ("bert", "roberta", "albert")
@@ -143,6 +143,8 @@ def _table(cfg: ModelConfig) -> list[Entry]:
     else:
         for i in range(cfg.num_layers):
             t += _layer(cfg, (f"layers_{i}",), f"{p}encoder.layer.{i}.")
+    if cfg.task_head != "none":  # a fine-tuning head replaces the MLM head
+        return t + heads.entries(cfg)
     head = _HEAD[cfg.arch]
     dense = head + ("transform.dense" if cfg.arch == "bert" else "dense")
     norm = (
@@ -357,6 +359,8 @@ def _tolerated(
 
 
 def _hf_class(cfg: ModelConfig) -> str:
+    if cfg.task_head != "none":
+        return heads.hf_class(cfg)
     base = {"bert": "Bert", "roberta": "Roberta", "albert": "Albert"}[cfg.arch]
     return base + ("ForPreTraining" if cfg.sentence_head else "ForMaskedLM")
 
@@ -428,6 +432,8 @@ def hf_config_of(cfg: ModelConfig) -> dict[str, Any]:
         "pad_token_id": cfg.pad_token_id,
         "tie_word_embeddings": True,
     }
+    if cfg.task_head != "none":
+        hf.update(heads.config_fields(cfg))
     if cfg.arch == "albert":
         hf["embedding_size"] = cfg.embedding_dim
         hf["num_hidden_groups"] = 1 if cfg.share_layers else cfg.num_layers

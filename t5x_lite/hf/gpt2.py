@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
-from t5x_lite.hf import common
+from t5x_lite.hf import common, heads
 
 MODEL_TYPES = ("gpt2",)
 ARCHS = ("gpt2",)
@@ -206,4 +206,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "pad_token_id": cfg.pad_token_id,
         "dtype": "float32",
     }
+    if cfg.task_head != "none":  # GPT2For...: the head replaces the tied LM head
+        hf_config.update(heads.config_fields(cfg))
+        tensors.update(heads.tensors(cfg, params))
     return hf_config, tensors

@@ -43,6 +43,7 @@ import numpy as np
 
 from t5x_lite.config import ConfigError, ModelConfig
 from t5x_lite.hf import common
+from t5x_lite.hf import heads as hf_heads
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ARCHS = ("llama", "mistral", "qwen2")
@@ -231,7 +232,7 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         "model.embed_tokens.weight": a(params["wte"]["embedding"]),
         "model.norm.weight": a(params["ln_f"]["scale"]),
     }
-    if not cfg.tied_head:  # a tied head is the embedding: transformers re-ties it
+    if not cfg.tied_head and cfg.task_head == "none":  # tied: transformers re-ties it
         tensors["lm_head.weight"] = a(params["lm_head"]["kernel"]).T
     for i in range(cfg.num_layers):
         lp, p = params[f"layers_{i}"], f"model.layers.{i}"
@@ -283,4 +284,8 @@ def to_hf(cfg: ModelConfig, params: dict[str, Any]) -> tuple[dict[str, Any], dic
         hf_config.update(attention_bias=False, mlp_bias=False)
     if cfg.rope_type == "llama3":
         hf_config["rope_scaling"] = rope  # read by transformers < 5
+    if cfg.task_head != "none":  # LlamaFor...: the head replaces the LM head
+        hf_config.update(hf_heads.config_fields(cfg))
+        tensors = {hf_heads.backbone_name(cfg, n): t for n, t in tensors.items()}
+        tensors.update(hf_heads.tensors(cfg, params))
     return hf_config, {name: np.ascontiguousarray(t) for name, t in tensors.items()}

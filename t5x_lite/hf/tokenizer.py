@@ -10,7 +10,8 @@
   **no BOS or EOS added** (``AutoTokenizer.from_pretrained(dir)(text).input_ids ==
   Tokenizer.encode(text)``, which adds neither), and control pieces (``<pad>``,
   ``</s>``, ``<s>``, ``<unk>``) never matched in text (``split_special_tokens``), as
-  SentencePiece does not;
+  SentencePiece does not; an encoder's also names ``[MASK]``, ``[CLS]``, ``[SEP]`` for
+  HF's fill-mask pipeline (see :func:`write_tokenizer`);
 * ``special_tokens_map.json``, the original ``tokenizer.model`` and
   ``t5x_lite_tokenizer.json`` (its sha256 and piece count), by which
   :func:`t5x_lite.load` recognises the directory's tokenizer as ours.
@@ -140,13 +141,59 @@ def build(model_file: str) -> Any:
     return tok
 
 
-def write_tokenizer(model_file: str, out_dir: str, model_max_length: int) -> list[str]:
-    """Write the files of the module docstring into ``out_dir``; returns their names."""
+# An encoder's named pieces (BERT's): HF's fill-mask pipeline finds ``mask_token_id``.
+MASKED_LM_TOKENS = {"mask_token": "[MASK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+
+
+def framing(tok: Any, family: str) -> Any:
+    """A ``tokenizers`` post-processor that frames text as the fine-tuning rows of
+    :mod:`t5x_lite.data.task_rows` are: encoder ``[CLS] a [SEP] (b [SEP])`` (type ids
+    0 / 1), decoder ``a ([SEP] b) </s>`` (the sequence head reads ``</s>``)."""
+    from tokenizers import processors
+
+    vocab = tok.get_vocab()
+    if family == "encoder":
+        single, pair = "[CLS] $A:0 [SEP]:0", "[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1"
+        names = ("[CLS]", "[SEP]")
+    else:
+        single, pair = "$A:0 </s>:0", "$A:0 [SEP]:0 $B:0 </s>:0"
+        names = ("[SEP]", "</s>")
+    missing = [n for n in names if n not in vocab]
+    if missing:
+        raise ConfigError(f"the tokenizer has no {missing[0]} piece to frame task inputs with")
+    return processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(n, vocab[n]) for n in names]
+    )
+
+
+def write_tokenizer(
+    model_file: str,
+    out_dir: str,
+    model_max_length: int,
+    masked_lm: bool = False,
+    task_family: str | None = None,
+) -> list[str]:
+    """Write the files of the module docstring into ``out_dir``; returns their names.
+
+    ``masked_lm`` (an encoder's export) also names ``mask_token``, ``cls_token`` and
+    ``sep_token`` (:data:`MASKED_LM_TOKENS`, those the model has), so
+    ``pipeline("fill-mask")`` finds ``[MASK]`` in text. transformers splits every
+    named token when ``split_special_tokens`` is set, ``[MASK]`` included, so an
+    encoder's tokenizer leaves it unset: its control pieces typed literally in text
+    (``<pad>``, ``</s>``) then become their ids, as in HF's own BERT tokenizers.
+    ``task_family`` (a fine-tuned run's family): the tokenizer frames its inputs as the
+    fine-tuning rows (:func:`framing`), so HF's ``text-classification`` pipeline feeds
+    the head what it was trained on.
+    """
     tok = build(model_file)
+    if task_family is not None:
+        tok.post_processor = framing(tok, task_family)
     spec, pieces = _proto(model_file).trainer_spec, tok.get_vocab()
     by_id = {i: p for p, i in pieces.items()}
     ids = {"pad": spec.pad_id, "eos": spec.eos_id, "bos": spec.bos_id, "unk": spec.unk_id}
     names = {f"{k}_token": by_id[i] for k, i in ids.items() if i >= 0}
+    if masked_lm:
+        names |= {k: p for k, p in MASKED_LM_TOKENS.items() if p in pieces}
     os.makedirs(out_dir, exist_ok=True)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     config = {
@@ -154,7 +201,7 @@ def write_tokenizer(model_file: str, out_dir: str, model_max_length: int) -> lis
         **names,
         "add_bos_token": False,
         "add_eos_token": False,
-        "split_special_tokens": True,
+        "split_special_tokens": not masked_lm,
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(model_max_length),
     }
