@@ -9,6 +9,35 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache per test run, shared by the xdist workers and
+# every subprocess they start (the command-line, multi-process, resume and README tests
+# compile the same tiny programs again and again; a cache hit halves a small run's CPU
+# time). Compiled programs, not results, are cached: what a test checks is computed
+# anew. A fresh directory per run (xdist's run id), so no run sees another's entries.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"), f"t5x_lite-tests-xla-cache-{_RUN}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+
+def _remove_old_caches(days: float = 1.0) -> None:
+    """Caches of runs that ended more than ``days`` ago (each run leaves its own)."""
+    import glob
+    import shutil
+    import time
+
+    pattern = os.path.join(os.environ.get("TMPDIR", "/tmp"), "t5x_lite-tests-xla-cache-*")
+    for path in glob.glob(pattern):
+        try:
+            if time.time() - os.path.getmtime(path) > days * 86400:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+_remove_old_caches()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
