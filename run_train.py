@@ -253,6 +253,8 @@ def main(argv: list[str]) -> None:
                 print(finished)
             return
         data, fsdp, tensor = preflight.check_layout(cfg, jax.device_count(), jax.process_count())
+        preflight.check_state_memory(cfg, jax.devices(), (data, fsdp, tensor))
+        preflight.check_writable(workdir)
         if primary:
             kinds = sorted({d.device_kind for d in jax.devices()})
             print(
@@ -269,6 +271,8 @@ def main(argv: list[str]) -> None:
             sys.exit(f"error: {message}")
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    except PermissionError as e:  # e.g. a data.data_dir cache another user owns
+        sys.exit(f"error: {e.strerror}: {e.filename} (set data.data_dir or choose another path)")
     if result["preempted"]:
         sys.exit(0)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from t5x_lite import presets
 from t5x_lite.config import Config, ConfigError, from_dict
+from t5x_lite.config.errors import ArgumentParser
 
 
 def load_config(spec: str | None, overrides: list[str]) -> Config:
@@ -156,7 +157,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.scaling", description=__doc__.split("\n")[0]
     )
     sub = p.add_subparsers(dest="command", required=True)
