@@ -47,6 +47,7 @@ class Result:
     stderr: str
     seconds: float
     timed_out: bool
+    cpu_seconds: float = 0.0  # user + system time of the child (and what it waited for)
     changed: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -145,17 +146,19 @@ def _serve(cases: list[dict], timeout: float) -> list[dict]:
             pid = os.fork()
             if pid == 0:
                 _child(case, out, err)
-            timed_out, status = False, None
+            timed_out, status, usage = False, None, None
             while status is None:
-                done, raw = os.waitpid(pid, os.WNOHANG)
+                done, raw, usage = os.wait4(pid, os.WNOHANG)
                 if done:
                     status = os.waitstatus_to_exitcode(raw)
                 elif time.monotonic() - t0 > timeout:
                     timed_out = True
                     os.killpg(pid, signal.SIGKILL)
-                    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                    _, raw, usage = os.wait4(pid, 0)
+                    status = os.waitstatus_to_exitcode(raw)
                 else:
                     time.sleep(0.02)
+            cpu = usage.ru_utime + usage.ru_stime
             seconds = time.monotonic() - t0
             with contextlib.suppress(ProcessLookupError):  # grandchildren go with it
                 os.killpg(pid, signal.SIGKILL)
@@ -168,9 +171,14 @@ def _serve(cases: list[dict], timeout: float) -> list[dict]:
                 if tree_hash(root) != digest:
                     changed.append(root)
                     watched[root] = tree_hash(root)
+            if os.environ.get("CLI_HARNESS_LOG"):  # progress, for a person watching
+                with open(os.environ["CLI_HARNESS_LOG"], "a") as f:
+                    f.write(f"{i} rc={status} {seconds:.1f}s cpu {cpu:.1f}s "
+                            f"{' '.join(case['argv'])[:200]}\n")
             results.append(
                 {"returncode": status, "stdout": texts[0], "stderr": texts[1],
-                 "seconds": seconds, "timed_out": timed_out, "changed": changed}
+                 "seconds": seconds, "timed_out": timed_out, "cpu_seconds": cpu,
+                 "changed": changed}
             )  # fmt: skip
     return results
 
