@@ -7,7 +7,8 @@ sends it the cases as JSON and returns one :class:`Result` per case. Each case i
 ``{"argv": [...], "cwd": DIR, "env": {...}, "uid": N, "watch": [DIR, ...]}`` where
 ``argv`` starts like a shell command: ``["run_train.py", ...]`` (a script path, run
 with ``runpy.run_path``) or ``["-m", "t5x_lite.export", ...]`` (``runpy.run_module``),
-both as ``__main__``; ``uid`` (optional) runs it as that user; ``watch`` (optional)
+both as ``__main__``; ``uid`` (optional) runs it as that user; ``jax_config``
+(optional) is ``jax.config.update``'d first; ``watch`` (optional)
 names directories whose tree hash, taken before the first case, is compared after
 this one (the roots that changed come back in ``Result.changed``).
 
@@ -83,6 +84,11 @@ def _child(case: dict, out: str, err: str) -> None:
         os.setgid(case["uid"])
         os.setuid(case["uid"])
     os.environ.update(case.get("env", {}))
+    if case.get("jax_config"):  # jax read its environment at import, before the fork
+        import jax
+
+        for name, value in case["jax_config"].items():
+            jax.config.update(name, value)
     os.chdir(case.get("cwd", ROOT))
     argv = list(case["argv"])
     code = 0
