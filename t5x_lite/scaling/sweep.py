@@ -225,8 +225,7 @@ def _comparable(cfg: Config) -> dict[str, Any]:
 
 
 def check_out_dir(cfg: Config, out_dir: str) -> None:
-    """An existing ``sweep_config.json`` must describe the same sweep (one-line error);
-    a field it lacks (added to the config since) counts as that field's default."""
+    """An existing ``sweep_config.json`` must describe the same sweep (one-line error)."""
     path = os.path.join(out_dir, CONFIG_FILE)
     if not os.path.exists(path):
         return
@@ -240,12 +239,9 @@ def check_out_dir(cfg: Config, out_dir: str) -> None:
         }
     }
     new = _comparable(cfg)
-    # A field added after the sweep was recorded is absent there: it held the default.
-    defaults = to_dict(Config())
     for section in new:
         for key in new[section]:
-            a = old.get(section, {}).get(key, defaults.get(section, {}).get(key))
-            b = new[section][key]
+            a, b = old.get(section, {}).get(key), new[section][key]
             if a != b:
                 raise ConfigError(
                     f"{path} records {section}.{key}={a!r} but this sweep has {b!r}; "
