@@ -41,9 +41,11 @@ from t5x_lite.gin_config import rewrite_argv
 
 DEFAULT_CONFIG = "default"  # the no-flag run (configs/default.py): a small GPT-2, ~10 min on a CPU
 
+# The default preset is the flag's default, so `--config.<field>=` overrides work on
+# the no-flag run too (`python run_train.py --config.train.num_steps=2`).
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    None,
+    presets.find(DEFAULT_CONFIG),
     "Preset: configs/<name>.py or <name>, [:variant[,variant]]; fields via --config.<field>=.",
     lock_config=True,
 )
@@ -153,16 +155,14 @@ def resolve_config():
         from t5x_lite import gin_config
 
         return gin_config.load(_GIN_FILES.value, _GIN_BINDINGS.value)
-    if flags.FLAGS["config"].present:
-        path = _preset_path()
-        if not os.path.isfile(path):
-            raise C.ConfigError(f"config file not found: {path}")
-        try:
-            values = _CONFIG.value.to_dict()
-        except Exception as e:  # an error inside the preset's get_config()
-            raise C.ConfigError(f"{path}: {_first_line(e)}") from None
-        return C.from_dict(values)
-    return presets.load_typed(DEFAULT_CONFIG)
+    path = _preset_path()
+    if not os.path.isfile(path):
+        raise C.ConfigError(f"config file not found: {path}")
+    try:
+        values = _CONFIG.value.to_dict()
+    except Exception as e:  # an error inside the preset's get_config()
+        raise C.ConfigError(f"{path}: {_first_line(e)}") from None
+    return C.from_dict(values)
 
 
 def apply_scaling_plan(cfg, log=print, check_repeats=False, allow_repeats=False):
@@ -265,6 +265,8 @@ def main(argv: list[str]) -> None:
                 print(finished)
             return
         data, fsdp, tensor = preflight.check_layout(cfg, jax.device_count(), jax.process_count())
+        preflight.check_state_memory(cfg, jax.devices(), (data, fsdp, tensor))
+        preflight.check_writable(workdir)
         if primary:
             kinds = sorted({d.device_kind for d in jax.devices()})
             print(
@@ -281,6 +283,8 @@ def main(argv: list[str]) -> None:
             sys.exit(f"error: {message}")
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    except PermissionError as e:  # e.g. a data.data_dir cache another user owns
+        sys.exit(f"error: {e.strerror}: {e.filename} (set data.data_dir or choose another path)")
     if result["preempted"]:
         sys.exit(0)
 

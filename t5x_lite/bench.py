@@ -47,6 +47,7 @@ import numpy as np
 
 from t5x_lite import config as C
 from t5x_lite import flops, partitioning, presets, steps
+from t5x_lite.config.errors import ArgumentParser
 
 
 def load_values(spec: str) -> dict[str, Any]:
@@ -196,7 +197,7 @@ def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str,
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m t5x_lite.bench", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m t5x_lite.bench", description=__doc__.split("\n")[0])
     p.add_argument(
         "--config",
         "--preset",

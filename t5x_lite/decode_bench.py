@@ -11,7 +11,6 @@ is excluded (one warm-up call each); prints one JSON line with seconds and the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -21,10 +20,11 @@ import numpy as np
 
 from t5x_lite import decoding, models
 from t5x_lite.config import ModelConfig
+from t5x_lite.config.errors import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m t5x_lite.decode_bench")
+    p = ArgumentParser(prog="python -m t5x_lite.decode_bench")
     p.add_argument("--prompt_len", type=int, default=16)
     p.add_argument("--new_tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)

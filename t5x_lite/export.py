@@ -59,6 +59,7 @@ import numpy as np
 
 from t5x_lite import convert
 from t5x_lite.config import Config, ConfigError
+from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.hf import heads as hf_heads
 from t5x_lite.hf import tokenizer as hf_tokenizer
 from t5x_lite.loading import Loaded, choose_step, load, read_config
@@ -291,7 +292,7 @@ def _step(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.export", description=__doc__.split("\n")[0]
     )
     p.add_argument("--workdir", required=True, help="a t5x_lite run directory")

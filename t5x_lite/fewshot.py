@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError
+from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.scoring import Scorer, encode_pair
 
 FEWSHOT_DELIMITER = "\n\n"
@@ -208,7 +209,7 @@ def evaluate(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.fewshot", description=__doc__.split("\n")[0]
     )
     p.add_argument("--workdir", required=True, help="a run's workdir or an HF directory")
@@ -233,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"--predictions={args.predictions} already exists; not overwriting")
         if args.predictions and not os.path.isdir(os.path.dirname(args.predictions) or "."):
             raise ConfigError(f"--predictions={args.predictions}: its directory does not exist")
+        # The task files first: a bad line is one error before any parameter is read.
+        docs = read_jsonl(args.task)
+        ctx = context_field_of(docs, args.task, args.context_field)
+        for path in dict.fromkeys(p for p in (args.task, args.train) if p):
+            check_docs(read_jsonl(path), path, ctx, args.choices_field, args.gold_field)
         from t5x_lite.loading import load
 
         run = load(args.workdir, args.step)

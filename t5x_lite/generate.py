@@ -29,13 +29,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from t5x_lite import decoding, partitioning
 from t5x_lite.config import Config, ConfigError, MeshConfig
+from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.preflight import CONFIG_FILE, TOKENIZER_FILE
 
 MASK = "[MASK]"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.generate", description=__doc__.split("\n")[0]
     )
     p.add_argument("--workdir", required=True, help="a run directory written by run_train.py")
@@ -50,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _check_workdir(workdir: str) -> None:
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        raise ConfigError(f"{workdir} holds no run ({CONFIG_FILE} missing)")
+    if not os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
+        raise ConfigError(f"{workdir} holds no {TOKENIZER_FILE}")
+
+
 def load(workdir: str) -> tuple[Config, Any, Any, Any, int]:
     """``(config, tokenizer, mesh, params, step)`` of the latest checkpoint in
     ``workdir`` (:func:`t5x_lite.load`: only the parameters are read; PEFT runs come
@@ -57,10 +65,7 @@ def load(workdir: str) -> tuple[Config, Any, Any, Any, int]:
     the decoding cache."""
     from t5x_lite import loading
 
-    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-        raise ConfigError(f"{workdir} holds no run ({CONFIG_FILE} missing)")
-    if not os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
-        raise ConfigError(f"{workdir} holds no {TOKENIZER_FILE}")
+    _check_workdir(workdir)
     run = loading.load(workdir)
     mesh = partitioning.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=1))
     # Replicated on the data-parallel mesh (prompts and the cache split over it).
@@ -79,17 +84,47 @@ def _encode_masked(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def run(args: argparse.Namespace) -> list[str]:
-    """The lines :func:`main` prints."""
-    cfg, tok, mesh, params, step = load(args.workdir)
-    m = cfg.model
-    context = m.max_seq_len
-    if m.family == "encoder":
-        ids = _encode_masked(tok, args.prompt)
+def prompt_ids(model: Any, tok: Any, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+    """``(ids, new tokens)`` of ``prompt`` for ``model`` (a ModelConfig), or a one-line
+    ConfigError (a prompt beyond the context, no ``[MASK]`` for an encoder, ...): checked
+    from the config and tokenizer alone, before any parameter is read."""
+    context = model.max_seq_len
+    if model.family == "encoder":
+        ids = _encode_masked(tok, prompt)
         if len(ids) > context:
             raise ConfigError(f"prompt has {len(ids)} tokens; the model's context is {context}")
         if tok.mask_id not in ids:
             raise ConfigError(f"an encoder fills {MASK} markers; the prompt has none")
+        return ids, 0
+    ids = list(tok.encode(prompt))
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens")
+    room = context - 1 if model.family == "decoder" else context  # a decoder needs one new slot
+    if len(ids) > room:
+        raise ConfigError(f"prompt has {len(ids)} tokens; the model's context is {context}")
+    new = max_new_tokens
+    if model.family == "decoder":
+        new = min(new, context - len(ids))
+    if new <= 0:
+        raise ConfigError(f"--max_new_tokens={max_new_tokens} must be positive")
+    return ids, new
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """The lines :func:`main` prints."""
+    from t5x_lite.data.tokenizer import Tokenizer
+    from t5x_lite.loading import read_config
+
+    _check_workdir(args.workdir)
+    ids, new = prompt_ids(
+        read_config(args.workdir).model,
+        Tokenizer(os.path.join(args.workdir, TOKENIZER_FILE)),
+        args.prompt,
+        args.max_new_tokens,
+    )
+    cfg, tok, mesh, params, step = load(args.workdir)
+    m = cfg.model
+    if m.family == "encoder":
         allowed = decoding.allowed_ids(tok, m.vocab_size)
         k = args.top_k or 5
         lines = [f"step {step}: {decoding.printable(args.prompt)}"]
@@ -101,17 +136,6 @@ def run(args: argparse.Namespace) -> list[str]:
             )
             lines.append(f"[MASK] at {pos}: {guesses}")
         return lines
-    ids = list(tok.encode(args.prompt))
-    if not ids:
-        raise ConfigError("the prompt encodes to no tokens")
-    room = context - 1 if m.family == "decoder" else context  # a decoder needs one new slot
-    if len(ids) > room:
-        raise ConfigError(f"prompt has {len(ids)} tokens; the model's context is {context}")
-    new = args.max_new_tokens
-    if m.family == "decoder":
-        new = min(new, context - len(ids))
-    if new <= 0:
-        raise ConfigError(f"--max_new_tokens={args.max_new_tokens} must be positive")
     opts = decoding.Options(
         max_new_tokens=new,
         eos_id=int(tok.eos_id),

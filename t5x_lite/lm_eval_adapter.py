@@ -35,6 +35,7 @@ line: ``import t5x_lite`` never needs it.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -209,6 +210,24 @@ def register() -> type:
     return cls
 
 
+def check_model_args(args: list[str]) -> None:
+    """A one-line ConfigError unless ``--model_args`` names an existing ``path=DIR``:
+    ``["--model_args", "batch_size=2"]`` gives ``model_args needs path=DIR (a t5x_lite
+    workdir or HF dir)``, ``path=runs/nothing`` that it is not a directory."""
+    values = ""
+    for i, a in enumerate(args):
+        if a == "--model_args" and i + 1 < len(args):
+            values = args[i + 1]
+        elif a.startswith("--model_args="):
+            values = a.split("=", 1)[1]
+    fields = dict(kv.split("=", 1) for kv in values.split(",") if "=" in kv)
+    path = fields.get("path")
+    if not path:
+        raise ConfigError("model_args needs path=DIR (a t5x_lite workdir or HF dir)")
+    if not os.path.isdir(path):
+        raise ConfigError(f"model_args path={path} is not a directory")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``lm-eval run --model t5x_lite ARGS`` with the model registered."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -216,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         args = args[1:]
     if "--model" in args or any(a.startswith("--model=") for a in args):
         sys.exit("error: --model is t5x_lite here; pass the run as --model_args path=DIR")
+    try:  # before lm-eval (and torch, datasets) is imported: seconds, not a minute
+        check_model_args(args)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
     register()
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging

@@ -189,3 +189,70 @@ def finished_message(cfg: Config, workdir: str) -> str | None:
         f"(train.num_steps={cfg.train.num_steps}): nothing to train; raise "
         "--config.train.num_steps to continue it, or pass another --workdir"
     )
+
+
+# float32 values per parameter that the train state holds whatever the batch: the master
+# parameters, their gradients and the optimizer's moments (Adafactor's factored moments
+# are counted as none: this is a lower bound).
+STATE_FLOATS_PER_PARAM = {"adamw": 4, "adafactor": 2}
+
+
+def check_state_memory(
+    cfg: Config, devices: list[jax.Device], mesh_shape: tuple[int, int, int]
+) -> None:
+    """One-line ConfigError when the train state alone cannot fit, before any compile.
+
+    The state is at least :data:`STATE_FLOATS_PER_PARAM` float32 values per parameter,
+    split over the mesh's ``fsdp * tensor`` devices and repeated over its ``data`` axis.
+    On a CPU every device shares the host's memory, so all ``data`` copies of the state
+    are compared with the host's RAM; on an accelerator each device's share with its
+    ``bytes_limit`` (``mesh_shape``: the resolved ``(data, fsdp, tensor)``). Activations come on top
+    (a run that passes may still run out of memory; :func:`out_of_memory_message`).
+    E.g. ``out of memory: the train state needs at least 4.4 TB (274,878,496,768
+    parameters x 16 B: float32 params, gradients and adamw's moments) and this host has
+    24.0 GB; use a smaller model.*, optimizer.name=adafactor, or shard it over more
+    devices (mesh.fsdp)``.
+    """
+    from t5x_lite import flops
+
+    n = flops.param_counts(cfg.model)["total"]
+    per_param = 4 * STATE_FLOATS_PER_PARAM.get(cfg.optimizer.name, 2)
+    data, fsdp, tensor = mesh_shape
+    if all(d.platform == "cpu" for d in devices):
+        need = n * per_param * data
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host has"
+    else:
+        stats = devices[0].memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return
+        need = n * per_param // (fsdp * tensor)
+        have, where = int(stats["bytes_limit"]), f"each {devices[0].device_kind} has"
+    if need <= have:
+        return
+    raise ConfigError(
+        f"out of memory: the train state needs at least {need / 1e9:,.1f} GB ({n:,d} "
+        f"parameters x {per_param} B: float32 params, gradients and {cfg.optimizer.name}'s "
+        f"moments) and {where} {have / 1e9:.1f} GB; use a smaller model.*, "
+        "optimizer.name=adafactor, or shard it over more devices (mesh.fsdp)"
+    )
+
+
+def check_writable(workdir: str) -> None:
+    """One-line ConfigError unless ``workdir`` can be written (or created): the nearest
+    existing directory on its path must be writable; checked before any data is read
+    or compiled, e.g. ``--workdir=/data/ro/run: /data/ro is not writable (Permission
+    denied); choose another --workdir``."""
+    if "://" in workdir:  # gs://... : the storage layer checks its own permissions
+        return
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise ConfigError(
+            f"--workdir={workdir}: {path} is not a directory; choose another --workdir"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--workdir={workdir}: {path} is not writable (Permission denied); choose another "
+            "--workdir"
+        )

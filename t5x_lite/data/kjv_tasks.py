@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from t5x_lite.config import ConfigError
+from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.data.corpora import kjv_chapters, validation_indices
 
 TASKS = {
@@ -274,6 +275,12 @@ def wilson(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def baseline(folder: str) -> dict[str, Any]:
     """Bag-of-words logistic regression on ``folder``'s files (validation metrics)."""
+    for name in ("train.jsonl", "validation.jsonl"):  # before sklearn's slow import
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ConfigError(
+                f"--dir={folder} holds no {name} (write it with: python -m "
+                f"t5x_lite.data.kjv_tasks build --task=NAME --out={folder})"
+            )
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -296,7 +303,7 @@ def baseline(folder: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.data.kjv_tasks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -25,6 +25,7 @@ from typing import Any
 
 from t5x_lite import presets
 from t5x_lite.config import Config, ConfigError, from_dict
+from t5x_lite.config.errors import ArgumentParser
 
 
 def load_config(spec: str | None, overrides: list[str]) -> Config:
@@ -106,10 +107,16 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         budgets = [r["budget"] for r in rows]
         flops = 6.0 * np.array([r["n_params"] for r in rows]) * np.array(d)
         boot = {"bootstrap": args.bootstrap, "seed": args.seed}
-        for name, law in (
-            ("Approach 1", approach1(n, d, loss, flops=flops, **boot)),
-            ("Approach 2", approach2(n, d, loss, budgets, **boot)),
-        ):
+        laws = (
+            ("Approach 1", lambda: approach1(n, d, loss, flops=flops, **boot)),
+            ("Approach 2", lambda: approach2(n, d, loss, budgets, **boot)),
+        )
+        for name, fit_law in laws:
+            try:  # a sweep without enough interior minima has no Approach 2 (as the report)
+                law = fit_law()
+            except ConfigError as e:
+                print(f"{name}: no fit ({e})")
+                continue
             ci = ""
             if law.ci:
                 ci = f"  (a in [{law.ci['a'][0]:.3f}, {law.ci['a'][1]:.3f}])"
@@ -156,7 +163,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m t5x_lite.scaling", description=__doc__.split("\n")[0]
     )
     sub = p.add_subparsers(dest="command", required=True)
