@@ -82,9 +82,9 @@ CASES: list[tuple] = [
     ("targets-too-short", ["run_train.py", "--config=t5_tiny", "--config.data.target_len=10",
                            "--workdir={t}/new_run"],
      "data.target_len=10 is below the 29 targets that span corruption makes"),
-    ("cudnn-on-cpu", ["run_train.py", TINY, "--config.model.attention_impl=cudnn",
+    ("cudnn-on-cpu", ["run_train.py", TINY, "--config.model.attention=cudnn",
                       "--config.model.dtype=bfloat16", "--workdir={t}/new_run"],
-     "model.attention_impl='cudnn' needs GPU devices; this run has cpu"),
+     "model.attention='cudnn' needs GPU devices; this run has cpu"),
     ("stray-argument", ["run_train.py", TINY, "extra", "--workdir={t}/user"],
      "unexpected arguments ['extra']"),
     # ---- mesh and processes

@@ -50,6 +50,7 @@ ENV = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
 # (pattern on a command or a Python line, why it is not run)
 NOT_RUN = [
     (r"^make test$", "the whole suite, which runs this test"),
+    (r"^make finetune$", "the Makefile's two commands, which the same block prints next"),
     (r'pipeline\("text2text-generation", "runs/t5"\)', "no README command trains runs/t5"),
     (r"pipeline\(\"(token-classification|question-answering)\", DIR\)",
      "placeholders (DIR, text, q, c): token and span heads have no README run"),
