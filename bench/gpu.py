@@ -13,7 +13,9 @@ sequence 1024 and batch 32, ``llama_1b`` at 2048 with AdamW, T5-base, BERT-base)
 then the batch / remat sweep. A trial starts only while the time budget
 (``BENCH_BUDGET_S``, default 450 s) has room for it (``--budget`` estimates per
 trial); a trial that fails with ``attention_impl=cudnn`` is retried once with
-``xla``. A failed trial is a line with ``"error"``. Each line carries the remat
+``xla``; XLA flags this jax does not know (``Unknown flag in XLA_FLAGS``) are
+dropped for the rest of the run (the lines say so). A failed trial is a line with
+``"error"``. Each line carries the remat
 policy, the attention implementation, the XLA flags, the compile time and the peak
 device memory (``memory_stats()``) of its step.
 
@@ -73,17 +75,18 @@ def bench_command(config: str, flags: dict[str, Any], figure: str) -> list[str]:
     return cmd
 
 
-def run_trial(cmd: list[str], timeout: float) -> dict[str, Any]:
+def run_trial(cmd: list[str], timeout: float, env: dict[str, str]) -> dict[str, Any]:
     """The JSON line of one trial, or ``{"error": ...}`` (its last stderr line)."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode == 0 and lines:
         return json.loads(lines[-1])
-    tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    return {"error": tail[:500]}
+    err = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+    flag = [ln for ln in err if "Unknown flag in XLA_FLAGS" in ln]  # then a stack trace
+    return {"error": (flag or err)[-1][:500]}
 
 
 def best_lines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,6 +114,7 @@ def main() -> None:
         trials = [t for t in trials if t[4] == 0]
     budget = float(os.environ.get("BENCH_BUDGET_S", "450"))
     start = time.perf_counter()
+    env, dropped = dict(os.environ), ""
     records: list[dict[str, Any]] = []
     for figure, config, flags, estimate, priority in sorted(trials, key=lambda t: t[4]):
         left = budget - (time.perf_counter() - start)
@@ -122,13 +126,19 @@ def main() -> None:
             print(json.dumps(records[-1]), flush=True)
             continue
         args = {**common, **flags}
-        record = run_trial(bench_command(config, args, figure), timeout=left)
+        record = run_trial(bench_command(config, args, figure), left, env)
+        if "Unknown flag in XLA_FLAGS" in record.get("error", ""):
+            dropped = env.pop("XLA_FLAGS", "")
+            left = budget - (time.perf_counter() - start)
+            record = run_trial(bench_command(config, args, figure), max(left, 1), env)
         if "error" in record and args["attention_impl"] == "cudnn":
             first_error = record["error"]
             args["attention_impl"] = "xla"
             left = budget - (time.perf_counter() - start)
-            record = run_trial(bench_command(config, args, figure), timeout=max(left, 1))
+            record = run_trial(bench_command(config, args, figure), max(left, 1), env)
             record["cudnn_error"] = first_error
+        if dropped:
+            record["xla_flags_dropped"] = dropped
         if "error" in record:
             record = {"figure": figure, "config": config, **args, **record}
         record["mode"] = "smoke" if smoke else "gpu"
