@@ -94,6 +94,14 @@ class T5xSide:
         return time.perf_counter() - t0
 
 
+def model_file(path: str) -> str:
+    """``PATH/model.py``, or a ConfigError naming ``--nanogpt`` when it is not there."""
+    file = os.path.join(path, "model.py")
+    if not os.path.isfile(file):
+        raise C.ConfigError(f"--nanogpt={path}: no model.py there (a nanoGPT checkout)")
+    return file
+
+
 class NanoGptSide:
     """nanoGPT's GPT and AdamW (``configure_optimizers``) on one random batch."""
 
@@ -102,9 +110,7 @@ class NanoGptSide:
     def __init__(self, path: str, threads: int):
         import torch
 
-        file = os.path.join(path, "model.py")
-        if not os.path.isfile(file):
-            raise C.ConfigError(f"--nanogpt={path}: no model.py there (nanoGPT's checkout)")
+        file = model_file(path)
         spec = importlib.util.spec_from_file_location("nanogpt_model", file)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
             raise C.ConfigError("--rounds and --steps must be >= 1, --warmup >= 0")
+        model_file(args.nanogpt)  # before any compilation
         sides = [T5xSide(args.activation, args.packed), NanoGptSide(args.nanogpt, args.threads)]
     except C.ConfigError as e:
         sys.exit(f"error: {e}")

@@ -83,3 +83,33 @@ def test_compile_only_memory_counts_the_adamw_state(capsys):
     assert state_bytes <= a["alias"] <= a["output"] <= a["alias"] + 1024
     assert rec["peak_bytes"] == a["argument"] + a["output"] - a["alias"] + a["temp"]
     assert rec["memory_source"] == "memory_analysis (compile only)"
+
+
+def _nanogpt_cpu():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import nanogpt_cpu
+    finally:
+        sys.path.pop(0)
+    return nanogpt_cpu
+
+
+def test_nanogpt_comparison_trains_the_issue_shape():
+    from t5x_lite.models import count_params
+
+    cfg = _nanogpt_cpu().t5x_config("gelu", packed=False)
+    m = cfg.model
+    assert (m.num_layers, m.num_heads, m.d_model, m.d_ff, m.vocab_size) == (4, 4, 256, 1024, 8192)
+    assert m.tied_head and m.traits.biases and m.dropout_rate == 0.0 and m.dtype == "float32"
+    assert (cfg.data.seq_len, cfg.train.batch_size, m.max_seq_len) == (256, 16, 256)
+    # GPT-2 of that shape by hand, as nanoGPT counts it (tied head, biases):
+    # wte 8192*256 + wpe 256*256 + 4 x (qkv/out 4*256*256 + 4*256 biases, MLP 2*256*1024
+    # + 1024 + 256, two LayerNorms 2*512) + ln_f 512.
+    per_layer = 4 * 256 * 256 + 4 * 256 + 2 * 256 * 1024 + 1024 + 256 + 2 * 512
+    assert count_params(m)["total"] == 8192 * 256 + 256 * 256 + 4 * per_layer + 512 == 5_322_240
+
+
+def test_nanogpt_comparison_without_a_checkout_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        _nanogpt_cpu().main(["--nanogpt", str(tmp_path)])
+    assert str(err.value) == f"error: --nanogpt={tmp_path}: no model.py there (a nanoGPT checkout)"
