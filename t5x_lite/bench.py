@@ -131,14 +131,102 @@ def synthetic_batch(cfg: C.Config, seed: int = 0) -> dict[str, np.ndarray]:
     return batch
 
 
-def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str, Any]:
-    """Compile, warm up and time ``num_steps`` train steps of ``cfg``; the JSON record."""
-    devices = jax.devices()
+def abstract_inputs(run_: steps.Steps, cfg: C.Config) -> tuple[Any, Any]:
+    """``(state, batch)`` as shape/dtype/sharding structs: what lowering needs, nothing
+    allocated (a ``llama_1b`` state is 18 GB before its first step)."""
+
+    def struct(x: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    state = jax.tree_util.tree_map(struct, run_.abstract_state, run_.state_shardings)
+    batch = {
+        k: struct(v, run_.batch_sharding) for k, v in synthetic_batch(cfg).items()
+    }  # numpy arrays: [B, T] ints and weights, a few MB at most
+    return state, batch
+
+
+def memory_of(compiled: Any, device: Any) -> dict[str, Any]:
+    """Device memory of a step: the backend's ``memory_stats()`` peak where it has one
+    (GPU, TPU), else the compiled step's ``memory_analysis()``.
+
+    The analysis gives bytes per device of the step's arguments (state + batch), its
+    outputs, the outputs that reuse donated arguments (``alias``) and its temporaries;
+    the step's footprint is ``arguments + outputs - alias + temporaries``. E.g. a
+    donated state of 4 GB, a batch of 0.1 GB, outputs of 4 GB all aliased and 2 GB of
+    temporaries: 4.1 + 4 - 4 + 2 = 6.1 GB.
+    """
+    out: dict[str, Any] = {"peak_bytes": None, "memory_source": None}
+    analysis = compiled.memory_analysis() if compiled is not None else None
+    if analysis is not None:
+        a = {
+            name: int(getattr(analysis, f"{name}_size_in_bytes", 0) or 0)
+            for name in ("argument", "output", "alias", "temp", "generated_code")
+        }
+        out["memory_analysis"] = a
+        out["peak_bytes"] = a["argument"] + a["output"] - a["alias"] + a["temp"]
+        out["memory_source"] = "memory_analysis"
+    stats = getattr(device, "memory_stats", lambda: None)() or {}
+    if stats.get("peak_bytes_in_use"):
+        out["peak_bytes"] = int(stats["peak_bytes_in_use"])
+        out["memory_source"] = "memory_stats"
+        out["bytes_limit"] = stats.get("bytes_limit")
+    return out
+
+
+def _record(cfg: C.Config, mesh: Any, devices: list[Any], params: int) -> dict[str, Any]:
+    """The fields every line shares: what was measured and how it was set up."""
+    return {
+        "family": cfg.model.family,
+        "arch": cfg.model.arch,
+        "params": params,
+        "batch": cfg.train.batch_size,
+        "seq": cfg.data.seq_len,
+        "target_len": target_length(cfg),
+        "dtype": cfg.model.dtype,
+        "optimizer": cfg.optimizer.name,
+        "attention_impl": cfg.model.attention_impl,
+        "remat_policy": cfg.model.remat_policy,
+        "microbatches": cfg.train.microbatches,
+        "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))),
+        "devices": len(devices),
+        "device_kind": devices[0].device_kind,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+    }
+
+
+def _check_backend(cfg: C.Config) -> None:
     if cfg.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
         raise C.ConfigError(
             f"model.attention_impl='cudnn' needs GPU devices; the backend is "
             f"{jax.default_backend()!r} (use --attention_impl xla)"
         )
+
+
+def compile_only(cfg: C.Config) -> dict[str, Any]:
+    """Lower and compile the train step from abstract shapes (nothing allocated); the
+    JSON record with the compiled step's memory analysis (bytes per device)."""
+    _check_backend(cfg)
+    devices = jax.devices()
+    cfg.mesh.resolve(len(devices))
+    mesh = partitioning.make_mesh(cfg.mesh, devices)
+    run_ = steps.for_config(cfg, mesh)
+    state, batch = abstract_inputs(run_, cfg)
+    t0 = time.perf_counter()
+    compiled = run_.run(lambda: run_.train.lower(state, batch).compile())
+    compile_s = time.perf_counter() - t0
+    params = int(sum(x.size for x in jax.tree_util.tree_leaves(run_.abstract_state.params)))
+    record = _record(cfg, mesh, devices, params)
+    record.update(compile_s=round(compile_s, 3), **memory_of(compiled, None))
+    record["memory_source"] = "memory_analysis (compile only)"
+    return record
+
+
+def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str, Any]:
+    """Compile, warm up and time ``num_steps`` train steps of ``cfg``; the JSON record."""
+    _check_backend(cfg)
+    devices = jax.devices()
     cfg.mesh.resolve(len(devices))
     mesh = partitioning.make_mesh(cfg.mesh, devices)
     run_ = steps.for_config(cfg, mesh)
@@ -148,40 +236,30 @@ def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str,
     jax.block_until_ready(state)
 
     t0 = time.perf_counter()
-    state, metrics = run_.run(run_.train, state, batch)
-    first_loss = float(jax.device_get(metrics["loss"]))
+    train = run_.run(lambda: run_.train.lower(state, batch).compile())
     compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state, metrics = run_.run(train, state, batch)
+    first_loss = float(jax.device_get(metrics["loss"]))
+    first_step_s = time.perf_counter() - t0
     for _ in range(warmup):
-        state, metrics = run_.run(run_.train, state, batch)
+        state, metrics = run_.run(train, state, batch)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(num_steps):
-        state, metrics = run_.run(run_.train, state, batch)
+        state, metrics = run_.run(train, state, batch)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / num_steps
 
-    target_len = target_length(cfg)
     tokens = cfg.train.batch_size * cfg.data.seq_len
     per_token = flops.flops_per_token_of(cfg.model, cfg.data)
     tps = tokens / step_s
     peak = flops.peak_flops_per_device(peak_spec)
-    memory = getattr(devices[0], "memory_stats", lambda: None)() or {}
+    params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
     return {
-        "family": cfg.model.family,
-        "arch": cfg.model.arch,
-        "params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
-        "batch": cfg.train.batch_size,
-        "seq": cfg.data.seq_len,
-        "target_len": target_len,
-        "dtype": cfg.model.dtype,
-        "attention_impl": cfg.model.attention_impl,
-        "remat_policy": cfg.model.remat_policy,
-        "microbatches": cfg.train.microbatches,
-        "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))),
-        "devices": len(devices),
-        "device_kind": devices[0].device_kind,
-        "backend": jax.default_backend(),
+        **_record(cfg, mesh, devices, params),
         "compile_s": round(compile_s, 3),
+        "first_step_s": round(first_step_s, 3),
         "steps": num_steps,
         "step_s": step_s,
         "tokens_per_s": tps,
@@ -190,7 +268,7 @@ def run(cfg: C.Config, num_steps: int, warmup: int, peak_spec: str) -> dict[str,
         "achieved_flops_per_s": per_token * tps,
         "peak_flops_per_device": peak,
         "mfu": per_token * tps / (peak * len(devices)) if peak else None,
-        "peak_bytes_in_use": memory.get("peak_bytes_in_use"),
+        **memory_of(train, devices[0]),
         "loss_first": first_loss,
         "loss_last": float(jax.device_get(metrics["loss"])),
     }
@@ -216,6 +294,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the compile")
     p.add_argument("--peak_flops", default="auto", help="per-device peak: auto, a name, a number")
+    p.add_argument("--figure", default=None, help="a label copied into the JSON line")
+    p.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="lower + compile from abstract shapes and report the memory analysis; no step",
+    )
     return p.parse_args(argv)
 
 
@@ -225,7 +309,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.steps < 1 or args.warmup < 0:
             raise C.ConfigError(f"--steps={args.steps} must be >= 1 and --warmup >= 0")
         cfg = bench_config(load_values(args.config), args)
-        record = {"config": args.config, **run(cfg, args.steps, args.warmup, args.peak_flops)}
+        if args.compile_only:
+            measured = compile_only(cfg)
+        else:
+            measured = run(cfg, args.steps, args.warmup, args.peak_flops)
+        record = {"figure": args.figure, "config": args.config, **measured}
     except (C.ConfigError, ValueError) as e:
         text = str(e).strip()
         sys.exit(f"error: {text.splitlines()[0] if text else type(e).__name__}")
