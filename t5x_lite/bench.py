@@ -71,7 +71,7 @@ def bench_config(values: dict[str, Any], args: argparse.Namespace) -> C.Config:
     values["train"]["num_steps"] = 1 + args.warmup + args.steps
     for key, value in (
         ("dtype", args.dtype),
-        ("attention_impl", args.attention_impl),
+        ("attention", args.attention_impl),
         ("remat_policy", args.remat),
     ):
         if value is not None:
@@ -199,8 +199,8 @@ def _record(cfg: C.Config, mesh: Any, devices: list[Any], params: int) -> dict[s
 def _check_backend(cfg: C.Config) -> None:
     if cfg.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
         raise C.ConfigError(
-            f"model.attention_impl='cudnn' needs GPU devices; the backend is "
-            f"{jax.default_backend()!r} (use --attention_impl xla)"
+            f"model.attention='cudnn' needs GPU devices; the backend is "
+            f"{jax.default_backend()!r} (use --attention xla)"
         )
 
 
@@ -287,7 +287,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=128, help="input tokens per row")
     p.add_argument("--target_len", type=int, default=None, help="encoder-decoder targets")
     p.add_argument("--dtype", default=None, help="model compute dtype (default: the preset's)")
-    p.add_argument("--attention_impl", default=None, help="xla | cudnn (default: the preset's)")
+    p.add_argument(
+        "--attention",
+        "--attention_impl",
+        dest="attention_impl",
+        default=None,
+        help="model.attention: auto | xla | cudnn | splash (default: the preset's)",
+    )
     p.add_argument("--remat", default=None, help="none | full | dots (default: the preset's)")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor (-1 fills)")

@@ -85,6 +85,9 @@ CASES: list[tuple] = [
     ("cudnn-on-cpu", ["run_train.py", TINY, "--config.model.attention=cudnn",
                       "--config.model.dtype=bfloat16", "--workdir={t}/new_run"],
      "model.attention='cudnn' needs GPU devices; this run has cpu"),
+    ("splash-on-cpu", ["run_train.py", TINY, "--config.model.attention=splash",
+                       "--workdir={t}/new_run"],
+     "model.attention='splash' needs TPU devices; this run has cpu"),
     ("stray-argument", ["run_train.py", TINY, "extra", "--workdir={t}/user"],
      "unexpected arguments ['extra']"),
     # ---- mesh and processes

@@ -141,82 +141,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, message: str) -> No
     assert last.startswith("error: ") and message in last, proc.stderr
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.model.d_modle=32"],
-            "unknown config field model.d_modle (did you mean model.d_model?)",
-        ),
-        (["--gin_file=gin/gpt2_tiny.gin", "--gin.train.num_stepz=3"], "train.num_stepz"),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.data.seq_len=256"],
-            "data.seq_len=256 exceeds model.max_seq_len=128",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.data.tokenizer_vocab_size=4096"],
-            "data.tokenizer_vocab_size=4096 exceeds model.vocab_size=2048",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=3"],
-            "data*fsdp*tensor = 3*1*1 = 3 differs from the 8 available devices",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=16"],
-            "= 16 differs from the 8 available devices; on a CPU, run_train.py "
-            "--host_devices=16 splits it into 16 devices",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.mesh.data=8",
-             "--config.train.batch_size=12"],
-            "train.batch_size=12 is not divisible by mesh data*fsdp = 8*1 = 8",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.data.objective=mlm"],
-            "data.objective='mlm' does not train model.family='decoder' (use one of "
-            "causal_lm, prefix_lm)",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.data.corpus=/nonexistent/corpus"],
-            "data.corpus='/nonexistent/corpus' is neither",
-        ),
-        (
-            ["--config=configs/roberta_tiny.py", "--config.data.sentence_objective=nsp"],
-            "data.sentence_objective='nsp' needs model.sentence_head=True",
-        ),
-        (
-            ["--config=configs/bert_tiny.py", "--config.data.sentence_objective=none"],
-            "model.sentence_head=True needs data.sentence_objective='nsp' or 'sop'",
-        ),
-        (
-            ["--config=configs/t5_tiny.py", "--config.data.target_len=10"],
-            "data.target_len=10 is below the 29 targets that span corruption makes",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.model.attention=cudnn",
-             "--config.model.dtype=bfloat16"],
-            "model.attention='cudnn' needs GPU devices; this run has cpu",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--config.model.attention=splash"],
-            "model.attention='splash' needs TPU devices; this run has cpu",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py", "--coordinator_address=127.0.0.1:9",
-             "--num_processes=2", "--process_id=1", "--init_timeout=2"],
-            "no coordinator answered at 127.0.0.1:9 within 2 s",
-        ),
-        (
-            ["--config=configs/gpt2_tiny.py:big"],
-            "unknown preset variant 'big' (known: bf16, cpu, fsdp, remat, smoke, tensor)",
-        ),
-    ],
-)  # fmt: skip
-def test_bad_input_is_a_one_line_error_and_writes_nothing(args, message, tmp_path):
-    workdir = tmp_path / "run"  # new: a failed start must not even create it
-    proc = cli(*args, f"--workdir={workdir}")
-    assert_one_line_error(proc, message)
-    assert not workdir.exists()
+# Bad input on the command line (one-line errors, no workdir created): the table of
+# tests/test_bad_input_catalogue.py, which runs these cases and the other commands'.
 
 
 def test_preset_variants_apply_in_order():
