@@ -206,6 +206,9 @@ def test_without_save_on_preemption_signals_keep_their_default(runs, data_dir, t
     values["checkpoint"]["save_on_preemption"] = False
     cfg = C.from_dict(values)
     workdir = tmp_path / "no_handlers"
+    # A user's process starts with Python's Ctrl-C handler; a test process may have
+    # inherited another (an earlier test's library can leave SIGINT ignored).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
     during = {}
 
@@ -214,8 +217,11 @@ def test_without_save_on_preemption_signals_keep_their_default(runs, data_dir, t
         if step == 2:
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(cfg, str(workdir), progress=False, on_step=interrupt_at_2, sample=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(cfg, str(workdir), progress=False, on_step=interrupt_at_2, sample=False)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert sorted(during) == [1, 2] and during[1] == before
     assert os.listdir(workdir / "checkpoints") == []
 
