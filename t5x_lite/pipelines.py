@@ -150,10 +150,10 @@ def _generation_options(opts: dict[str, Any], eos_id: int) -> decoding.Options:
 class _Generation(Pipeline):
     options: ClassVar[dict[str, Any]] = {**GENERATION_DEFAULTS, "do_sample": None}
 
+    @abc.abstractmethod
     def prompt_ids(self, text: str, max_new: int) -> list[int]:
-        """The ids generation starts from (abstract: text-generation continues the
-        prompt within the context, text2text-generation encodes it for the encoder)."""
-        raise NotImplementedError(f"{type(self).__name__} frames no prompt")
+        """The ids generation starts from: text-generation continues the prompt within
+        the context, text2text-generation encodes it for the encoder."""
 
     def texts(self, texts: list[str], opts: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
         """``(prompt_ids, new_ids)`` per text (EOS and what follows dropped)."""
