@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import convert
+from t5x_lite import convert, paths
 from t5x_lite.config import Config, ConfigError
 from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.hf import heads as hf_heads
@@ -255,10 +255,16 @@ def export(
     written; the files appear in ``out`` only once all are written. Returns their names.
     """
     check_format(fmt)
+    if paths.is_url(out):
+        raise ConfigError(
+            f"--out={out}: the export is written to a local directory; copy it to the store "
+            "afterwards (e.g. gcloud storage cp -r)"
+        )
     out = os.path.abspath(out)
     check_out(out)
-    workdir = os.path.abspath(workdir)
-    if not os.path.isdir(workdir):
+    paths.check_url(workdir, "--workdir")
+    workdir = os.fspath(paths.path(workdir))  # local: absolute; gs://...: as given
+    if not paths.path(workdir).is_dir():
         raise ConfigError(f"--workdir={workdir} does not exist")
     cfg = read_config(workdir)
     if fmt == "hf":

@@ -20,14 +20,13 @@ model's context (``model.max_seq_len``), is a one-line error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_lite import decoding, partitioning
+from t5x_lite import decoding, partitioning, paths
 from t5x_lite.config import Config, ConfigError, MeshConfig
 from t5x_lite.config.errors import ArgumentParser
 from t5x_lite.preflight import CONFIG_FILE, TOKENIZER_FILE
@@ -52,9 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _check_workdir(workdir: str) -> None:
-    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+    paths.check_url(workdir, "--workdir")
+    if not paths.path(workdir, CONFIG_FILE).is_file():
         raise ConfigError(f"{workdir} holds no run ({CONFIG_FILE} missing)")
-    if not os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
+    if not paths.path(workdir, TOKENIZER_FILE).is_file():
         raise ConfigError(f"{workdir} holds no {TOKENIZER_FILE}")
 
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> list[str]:
     _check_workdir(args.workdir)
     ids, new = prompt_ids(
         read_config(args.workdir).model,
-        Tokenizer(os.path.join(args.workdir, TOKENIZER_FILE)),
+        Tokenizer(paths.path(args.workdir, TOKENIZER_FILE)),
         args.prompt,
         args.max_new_tokens,
     )

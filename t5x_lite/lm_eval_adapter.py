@@ -35,12 +35,11 @@ line: ``import t5x_lite`` never needs it.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from t5x_lite import decoding
+from t5x_lite import decoding, paths
 from t5x_lite.config import ConfigError
 from t5x_lite.scoring import Scorer
 
@@ -224,7 +223,8 @@ def check_model_args(args: list[str]) -> None:
     path = fields.get("path")
     if not path:
         raise ConfigError("model_args needs path=DIR (a t5x_lite workdir or HF dir)")
-    if not os.path.isdir(path):
+    paths.check_url(path, "model_args path")
+    if not paths.path(path).is_dir():
         raise ConfigError(f"model_args path={path} is not a directory")
 
 

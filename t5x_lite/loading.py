@@ -49,7 +49,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, convert, models, partitioning
+from t5x_lite import checkpoints, convert, models, partitioning, paths
 from t5x_lite.config import (
     Config,
     ConfigError,
@@ -108,18 +108,17 @@ class Loaded:
 # --------------------------------------------------------------------------- workdirs
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: Any) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(paths.path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
 
 
 def is_workdir(path: str) -> bool:
     """Whether ``path`` looks like a t5x_lite workdir (our config.json, not an HF one)."""
-    cfg_file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_file):
+    cfg_file = paths.path(path, CONFIG_FILE)
+    if not cfg_file.is_file():
         return False
     saved = _read_json(cfg_file)
     return isinstance(saved, dict) and "model" in saved and "model_type" not in saved
@@ -127,8 +126,8 @@ def is_workdir(path: str) -> bool:
 
 def read_config(workdir: str) -> Config:
     """The typed Config a workdir's ``config.json`` holds (one-line error otherwise)."""
-    cfg_file = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(cfg_file):
+    cfg_file = paths.path(workdir, CONFIG_FILE)
+    if not cfg_file.is_file():
         raise ConfigError(f"{cfg_file}: missing; {workdir} is not a t5x_lite workdir")
     saved = _read_json(cfg_file)
     if not isinstance(saved, dict):
@@ -140,14 +139,18 @@ def read_config(workdir: str) -> Config:
 
 
 def checkpoint_steps(workdir: str, folder: str = CHECKPOINT_DIR) -> list[int]:
-    """Steps saved under ``workdir/folder`` (sorted; empty when there are none)."""
-    directory = os.path.join(workdir, folder)
-    if not os.path.isdir(directory):
+    """Steps saved under ``workdir/folder`` (sorted; empty when there are none): the
+    step directories orbax finalised (a save still being written, or killed, is a
+    temporary directory locally and lacks its commit marker on ``gs://``)."""
+    import orbax.checkpoint as ocp
+
+    directory = paths.path(workdir, folder)
+    if not directory.is_dir():
         return []
     return sorted(
-        int(name)
-        for name in os.listdir(directory)
-        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+        int(step.name)
+        for step in directory.iterdir()
+        if step.name.isdigit() and step.is_dir() and ocp.utils.is_checkpoint_finalized(step)
     )
 
 
@@ -173,7 +176,9 @@ def restore_params(cfg: Config, workdir: str, step: int, folder: str = CHECKPOIN
     mesh = partitioning.make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), [device])
     abstract = jax.eval_shape(lambda: models.init_params(cfg.model, jax.random.key(0)))
     target = checkpoints.abstract_with_shardings(abstract, models.param_shardings(cfg.model, mesh))
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, folder), cfg.checkpoint, create=False)
+    ckpt = checkpoints.Checkpointer(
+        os.fspath(paths.path(workdir, folder)), cfg.checkpoint, create=False
+    )
     try:
         params = ckpt.restore_params(step, target)
     except (ValueError, KeyError, TypeError) as e:  # tree or shape mismatch
@@ -199,8 +204,8 @@ def _load_workdir(path: str, step: int | str | None) -> Loaded:
         chosen = saved[-1]
     else:
         chosen = choose_step(path, step)  # type: ignore[arg-type]
-    tok_file = os.path.join(path, TOKENIZER_FILE)
-    tokenizer = Tokenizer(tok_file) if os.path.isfile(tok_file) else None
+    tok_file = paths.path(path, TOKENIZER_FILE)
+    tokenizer = Tokenizer(tok_file) if tok_file.is_file() else None
     note = "" if tokenizer else f"{tok_file} is missing"
     params = restore_params(cfg, path, chosen, folder)
     return Loaded(cfg, models.get(cfg.model), params, tokenizer, chosen, path, "workdir", note)
@@ -238,11 +243,14 @@ def _load_hf(path: str, step: int | None) -> Loaded:
 
 def load(path: str | os.PathLike, step: int | str | None = None) -> Loaded:
     """A trained model from a t5x_lite workdir (latest, ``step``, or ``"best"``: the
-    best checkpoint of a fine-tuning run) or an HF directory."""
-    path = os.path.abspath(os.path.expanduser(str(path)))
-    if not os.path.exists(path):
+    best checkpoint of a fine-tuning run) or an HF directory; ``path`` may be a URL
+    (``gs://bucket/run``: a workdir; HF directories are read from local disk)."""
+    root = paths.path(path)
+    path = os.fspath(root)
+    paths.check_url(path, "path")
+    if not root.exists():
         raise ConfigError(f"{path} does not exist")
-    if not os.path.isdir(path):
+    if not root.is_dir():
         raise ConfigError(f"{path} is not a directory (expected a workdir or an HF directory)")
     if is_workdir(path):
         from t5x_lite import peft_run  # a PEFT run: its base with the trained parameters
@@ -250,10 +258,15 @@ def load(path: str | os.PathLike, step: int | str | None = None) -> Loaded:
         if peft_run.is_peft_workdir(path):
             return peft_run.load_workdir(path, step)
         return _load_workdir(path, step)
-    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    if (root / CONFIG_FILE).is_file():
+        if paths.is_url(path):
+            raise ConfigError(
+                f"{path} is a Hugging Face directory in an object store; copy it to a local "
+                "directory first (safetensors files are read from local disk)"
+            )
         return _load_hf(path, step)
     if checkpoint_steps(path):
-        raise ConfigError(f"{os.path.join(path, CONFIG_FILE)}: missing; cannot rebuild the model")
+        raise ConfigError(f"{root / CONFIG_FILE}: missing; cannot rebuild the model")
     raise ConfigError(
         f"{path} is neither a t5x_lite workdir nor a Hugging Face directory (no {CONFIG_FILE})"
     )

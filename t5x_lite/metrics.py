@@ -18,7 +18,8 @@ and tokens/s) are redrawn by :meth:`MetricsWriter.plot`.
 Only process 0 writes (``enabled=False`` elsewhere). A resumed run first drops
 records past the restored step, so a curve never has two values for one step. Paths go
 through ``etils.epath``: a ``gs://`` workdir stays a GCS path (tensorboardX writes
-``gs://`` itself).
+``gs://`` itself); there ``metrics.jsonl`` is rewritten whole at each record, as
+objects cannot be appended to.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def workdir_path(workdir: str, *names: str) -> epath.Path:
     """``workdir/names...``: absolute when local, a URL (``gs://b/run``) unchanged."""
     root = workdir if "://" in os.fspath(workdir) else os.path.abspath(workdir)
     return epath.Path(root).joinpath(*names)
+
+
+def _rewrite(path: epath.Path, records: list[dict[str, Any]]) -> None:
+    """``records`` as the whole of ``path`` (local: through a rename)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if "://" in os.fspath(path):  # objects are written whole
+        path.write_text(text)
+        return
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _clean(value: Any) -> Any:
@@ -99,12 +111,13 @@ class MetricsWriter:
         if resume_step is not None:
             kept = [r for r in old if r.get("step", 0) <= resume_step]
             if len(kept) != len(old):
-                tmp = path.parent / (path.name + ".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-                tmp.replace(path)
+                _rewrite(path, kept)
             old = kept
         self.records = old
-        self._file = path.open("a")  # closed in close()
+        self._path = path
+        # An object store has no append (gcsfs would overwrite): the object is rewritten
+        # whole at each record instead.
+        self._file = None if "://" in os.fspath(path) else path.open("a")  # closed in close()
         from tensorboardX import SummaryWriter
 
         purge = resume_step + 1 if resume_step is not None else None
@@ -116,8 +129,11 @@ class MetricsWriter:
             return
         record = {"step": int(step), **{k: _clean(v) for k, v in scalars.items()}}
         self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is None:
+            _rewrite(self._path, self.records)
+        else:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         for key, value in scalars.items():
             if isinstance(value, int | float) and value is not None and math.isfinite(value):
                 tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
@@ -182,6 +198,7 @@ class MetricsWriter:
     def close(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()

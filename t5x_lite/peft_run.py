@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from t5x_lite import checkpoints, loading, models, partitioning, peft, peft_steps
+from t5x_lite import checkpoints, loading, models, partitioning, paths, peft, peft_steps
 from t5x_lite.config import Config, ConfigError, MeshConfig
 from t5x_lite.data.tokenizer import Tokenizer
 from t5x_lite.preflight import BEST_DIR, CHECKPOINT_DIR, TOKENIZER_FILE
@@ -33,17 +33,16 @@ MANIFEST = "peft.json"
 
 
 def manifest_path(workdir: str) -> str:
-    return os.path.join(workdir, MANIFEST)
+    return os.fspath(paths.path(workdir, MANIFEST))
 
 
 def is_peft_workdir(path: str) -> bool:
-    return os.path.isfile(manifest_path(path))
+    return paths.path(manifest_path(path)).is_file()
 
 
 def _read(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            out = json.load(f)
+        out = json.loads(paths.path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: not a PEFT manifest ({e})") from None
     if not isinstance(out, dict) or "base" not in out:
@@ -121,10 +120,7 @@ def start_line(manifest: dict[str, Any]) -> str:
 
 
 def write_manifest(workdir: str, manifest: dict[str, Any]) -> None:
-    tmp = manifest_path(workdir) + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, manifest_path(workdir))
+    paths.write_text(paths.path(manifest_path(workdir)), json.dumps(manifest, indent=2))
 
 
 def load_workdir(path: str, step: int | str | None = None) -> loading.Loaded:
@@ -154,7 +150,8 @@ def load_workdir(path: str, step: int | str | None = None) -> loading.Loaded:
     full_base, new = loading.initial_params(cfg.model, base, fresh)
     added = peft.Peft(cfg.peft, cfg.model, new)
     target = checkpoints.abstract_with_shardings(added.abstract(), added.shardings(mesh))
-    ckpt = checkpoints.Checkpointer(os.path.join(path, folder), cfg.checkpoint, create=False)
+    directory = os.fspath(paths.path(path, folder))
+    ckpt = checkpoints.Checkpointer(directory, cfg.checkpoint, create=False)
     try:
         trainable = ckpt.restore_params(chosen, target)
     except (ValueError, KeyError, TypeError) as e:
@@ -167,8 +164,8 @@ def load_workdir(path: str, step: int | str | None = None) -> loading.Loaded:
         ckpt.close()
     trainable = jax.device_put(jax.tree_util.tree_map(np.asarray, trainable), device)
     params = added.merge(full_base, trainable)
-    tok_file = os.path.join(path, TOKENIZER_FILE)
-    tokenizer = Tokenizer(tok_file) if os.path.isfile(tok_file) else base.tokenizer
+    tok_file = paths.path(path, TOKENIZER_FILE)
+    tokenizer = Tokenizer(tok_file) if tok_file.is_file() else base.tokenizer
     return loading.Loaded(
         cfg, models.get(cfg.model), params, tokenizer, chosen, path, "workdir",
         f"PEFT ({manifest['method']}) on {ref['path']}",

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from t5x_lite import paths
 from t5x_lite.config import Config, ConfigError, saved_config, to_dict
 
 CONFIG_FILE = "config.json"
@@ -88,12 +89,11 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
     model.d_model=64; the requested config has model.d_model=128 (choose another
     --workdir)``.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.path(workdir, CONFIG_FILE)
+    if not path.exists():
         return None
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(path.read_text())
         saved_model = dict(saved_config(saved)["model"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a t5x_lite config.json ({e})") from None
@@ -137,12 +137,9 @@ def check_workdir(cfg: Config, workdir: str) -> dict[str, Any] | None:
     return saved
 
 
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path`` (local or a URL), never half-written."""
+    paths.write_text(paths.path(path), json.dumps(obj, indent=2) + "\n")
 
 
 def out_of_memory_message(cfg: Config, error: BaseException) -> str | None:
@@ -174,10 +171,10 @@ def finished_message(cfg: Config, workdir: str) -> str | None:
     so instead of restoring and re-evaluating it."""
     from t5x_lite import checkpoints
 
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory) or check_workdir(cfg, workdir) is None:
+    directory = paths.path(workdir, CHECKPOINT_DIR)
+    if not directory.is_dir() or check_workdir(cfg, workdir) is None:
         return None
-    ckpt = checkpoints.Checkpointer(directory, cfg.checkpoint, create=False)
+    ckpt = checkpoints.Checkpointer(os.fspath(directory), cfg.checkpoint, create=False)
     try:
         latest = ckpt.latest_step()
     finally:
@@ -241,8 +238,11 @@ def check_writable(workdir: str) -> None:
     """One-line ConfigError unless ``workdir`` can be written (or created): the nearest
     existing directory on its path must be writable; checked before any data is read
     or compiled, e.g. ``--workdir=/data/ro/run: /data/ro is not writable (Permission
-    denied); choose another --workdir``."""
-    if "://" in workdir:  # gs://... : the storage layer checks its own permissions
+    denied); choose another --workdir``. A URL (``gs://bucket/run``) needs its client
+    and bucket (:func:`t5x_lite.paths.check_url`); write permission on a bucket shows
+    at the first write."""
+    if paths.is_url(workdir):
+        paths.check_url(workdir, "--workdir")
         return
     path = os.path.abspath(workdir)
     while not os.path.exists(path):

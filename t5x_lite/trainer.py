@@ -101,12 +101,9 @@ def _join(workdir: str, name: str) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    """``obj`` as indented JSON at ``path`` (local: through a rename, never half-written)."""
-    text = json.dumps(obj, indent=2) + "\n"
-    if "://" in path:  # object stores write whole objects
-        epath.Path(path).write_text(text)
-    else:
-        write_json(path, obj)
+    """``obj`` as indented JSON at ``path``, never half-written (local: through a
+    rename; an object store writes whole objects)."""
+    write_json(path, obj)
 
 
 @dataclasses.dataclass
@@ -180,7 +177,8 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
     # Every check passed: only now is the workdir created and the tokenizer copied in.
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     if not resuming_tokenizer:
-        pipeline.get_tokenizer(cfg, workdir)  # byte-identical copy of ``tokenizer``
+        # A byte-identical copy of ``tokenizer`` (into gs://: process 0 writes it).
+        pipeline.get_tokenizer(cfg, workdir, pidx, pcount)
 
     peft_manifest = None
     if cfg.peft.enabled:

@@ -73,13 +73,11 @@ at offsets fixed once per split.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from t5x_lite import paths
 from t5x_lite.config import Config, ConfigError, DataConfig, RowLengths, objectives, row_lengths
 from t5x_lite.data import order as order_lib
 from t5x_lite.data import packing, parallel, rng
@@ -132,9 +130,9 @@ def get_tokenizer(
     size, field = tokenizer_size(cfg)
     if size > vocab:  # Config.validate says so too; callers may skip it
         raise ConfigError(f"{field}={size} exceeds model.vocab_size={vocab}")
-    run_copy = Path(workdir) / "tokenizer.model" if workdir else None
+    run_copy = paths.path(workdir, "tokenizer.model") if workdir else None
     if data.tokenizer:
-        path = Path(os.path.expanduser(data.tokenizer))
+        path = paths.path(data.tokenizer)  # local or a URL (gs://...)
         if not path.is_file():
             raise ConfigError(f"data.tokenizer={data.tokenizer!r} does not exist")
         tok = Tokenizer(path)
@@ -171,17 +169,28 @@ def get_tokenizer(
         )
     if run_copy is None:
         return tok
+    return _copy_into_workdir(tok, run_copy, process_index)
+
+
+def _copy_into_workdir(tok: Tokenizer, run_copy: Any, process_index: int) -> Tokenizer:
+    """The run's byte-identical copy of ``tok`` at ``run_copy`` (an epath Path: local or
+    ``gs://``), never overwriting one that differs (a ConfigError naming both).
+
+    A local copy is written by every process (each host may have its own disk) through
+    a rename; an object-store copy by process 0 alone (one shared object, written
+    whole), the others keep reading ``tok``, whose bytes it holds.
+    """
+    data = paths.path(tok.path).read_bytes()
     if run_copy.exists():
-        if run_copy.read_bytes() != Path(tok.path).read_bytes():
+        if run_copy.read_bytes() != data:
             raise ConfigError(
                 f"{run_copy} exists and differs from data.tokenizer={tok.path!r}; "
                 "refusing to overwrite it"
             )
+    elif paths.is_url(run_copy) and process_index != 0:
+        return tok
     else:
-        run_copy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = run_copy.with_name(f".tokenizer.model.{os.getpid()}.tmp")
-        shutil.copyfile(tok.path, tmp)
-        os.replace(tmp, run_copy)
+        paths.write_new_bytes(run_copy, data)
     return Tokenizer(run_copy)
 
 

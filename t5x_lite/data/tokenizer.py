@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from t5x_lite import paths
 from t5x_lite.config import ConfigError
 
 SPECIAL_PIECES = ("[CLS]", "[SEP]", "[MASK]", "[NLU]", "[NLG]", "[S2S]")
@@ -59,9 +60,10 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.path = str(path)
-        if not os.path.isfile(self.path):
+        source = paths.path(self.path)  # a local file or an object (gs://...)
+        if not source.is_file():
             raise ConfigError(f"tokenizer file {self.path} does not exist")
-        data = Path(self.path).read_bytes()
+        data = source.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
         self._sp = spm.SentencePieceProcessor()
         try:

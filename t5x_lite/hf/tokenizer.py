@@ -32,9 +32,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
+from t5x_lite import paths
 from t5x_lite.config import ConfigError
 
 MARKER_FILE = "t5x_lite_tokenizer.json"
@@ -53,8 +53,7 @@ def _proto(model_file: str) -> Any:
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
-    with open(model_file, "rb") as f:
-        proto.ParseFromString(f.read())
+    proto.ParseFromString(paths.path(model_file).read_bytes())  # local or gs://
     return proto
 
 
@@ -207,9 +206,10 @@ def write_tokenizer(
     }
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), config)
     _write_json(os.path.join(out_dir, "special_tokens_map.json"), names)
-    shutil.copyfile(model_file, os.path.join(out_dir, MODEL_FILE))
-    with open(model_file, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    data = paths.path(model_file).read_bytes()  # the run's copy: local or gs://
+    with open(os.path.join(out_dir, MODEL_FILE), "wb") as f:
+        f.write(data)
+    digest = hashlib.sha256(data).hexdigest()
     marker = {"model_file": MODEL_FILE, "sha256": digest, "pieces": len(pieces)}
     _write_json(os.path.join(out_dir, MARKER_FILE), marker)
     return list(FILES)
