@@ -99,6 +99,20 @@ def test_hugging_face_save_to_disk(tmp_path):
     assert _all_texts(corpus) == sorted(docs)
 
 
+def _arrow_stream(bad_row: int = -1) -> bytes:
+    """An Arrow IPC stream (``save_to_disk``'s format) of three record batches of 10
+    rows; row ``bad_row`` (0-based) holds bytes that are not UTF-8."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("text", pa.string())])) as w:
+        for k in range(3):
+            values = [d.encode() for d in _docs(10, seed=k)]
+            if 0 <= bad_row - 10 * k < 10:
+                values[bad_row - 10 * k] = b"caf\xe9"
+            w.write_batch(pa.record_batch([pa.array(values, pa.binary()).view(pa.string())],
+                                          names=["text"]))  # fmt: skip
+    return sink.getvalue().to_pybytes()
+
+
 @pytest.mark.parametrize(
     "make, pattern",
     [
@@ -116,6 +130,18 @@ def test_hugging_face_save_to_disk(tmp_path):
             ),
             r"c\.jsonl\.zst is truncated or corrupt",
         ),
+        (  # cut inside a record batch's body
+            lambda d: (d / "f.arrow").write_bytes(_arrow_stream()[:-100]),
+            r"f\.arrow is truncated",
+        ),
+        (  # cut between two record batches: a shorter stream, but no end marker
+            lambda d: (d / "g.arrow").write_bytes(_arrow_stream()[:-8]),
+            r"g\.arrow is truncated \(an Arrow IPC stream ends with",
+        ),
+        (  # a string value that is not UTF-8: one bad record, named (on_bad_utf8="error")
+            lambda d: (d / "h.arrow").write_bytes(_arrow_stream(bad_row=12)),
+            r"h\.arrow:13 is not valid UTF-8",
+        ),
         (
             lambda d: (d / "d.parquet").write_bytes(b"PAR1 not really"),
             r"d\.parquet is not a readable Parquet file",
@@ -130,8 +156,9 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path, make, pattern):
     src = tmp_path / "src"
     src.mkdir()
     make(src)
+    data = DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds"), on_bad_utf8="error")
     with pytest.raises(ConfigError, match=pattern) as err:
-        corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds")))
+        corpora.open_corpus(data)
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
 
@@ -347,16 +374,21 @@ def test_batch_source_holds_no_per_document_arrays(kjv_root, kjv_tokenizer):
 # --------------------------------------------------------------------------- training
 
 
-def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
+def test_a_parquet_directory_saved_by_datasets_trains_gpt2_tiny(tmp_path):
+    """The Hub's layout (``data/train-0000i-of-00002.parquet``), written by ``datasets``
+    itself (``Dataset.to_parquet``: its schema metadata, its row groups)."""
+    import datasets
     import jax
 
     from t5x_lite import presets, trainer
 
     src = tmp_path / "pq"
-    src.mkdir()
+    (src / "data").mkdir(parents=True)
     docs = _docs(400, seed=5)
+    ds = datasets.Dataset.from_dict({"text": docs, "id": list(range(400))})
     for i in range(2):
-        pq.write_table(pa.table({"text": docs[i::2]}), src / f"train-{i:05d}.parquet")
+        ds.shard(2, i, contiguous=True).to_parquet(src / "data" / f"train-{i:05d}-of-00002.parquet")
+    assert b"huggingface" in pq.read_schema(next((src / "data").iterdir())).metadata
     cfg = presets.load("gpt2_tiny")
     cfg.data.corpus = str(src)
     cfg.data.data_dir = str(tmp_path / "tfds")
@@ -376,6 +408,8 @@ def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
                         progress=False, handle_signals=False, sample=False)  # fmt: skip
     assert out["steps"] == 2 and np.isfinite(out["final_train_loss"])
     assert np.isfinite(out["final_eval_loss"])
+    trained_on = corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds")))
+    assert _all_texts(trained_on) == sorted(docs)  # every row of both files, once
 
 
 # --------------------------------------------------------------------------- examples
