@@ -284,6 +284,12 @@ def test_token_pieces_resume_and_match_the_in_memory_build(tmp_path, tok, monkey
     with pytest.raises(ConfigError, match="waited"):
         token_store.load_or_build(corpus, "train", tok, root, 0, 2, 1)
     first = token_store.LAST_RUN["units"]
+    # Piece 1 half-written (its files, no manifest) never counts as finished.
+    folder = token_store.store_folder(corpus, "train", tok, root)
+    pieces = folder.with_name(f".{folder.name}.pieces")
+    assert (pieces / "piece-00000.json").exists() and not (pieces / "piece-00001.json").exists()
+    for name in ("tokens", "sentence_lengths", "doc_counts"):
+        (pieces / f"piece-00001.{name}").write_bytes(b"\x07" * 12)
     store = token_store.load_or_build(corpus, "train", tok, root, 0, 1, 1)
     assert first + token_store.LAST_RUN["units"] == len(corpus.shard_bounds("train")) - 1
     ref = token_store.build(list(corpus.texts("train")), tok)
