@@ -7,6 +7,7 @@ import doctest
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -307,6 +308,42 @@ def test_token_pieces_resume_and_match_the_in_memory_build(tmp_path, tok, monkey
     )  # fmt: skip
     np.testing.assert_array_equal(pooled.tokens, store.tokens)
     np.testing.assert_array_equal(pooled.doc_starts, store.doc_starts)
+
+
+def test_units_run_in_several_worker_processes_at_once(tmp_path):
+    """Each unit waits until both have started, so run() must hold them in two worker
+    processes at the same time (one after the other, the first would time out)."""
+    import prep_workers
+
+    tasks = [(str(tmp_path), u, 2) for u in range(2)]
+    stats = parallel.run(prep_workers.meet, tasks, [0, 1], workers=2, desc="meet")
+    pids = {p.read_text() for p in tmp_path.glob("*.pid")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert (stats["bytes"], stats["documents"], stats["tokens"]) == (20, 2, 6)  # via the queue
+
+
+def test_progress_shows_bytes_documents_and_tokens_per_second():
+    import io
+
+    bar = io.StringIO()  # a bar, as on a terminal
+    progress = parallel.Progress("tokens train", 4, disable=False, file=bar)
+    progress((3 << 20, 500, 20_000))
+    progress.t0 -= 10.0  # 10 s in: 50 documents/s, 2,000 tokens/s
+    progress.unit_done()
+    progress((0, 0, 0))
+    progress.close()
+    assert "tokens train: 3.00MB [" in bar.getvalue()
+    assert re.search(r"B/s, units 1/4, 50 docs/s, (1,99\d|2,000) tokens/s\]", bar.getvalue())
+    log = io.StringIO()  # not a terminal (a job's log): plain lines, the last at the end
+    progress = parallel.Progress("text corpus", 2, file=log, every_s=3600.0)
+    progress((2 << 30, 400, 0))
+    progress.t0 -= 100.0
+    progress.unit_done()
+    assert log.getvalue() == ""  # none before every_s
+    progress.close()
+    line = log.getvalue().strip()
+    assert "\n" not in line and line.startswith("text corpus: units 1/2, 2.00GB (20.5MB/s), ")
+    assert "400 documents (4/s), 0.00 tokens (0.00/s), 01:40" in line
 
 
 def test_a_token_cache_from_another_tokenizer_is_refused(tmp_path, tok):
