@@ -398,6 +398,23 @@ def test_epoch_windows_agree_with_the_full_layout_and_change_every_epoch():
             np.testing.assert_array_equal(got[0], want[0][rows])
             np.testing.assert_array_equal(part[2][got[1]], want[1][rows])  # stream slots
     assert (o.layout(0, 1)[0] != o.layout(1, 1)[0]).mean() > 0.9
+    # 750 groups of 2: rows are found through several blocks of the coarse index.
+    o = order.DocumentOrder(doc_starts, key=7, group_docs=2)
+    for wrap in (0, 2):
+        every = o.wrapped_starts(wrap)  # [751]
+        pos = np.concatenate([every - 1, every, every + 1, [every[-1] + 50]])[1:]
+        np.testing.assert_array_equal(
+            o.group_of(pos, wrap), np.searchsorted(every, pos, side="right") - 1
+        )
+        full_order, cum_end = o.layout(0, wrap)
+        starts = np.clip(np.concatenate([every[250:260] - 3, r.integers(0, every[-1], 40)]), 0,
+                         every[-1] - 100)  # fmt: skip
+        part = o.window(0, starts, 100, wrap)
+        ends = ((3,), (4,)) if wrap else ((), ())  # [CLS] doc [SEP]-like, or bare
+        want = packing.stream_window(tokens, doc_starts, full_order, cum_end, starts, 100, *ends)
+        got = packing.stream_window(tokens, doc_starts, part[0], part[1], starts, 100, *ends)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(part[2][got[1]], want[1])
 
 
 def test_batch_source_holds_no_per_document_arrays(kjv_root, kjv_tokenizer):
