@@ -310,6 +310,42 @@ def test_token_pieces_resume_and_match_the_in_memory_build(tmp_path, tok, monkey
     np.testing.assert_array_equal(pooled.doc_starts, store.doc_starts)
 
 
+def test_preparation_memory_does_not_grow_with_the_corpus(tmp_path, tok, monkeypatch):
+    """Peak Python allocation (tracemalloc, numpy's arrays included) of preparing the text
+    shards, then of the token store, in this process: four times the corpus, the same
+    peaks within 25%. Read chunks, pieces, tokenising batches and copy chunks are shrunk
+    so that the bounds bind at this size (a preparation holding every document, every
+    token array or a whole piece file grows past it)."""
+    import tracemalloc
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1 << 14)
+    monkeypatch.setattr(token_store, "PIECE_DOCS", 256)
+    monkeypatch.setattr(token_store, "COPY_ITEMS", 1 << 10)
+    monkeypatch.setattr(token_store, "BATCH_DOCS", 128)
+
+    def prepare(name: str, files: int, docs: int = 800) -> np.ndarray:
+        """Peak bytes of the text phase and of the token phase."""
+        src = _corpus_dir(tmp_path / name, files=files, docs=docs)
+        root = tmp_path / f"{name}-data"
+        tracemalloc.start()
+        try:
+            b = corpora.TextFiles(spec=str(src), text_key="text", data_dir=str(root),
+                                  file_format="array_record")  # fmt: skip
+            corpora.prepare_files(b, "skip", workers=1, shard_bytes=30_000)
+            text = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            corpus = corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(root)))
+            store = token_store.load_or_build(corpus, "train", tok, root, workers=1)
+            assert store.num_docs == docs * files - corpus.num_documents("validation")
+            return np.array([text, tracemalloc.get_traced_memory()[1]])
+        finally:
+            tracemalloc.stop()
+
+    prepare("warm", 1, docs=50)  # lazy imports and first-use caches
+    small, large = prepare("small", 1), prepare("large", 4)
+    assert (large < 1.25 * small).all(), (small, large)
+
+
 def test_units_run_in_several_worker_processes_at_once(tmp_path):
     """Each unit waits until both have started, so run() must hold them in two worker
     processes at the same time (one after the other, the first would time out)."""
