@@ -7,6 +7,7 @@ import doctest
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,20 @@ def test_hugging_face_save_to_disk(tmp_path):
     assert _all_texts(corpus) == sorted(docs)
 
 
+def _arrow_stream(bad_row: int = -1) -> bytes:
+    """An Arrow IPC stream (``save_to_disk``'s format) of three record batches of 10
+    rows; row ``bad_row`` (0-based) holds bytes that are not UTF-8."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, pa.schema([("text", pa.string())])) as w:
+        for k in range(3):
+            values = [d.encode() for d in _docs(10, seed=k)]
+            if 0 <= bad_row - 10 * k < 10:
+                values[bad_row - 10 * k] = b"caf\xe9"
+            w.write_batch(pa.record_batch([pa.array(values, pa.binary()).view(pa.string())],
+                                          names=["text"]))  # fmt: skip
+    return sink.getvalue().to_pybytes()
+
+
 @pytest.mark.parametrize(
     "make, pattern",
     [
@@ -116,6 +131,18 @@ def test_hugging_face_save_to_disk(tmp_path):
             ),
             r"c\.jsonl\.zst is truncated or corrupt",
         ),
+        (  # cut inside a record batch's body
+            lambda d: (d / "f.arrow").write_bytes(_arrow_stream()[:-100]),
+            r"f\.arrow is truncated",
+        ),
+        (  # cut between two record batches: a shorter stream, but no end marker
+            lambda d: (d / "g.arrow").write_bytes(_arrow_stream()[:-8]),
+            r"g\.arrow is truncated \(an Arrow IPC stream ends with",
+        ),
+        (  # a string value that is not UTF-8: one bad record, named (on_bad_utf8="error")
+            lambda d: (d / "h.arrow").write_bytes(_arrow_stream(bad_row=12)),
+            r"h\.arrow:13 is not valid UTF-8",
+        ),
         (
             lambda d: (d / "d.parquet").write_bytes(b"PAR1 not really"),
             r"d\.parquet is not a readable Parquet file",
@@ -130,8 +157,9 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path, make, pattern):
     src = tmp_path / "src"
     src.mkdir()
     make(src)
+    data = DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds"), on_bad_utf8="error")
     with pytest.raises(ConfigError, match=pattern) as err:
-        corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds")))
+        corpora.open_corpus(data)
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "tfds").rglob("dataset_info.json"))
 
@@ -257,6 +285,12 @@ def test_token_pieces_resume_and_match_the_in_memory_build(tmp_path, tok, monkey
     with pytest.raises(ConfigError, match="waited"):
         token_store.load_or_build(corpus, "train", tok, root, 0, 2, 1)
     first = token_store.LAST_RUN["units"]
+    # Piece 1 half-written (its files, no manifest) never counts as finished.
+    folder = token_store.store_folder(corpus, "train", tok, root)
+    pieces = folder.with_name(f".{folder.name}.pieces")
+    assert (pieces / "piece-00000.json").exists() and not (pieces / "piece-00001.json").exists()
+    for name in ("tokens", "sentence_lengths", "doc_counts"):
+        (pieces / f"piece-00001.{name}").write_bytes(b"\x07" * 12)
     store = token_store.load_or_build(corpus, "train", tok, root, 0, 1, 1)
     assert first + token_store.LAST_RUN["units"] == len(corpus.shard_bounds("train")) - 1
     ref = token_store.build(list(corpus.texts("train")), tok)
@@ -274,6 +308,78 @@ def test_token_pieces_resume_and_match_the_in_memory_build(tmp_path, tok, monkey
     )  # fmt: skip
     np.testing.assert_array_equal(pooled.tokens, store.tokens)
     np.testing.assert_array_equal(pooled.doc_starts, store.doc_starts)
+
+
+def test_preparation_memory_does_not_grow_with_the_corpus(tmp_path, tok, monkeypatch):
+    """Peak Python allocation (tracemalloc, numpy's arrays included) of preparing the text
+    shards, then of the token store, in this process: four times the corpus, the same
+    peaks within 25%. Read chunks, pieces, tokenising batches and copy chunks are shrunk
+    so that the bounds bind at this size (a preparation holding every document, every
+    token array or a whole piece file grows past it)."""
+    import tracemalloc
+
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 1 << 14)
+    monkeypatch.setattr(token_store, "PIECE_DOCS", 256)
+    monkeypatch.setattr(token_store, "COPY_ITEMS", 1 << 10)
+    monkeypatch.setattr(token_store, "BATCH_DOCS", 128)
+
+    def prepare(name: str, files: int, docs: int = 800) -> np.ndarray:
+        """Peak bytes of the text phase and of the token phase."""
+        src = _corpus_dir(tmp_path / name, files=files, docs=docs)
+        root = tmp_path / f"{name}-data"
+        tracemalloc.start()
+        try:
+            b = corpora.TextFiles(spec=str(src), text_key="text", data_dir=str(root),
+                                  file_format="array_record")  # fmt: skip
+            corpora.prepare_files(b, "skip", workers=1, shard_bytes=30_000)
+            text = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            corpus = corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(root)))
+            store = token_store.load_or_build(corpus, "train", tok, root, workers=1)
+            assert store.num_docs == docs * files - corpus.num_documents("validation")
+            return np.array([text, tracemalloc.get_traced_memory()[1]])
+        finally:
+            tracemalloc.stop()
+
+    prepare("warm", 1, docs=50)  # lazy imports and first-use caches
+    small, large = prepare("small", 1), prepare("large", 4)
+    assert (large < 1.25 * small).all(), (small, large)
+
+
+def test_units_run_in_several_worker_processes_at_once(tmp_path):
+    """Each unit waits until both have started, so run() must hold them in two worker
+    processes at the same time (one after the other, the first would time out)."""
+    import prep_workers
+
+    tasks = [(str(tmp_path), u, 2) for u in range(2)]
+    stats = parallel.run(prep_workers.meet, tasks, [0, 1], workers=2, desc="meet")
+    pids = {p.read_text() for p in tmp_path.glob("*.pid")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert (stats["bytes"], stats["documents"], stats["tokens"]) == (20, 2, 6)  # via the queue
+
+
+def test_progress_shows_bytes_documents_and_tokens_per_second():
+    import io
+
+    bar = io.StringIO()  # a bar, as on a terminal
+    progress = parallel.Progress("tokens train", 4, disable=False, file=bar)
+    progress((3 << 20, 500, 20_000))
+    progress.t0 -= 10.0  # 10 s in: 50 documents/s, 2,000 tokens/s
+    progress.unit_done()
+    progress((0, 0, 0))
+    progress.close()
+    assert "tokens train: 3.00MB [" in bar.getvalue()
+    assert re.search(r"B/s, units 1/4, 50 docs/s, (1,99\d|2,000) tokens/s\]", bar.getvalue())
+    log = io.StringIO()  # not a terminal (a job's log): plain lines, the last at the end
+    progress = parallel.Progress("text corpus", 2, file=log, every_s=3600.0)
+    progress((2 << 30, 400, 0))
+    progress.t0 -= 100.0
+    progress.unit_done()
+    assert log.getvalue() == ""  # none before every_s
+    progress.close()
+    line = log.getvalue().strip()
+    assert "\n" not in line and line.startswith("text corpus: units 1/2, 2.00GB (20.5MB/s), ")
+    assert "400 documents (4/s), 0.00 tokens (0.00/s), 01:40" in line
 
 
 def test_a_token_cache_from_another_tokenizer_is_refused(tmp_path, tok):
@@ -328,6 +434,23 @@ def test_epoch_windows_agree_with_the_full_layout_and_change_every_epoch():
             np.testing.assert_array_equal(got[0], want[0][rows])
             np.testing.assert_array_equal(part[2][got[1]], want[1][rows])  # stream slots
     assert (o.layout(0, 1)[0] != o.layout(1, 1)[0]).mean() > 0.9
+    # 750 groups of 2: rows are found through several blocks of the coarse index.
+    o = order.DocumentOrder(doc_starts, key=7, group_docs=2)
+    for wrap in (0, 2):
+        every = o.wrapped_starts(wrap)  # [751]
+        pos = np.concatenate([every - 1, every, every + 1, [every[-1] + 50]])[1:]
+        np.testing.assert_array_equal(
+            o.group_of(pos, wrap), np.searchsorted(every, pos, side="right") - 1
+        )
+        full_order, cum_end = o.layout(0, wrap)
+        starts = np.clip(np.concatenate([every[250:260] - 3, r.integers(0, every[-1], 40)]), 0,
+                         every[-1] - 100)  # fmt: skip
+        part = o.window(0, starts, 100, wrap)
+        ends = ((3,), (4,)) if wrap else ((), ())  # [CLS] doc [SEP]-like, or bare
+        want = packing.stream_window(tokens, doc_starts, full_order, cum_end, starts, 100, *ends)
+        got = packing.stream_window(tokens, doc_starts, part[0], part[1], starts, 100, *ends)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(part[2][got[1]], want[1])
 
 
 def test_batch_source_holds_no_per_document_arrays(kjv_root, kjv_tokenizer):
@@ -347,16 +470,21 @@ def test_batch_source_holds_no_per_document_arrays(kjv_root, kjv_tokenizer):
 # --------------------------------------------------------------------------- training
 
 
-def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
+def test_a_parquet_directory_saved_by_datasets_trains_gpt2_tiny(tmp_path):
+    """The Hub's layout (``data/train-0000i-of-00002.parquet``), written by ``datasets``
+    itself (``Dataset.to_parquet``: its schema metadata, its row groups)."""
+    import datasets
     import jax
 
     from t5x_lite import presets, trainer
 
     src = tmp_path / "pq"
-    src.mkdir()
+    (src / "data").mkdir(parents=True)
     docs = _docs(400, seed=5)
+    ds = datasets.Dataset.from_dict({"text": docs, "id": list(range(400))})
     for i in range(2):
-        pq.write_table(pa.table({"text": docs[i::2]}), src / f"train-{i:05d}.parquet")
+        ds.shard(2, i, contiguous=True).to_parquet(src / "data" / f"train-{i:05d}-of-00002.parquet")
+    assert b"huggingface" in pq.read_schema(next((src / "data").iterdir())).metadata
     cfg = presets.load("gpt2_tiny")
     cfg.data.corpus = str(src)
     cfg.data.data_dir = str(tmp_path / "tfds")
@@ -376,6 +504,8 @@ def test_a_parquet_directory_trains_gpt2_tiny(tmp_path):
                         progress=False, handle_signals=False, sample=False)  # fmt: skip
     assert out["steps"] == 2 and np.isfinite(out["final_train_loss"])
     assert np.isfinite(out["final_eval_loss"])
+    trained_on = corpora.open_corpus(DataConfig(corpus=str(src), data_dir=str(tmp_path / "tfds")))
+    assert _all_texts(trained_on) == sorted(docs)  # every row of both files, once
 
 
 # --------------------------------------------------------------------------- examples

@@ -14,8 +14,9 @@ Where each group starts in the stream does not depend on the epoch: ``group_toke
 (``[G+1]`` int64, cumulative token counts of the groups, ``G = ceil(D / K)``) is
 computed once per split and seed, saved beside the token store and memory-mapped.
 Reading rows then touches only the groups their tokens fall in, ``K`` documents each,
-computed on the fly (a few recent ones cached): no ``[D]`` array per epoch, process or
-worker.
+computed on the fly (the :data:`_CACHE` most recent ones kept, 4 MB), found through a
+coarse index of ``G / 256`` group starts: no ``[D]`` (or ``[G]``) array per epoch,
+process or worker, and no work per batch that grows with ``D``.
 
     >>> doc_starts = np.array([0, 2, 3, 7])           # documents of 2, 1 and 4 tokens
     >>> o = DocumentOrder(doc_starts, key=5, group_docs=2)
@@ -28,6 +29,7 @@ worker.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -41,7 +43,8 @@ from t5x_lite.data import rng
 GROUP_DOCS = 256
 _ROUNDS = 6
 _CHUNK = 1 << 20
-_CACHE = 64  # (epoch, group) orders kept
+_CACHE = 1024  # (epoch, group) orders kept: 4 KB each, 4 MB per process
+_STRIDE = 256  # groups per entry of the in-memory coarse index of group starts
 
 
 def permute(key: int, x: np.ndarray, n: int, family: np.ndarray | None = None) -> np.ndarray:
@@ -61,7 +64,7 @@ def permute(key: int, x: np.ndarray, n: int, family: np.ndarray | None = None) -
     half = max(1, (int(n - 1).bit_length() + 1) // 2)
     mask = np.uint64((1 << half) - 1)
     shift = np.uint64(half)
-    keys = [rng.derive_key(key, "feistel", r) for r in range(_ROUNDS)]
+    keys = _round_keys(key)
     fam = None if family is None else np.asarray(family, dtype=np.uint64) << shift
 
     def once(v: np.ndarray, f: np.ndarray | None) -> np.ndarray:
@@ -77,6 +80,11 @@ def permute(key: int, x: np.ndarray, n: int, family: np.ndarray | None = None) -
         out[bad] = once(out[bad], None if fam is None else fam[bad])
         bad = bad[out[bad] >= np.uint64(n)]
     return out.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _round_keys(key: int) -> tuple[int, ...]:
+    return tuple(rng.derive_key(key, "feistel", r) for r in range(_ROUNDS))
 
 
 def spread(key: int, x: np.ndarray, n: int) -> np.ndarray:
@@ -136,6 +144,9 @@ class DocumentOrder:
 
     ``doc_starts`` ``[D+1]`` (memory-mapped is fine), ``key`` the split's order seed;
     ``group_tokens`` precomputed (e.g. by :func:`load_or_compute_groups`) or computed.
+    Finding the groups of a row reads ``group_tokens`` through a coarse in-memory index
+    of every :data:`_STRIDE`-th group start (``G / 256`` entries, one per 65,536
+    documents), so a batch costs the same whatever the number of documents.
     """
 
     def __init__(
@@ -151,12 +162,26 @@ class DocumentOrder:
         self.group_docs = group_docs
         self.group_tokens = group_tokens(doc_starts, key, group_docs) if groups is None else groups
         self.num_groups = len(self.group_tokens) - 1
+        # Plain views of the (memory-mapped) arrays: np.memmap's Python-level indexing
+        # costs more than the gathers themselves at a batch's sizes.
+        self._doc_starts = np.asarray(doc_starts)
+        self._group_tokens = np.asarray(self.group_tokens)
+        self._coarse: dict[int, np.ndarray] = {}
+        self._epoch_keys: dict[int, int] = {}
         self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def group(self, epoch: int, g: int) -> tuple[np.ndarray, np.ndarray]:
         """``(docs [n], lengths [n])`` of group ``g`` in epoch ``epoch``'s order."""
         return self.groups(epoch, [g])[0]
+
+    def _epoch_key(self, epoch: int) -> int:
+        key = self._epoch_keys.get(epoch)
+        if key is None:
+            key = self._epoch_keys[epoch] = rng.derive_key(self.key, "epoch", int(epoch))
+            if len(self._epoch_keys) > _CACHE:
+                self._epoch_keys.pop(next(iter(self._epoch_keys)))
+        return key
 
     def groups(self, epoch: int, gs: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`group` of each of ``gs``, the ones not cached computed together."""
@@ -171,16 +196,19 @@ class DocumentOrder:
             sizes = np.minimum(k, d - np.asarray(missing, dtype=np.int64) * k)
             fam = np.repeat(np.asarray(missing, dtype=np.int64), sizes)
             idx = np.arange(len(fam)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-            ekey = rng.derive_key(self.key, "epoch", int(epoch))
-            inner = np.empty(len(fam), dtype=np.int64)
-            full = np.repeat(sizes == k, sizes)
-            inner[full] = permute(ekey, idx[full], k, family=fam[full])
-            for g, n in zip(missing, sizes.tolist()):  # the last, smaller group
-                if n != k:
-                    sel = fam == g
-                    inner[sel] = permute(rng.derive_key(ekey, int(g)), idx[sel], n)
+            ekey = self._epoch_key(epoch)
+            if (sizes == k).all():
+                inner = permute(ekey, idx, k, family=fam)
+            else:
+                inner = np.empty(len(fam), dtype=np.int64)
+                full = np.repeat(sizes == k, sizes)
+                inner[full] = permute(ekey, idx[full], k, family=fam[full])
+                for g, n in zip(missing, sizes.tolist()):  # the last, smaller group
+                    if n != k:
+                        sel = fam == g
+                        inner[sel] = permute(rng.derive_key(ekey, int(g)), idx[sel], n)
             docs = spread(self.key, fam * k + inner, d)
-            lengths = (np.asarray(self.doc_starts[docs + 1]) - np.asarray(self.doc_starts[docs]))
+            lengths = self._doc_starts[docs + 1] - self._doc_starts[docs]
             bounds = np.cumsum(sizes) - sizes
             with self._lock:
                 for g, b, n in zip(missing, bounds.tolist(), sizes.tolist()):
@@ -192,9 +220,28 @@ class DocumentOrder:
 
     def wrapped_starts(self, wrap: int) -> np.ndarray:
         """``[G+1]`` stream offsets of the groups when every document carries ``wrap``
-        extra ids (prefix + suffix)."""
-        counts = np.minimum(np.arange(self.num_groups + 1) * self.group_docs, self.num_docs)
-        return np.asarray(self.group_tokens) + wrap * counts
+        extra ids (prefix + suffix); O(G), for inspection (rows use :meth:`group_of`)."""
+        return self._starts(np.arange(self.num_groups + 1), wrap)
+
+    def _starts(self, g: np.ndarray, wrap: int) -> np.ndarray:
+        """Stream offsets of groups ``g`` (any shape, values in ``[0, G]``)."""
+        counts = np.minimum(g * self.group_docs, self.num_docs)
+        return self._group_tokens[g] + wrap * counts
+
+    def group_of(self, pos: np.ndarray, wrap: int) -> np.ndarray:
+        """``[B]`` the group whose stream span holds each position of ``pos`` ``[B]``:
+        ``searchsorted(wrapped_starts(wrap), pos, side="right") - 1`` without the O(G)
+        array, through the coarse index then ``_STRIDE`` starts per position."""
+        coarse = self._coarse.get(wrap)
+        if coarse is None:
+            coarse = self._coarse[wrap] = self._starts(
+                np.arange(0, self.num_groups + 1, _STRIDE), wrap
+            )
+        pos = np.asarray(pos, dtype=np.int64)
+        base = (np.searchsorted(coarse, pos, side="right") - 1) * _STRIDE  # [B]
+        cand = np.minimum(base[:, None] + np.arange(_STRIDE), self.num_groups)  # [B, S]
+        below = (self._starts(cand, wrap) <= pos[:, None]).sum(axis=1)
+        return np.minimum(base + below - 1, self.num_groups)
 
     def window(
         self, epoch: int, starts: np.ndarray, width: int, wrap: int
@@ -204,18 +251,22 @@ class DocumentOrder:
         those positions fall in, their cumulative wrapped ends in the epoch's stream
         and their stream slots (the input :func:`t5x_lite.data.packing.stream_window`
         takes, for just those groups)."""
-        gstart = self.wrapped_starts(wrap)
         s = np.asarray(starts, dtype=np.int64)
-        first = np.searchsorted(gstart, s, side="right") - 1
-        last = np.searchsorted(gstart, s + width - 1, side="right") - 1
-        last = np.minimum(last, self.num_groups - 1)
-        touched = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)]))
-        orders, ends, slots = [], [], []
-        for g, (docs, lengths) in zip(touched.tolist(), self.groups(epoch, touched.tolist())):
-            orders.append(docs)
-            ends.append(gstart[g] + np.cumsum(lengths + wrap))
-            slots.append(g * self.group_docs + np.arange(len(docs), dtype=np.int64))
-        return np.concatenate(orders), np.concatenate(ends), np.concatenate(slots)
+        first = self.group_of(s, wrap)
+        last = np.minimum(self.group_of(s + width - 1, wrap), self.num_groups - 1)
+        n = np.maximum(last - first + 1, 0)
+        spans = np.repeat(first, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        touched = np.unique(spans)  # [T] groups
+        parts = self.groups(epoch, touched.tolist())
+        order = np.concatenate([docs for docs, _ in parts])  # [U]
+        lengths = np.concatenate([lens for _, lens in parts])  # [U]
+        sizes = np.array([len(docs) for docs, _ in parts], dtype=np.int64)  # [T]
+        begin = np.cumsum(sizes) - sizes
+        within = np.cumsum(lengths + wrap)  # [U] running ends, restarted per group below
+        before = np.concatenate([[0], within])[begin]  # [T]
+        cum_end = within + np.repeat(self._starts(touched, wrap) - before, sizes)
+        slot_of = np.repeat(touched * self.group_docs - begin, sizes) + np.arange(len(order))
+        return order, cum_end, slot_of
 
     def layout(self, epoch: int, wrap: int) -> tuple[np.ndarray, np.ndarray]:
         """``(order [D], cum_end [D])`` of the whole epoch stream (O(D): for

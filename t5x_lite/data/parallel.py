@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,18 +69,42 @@ def report(num_bytes: int = 0, docs: int = 0, tokens: int = 0) -> None:
 
 
 class Progress:
-    """``tqdm`` bar of bytes with documents/s and tokens/s; totals in ``.counts``."""
+    """Progress of a preparation: bytes, documents and tokens, each per second.
 
-    def __init__(self, desc: str, total_units: int, disable: bool | None = None):
+    On a terminal a ``tqdm`` bar of bytes (its rate in B/s) with ``units u/U, N docs/s,
+    M tokens/s`` after it; elsewhere (a job's log) one plain line every ``every_s``
+    seconds and at the end::
+
+        tokens train: units 3/8, 1.12GB (20.4MB/s), 40,960 documents (730/s), 101M tokens
+        (1.81M/s), 00:56
+
+    ``disable=True`` shows nothing. Totals are kept in ``.counts`` (bytes, documents,
+    tokens).
+    """
+
+    def __init__(
+        self,
+        desc: str,
+        total_units: int,
+        disable: bool | None = None,
+        file: Any = None,
+        every_s: float = 30.0,
+    ):
         from tqdm.auto import tqdm
 
+        self.desc = desc
         self.counts = [0, 0, 0]
         self.units = 0
         self.total_units = total_units
-        self.t0 = time.perf_counter()
+        self.t0 = self.last_line = time.perf_counter()
+        self.file = sys.stderr if file is None else file
+        tty = bool(getattr(self.file, "isatty", lambda: False)())
+        self.plain = disable is None and not tty
+        self.every_s = every_s
         self.bar = tqdm(
-            desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=disable,
-            mininterval=0.5, dynamic_ncols=True,
+            desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=self.file,
+            disable=(not tty) if disable is None else disable, mininterval=0.5,
+            dynamic_ncols=True,
         )  # fmt: skip
 
     def __call__(self, delta: tuple[int, int, int]) -> None:
@@ -92,9 +117,34 @@ class Progress:
             f"{self.counts[2] / dt:,.0f} tokens/s",
             refresh=False,
         )
+        self._maybe_line()
+
+    def unit_done(self) -> None:
+        self.units += 1
+        self._maybe_line()
+
+    def line(self) -> str:
+        """The plain progress line (see the class docstring)."""
+        from tqdm import tqdm
+
+        size, dt = tqdm.format_sizeof, max(time.perf_counter() - self.t0, 1e-9)
+        b, d, t = self.counts
+        return (
+            f"{self.desc}: units {self.units}/{self.total_units}, {size(b, 'B', 1024)} "
+            f"({size(b / dt, 'B', 1024)}/s), {d:,} documents ({d / dt:,.0f}/s), {size(t)} tokens "
+            f"({size(t / dt)}/s), {tqdm.format_interval(dt)}"
+        )
+
+    def _maybe_line(self) -> None:
+        now = time.perf_counter()
+        if self.plain and now - self.last_line >= self.every_s:
+            self.last_line = now
+            print(self.line(), file=self.file, flush=True)
 
     def close(self) -> None:
         self.bar.close()
+        if self.plain:
+            print(self.line(), file=self.file, flush=True)
 
 
 def _init_worker(q: Any) -> None:
@@ -125,7 +175,7 @@ def run(
             try:
                 for u in todo:
                     fn(*tasks[u])
-                    progress.units += 1
+                    progress.unit_done()
             finally:
                 _SINK = None
         else:
@@ -142,7 +192,7 @@ def run(
                     for r in [r for r in pending if r.ready()]:
                         r.get()  # re-raises the unit's error; the pool is terminated on exit
                         pending.remove(r)
-                        progress.units += 1
+                        progress.unit_done()
                 try:
                     while True:
                         progress(q.get_nowait())

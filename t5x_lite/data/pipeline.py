@@ -251,9 +251,9 @@ class BatchSource:
         """``(ids [B, width], slot [B, width])``: the epoch stream from each of ``starts``
         (``slot``: the stream slot, i.e. which document of the epoch, of each token)."""
         order, cum_end, slot_of = self.order.window(epoch, starts, width, self.wrap)
-        ids, slot = packing.stream_window(
-            self.store.tokens, self.doc_starts, order, cum_end, starts, width,
-            self.prefix, self.suffix,
+        ids, slot = packing.stream_window(  # plain views: np.memmap's indexing is slow
+            np.asarray(self.store.tokens), np.asarray(self.doc_starts), order, cum_end,
+            starts, width, self.prefix, self.suffix,
         )  # fmt: skip
         return ids, slot_of[slot]
 

@@ -22,6 +22,7 @@ import numpy as np
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 def derive_key(*parts: int | str) -> int:
@@ -32,15 +33,19 @@ def derive_key(*parts: int | str) -> int:
 
 def bits(key: int, counters: np.ndarray) -> np.ndarray:
     """SplitMix64 output for each counter: uint64 array shaped like ``counters``."""
-    c = np.asarray(counters).astype(np.uint64)
+    x = np.asarray(counters).astype(np.uint64)  # a copy, updated in place (no temporaries)
+    t = np.empty_like(x)
     with np.errstate(over="ignore"):
-        x = np.uint64(key) + (c + np.uint64(1)) * _GOLDEN
-        x = x ^ (x >> np.uint64(30))
-        x = x * _M1
-        x = x ^ (x >> np.uint64(27))
-        x = x * _M2
-        x = x ^ (x >> np.uint64(31))
-    return np.asarray(x, dtype=np.uint64)
+        x += np.uint64(1)
+        x *= _GOLDEN
+        x += np.uint64(key)
+        for shift, mult in ((_S30, _M1), (_S27, _M2)):
+            np.right_shift(x, shift, out=t)
+            x ^= t
+            x *= mult
+        np.right_shift(x, _S31, out=t)
+        x ^= t
+    return x
 
 
 def uniform(key: int, counters: np.ndarray) -> np.ndarray:

@@ -9,7 +9,10 @@ Formats (by file name):
   batch (``pyarrow.parquet``).
 * ``*.arrow``: Arrow IPC, stream or file format, one document per row; this is what
   Hugging Face ``datasets`` writes with ``save_to_disk`` (``data-00000-of-00001.arrow``
-  beside ``dataset_info.json`` and ``state.json``, which are not read).
+  beside ``dataset_info.json`` and ``state.json``, which are not read). A stream
+  without its end-of-stream marker is refused as truncated (cut between two record
+  batches it would read as a shorter valid stream); a string value that is not UTF-8
+  is one bad record (``data.on_bad_utf8``).
 
 ``data.corpus`` names a directory (every such file below it, hidden paths skipped) or a
 glob (``"path/*.jsonl.gz"``, ``**`` allowed); files are read in sorted order. Every
@@ -197,6 +200,11 @@ def _arrow_table(path: Path, rel: str, text_key: str, parquet: bool) -> Iterator
             except pa.ArrowInvalid:
                 reader = pa.ipc.open_file(source)
             schema = reader.schema
+            if isinstance(reader, pa.ipc.RecordBatchStreamReader) and not _ends_stream(path):
+                raise ConfigError(
+                    f"data.corpus: {path} is truncated (an Arrow IPC stream ends with the "
+                    "end-of-stream marker, this one does not)"
+                )
     except (pa.ArrowException, OSError) as e:
         kind = "Parquet" if parquet else "Arrow IPC"
         raise ConfigError(
@@ -223,14 +231,35 @@ def _arrow_table(path: Path, rel: str, text_key: str, parquet: bool) -> Iterator
             batches = iter(reader)
         row = 0
         for batch in batches:
-            for value in batch.column(batch.schema.get_field_index(text_key)).to_pylist():
+            column = batch.column(batch.schema.get_field_index(text_key))
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                # As bytes: a value that is not UTF-8 is one bad record (data.on_bad_utf8),
+                # not a UnicodeDecodeError of the whole batch.
+                large = pa.types.is_large_string(column.type)
+                column = column.view(pa.large_binary() if large else pa.binary())
+            for value in column.to_pylist():
                 row += 1
                 if value is None:
                     continue
                 if isinstance(value, bytes):
                     value = _decode(value, f"{path}:{row}")
                 yield f"{rel}:{row}", value, size
-    except pa.ArrowException as e:
+    except (pa.ArrowException, OSError) as e:  # a cut message body is an OSError
         raise ConfigError(
             f"data.corpus: {path} is truncated or corrupt ({' '.join(str(e).split())[:120]})"
         ) from None
+
+
+_ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker, length 0
+
+
+def _ends_stream(path: Path) -> bool:
+    """Whether an Arrow IPC stream file ends with the end-of-stream marker (pyarrow and
+    ``datasets`` write it on close): a stream cut between two record batches reads as
+    a shorter valid stream otherwise."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(_ARROW_EOS):
+            return False
+        f.seek(-len(_ARROW_EOS), os.SEEK_END)
+        return f.read() == _ARROW_EOS

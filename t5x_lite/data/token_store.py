@@ -45,6 +45,7 @@ from t5x_lite.data.tokenizer import Tokenizer
 
 _FILES = ("tokens", "sentence_starts", "doc_sentences", "doc_starts")
 PIECE_DOCS = 1 << 16  # documents per piece at most
+BATCH_DOCS = 1024  # documents tokenised together
 COPY_ITEMS = 1 << 22  # elements per chunk when concatenating pieces
 # What the last preparation in this process did: units (pieces), workers, seconds,
 # bytes (of text), documents, tokens, cpu_seconds (of the pieces done here).
@@ -201,7 +202,7 @@ def _token_piece(
 
         for text in corpus.read(split, begin, end, bad):
             batch.append(text)
-            if len(batch) >= 1024:
+            if len(batch) >= BATCH_DOCS:
                 flush()
         flush()
     counts["bad_utf8"] = bad[0]
