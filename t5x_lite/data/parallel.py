@@ -141,9 +141,9 @@ class Progress:
             self.last_line = now
             print(self.line(), file=self.file, flush=True)
 
-    def close(self) -> None:
+    def close(self, summary: bool = True) -> None:
         self.bar.close()
-        if self.plain:
+        if self.plain and summary:
             print(self.line(), file=self.file, flush=True)
 
 
@@ -198,8 +198,10 @@ def run(
                         progress(q.get_nowait())
                 except queue.Empty:
                     pass
-    finally:
-        progress.close()
+    except BaseException:
+        progress.close(summary=False)  # the error is the last line a user sees
+        raise
+    progress.close()
     b, d, t = progress.counts
     return {"seconds": time.perf_counter() - progress.t0, "bytes": b, "documents": d, "tokens": t}
 
