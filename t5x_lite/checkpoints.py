@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from t5x_lite import paths
 from t5x_lite.config import CheckpointConfig
 
 
@@ -80,8 +81,7 @@ def resolve(path: str | os.PathLike) -> str:
     >>> resolve("gs://bucket/run/checkpoints")
     'gs://bucket/run/checkpoints'
     """
-    text = os.fspath(path)
-    return text if "://" in text else os.path.abspath(text)
+    return os.fspath(paths.path(path))
 
 
 class Checkpointer:

@@ -31,6 +31,8 @@ from typing import Any
 
 from etils import epath
 
+from t5x_lite import paths
+
 PLOTS_DIR = "plots"
 TB_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"
@@ -52,19 +54,12 @@ def read_records(workdir: str) -> list[dict[str, Any]]:
 
 def workdir_path(workdir: str, *names: str) -> epath.Path:
     """``workdir/names...``: absolute when local, a URL (``gs://b/run``) unchanged."""
-    root = workdir if "://" in os.fspath(workdir) else os.path.abspath(workdir)
-    return epath.Path(root).joinpath(*names)
+    return paths.path(workdir, *names)
 
 
 def _rewrite(path: epath.Path, records: list[dict[str, Any]]) -> None:
     """``records`` as the whole of ``path`` (local: through a rename)."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    if "://" in os.fspath(path):  # objects are written whole
-        path.write_text(text)
-        return
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    paths.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _clean(value: Any) -> Any:
@@ -117,7 +112,7 @@ class MetricsWriter:
         self._path = path
         # An object store has no append (gcsfs would overwrite): the object is rewritten
         # whole at each record instead.
-        self._file = None if "://" in os.fspath(path) else path.open("a")  # closed in close()
+        self._file = None if paths.is_url(path) else path.open("a")  # closed in close()
         from tensorboardX import SummaryWriter
 
         purge = resume_step + 1 if resume_step is not None else None

@@ -43,21 +43,20 @@ def path(p: str | os.PathLike, *names: str) -> epath.Path:
 
 
 def write_text(target: epath.Path, text: str) -> None:
-    """``text`` at ``target``, never half-written: a local file through a sibling
-    temporary file and a rename; an object is written whole (object stores have no
-    partial objects)."""
-    if is_url(target):
-        target.write_text(text)
-        return
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    """``text`` (UTF-8) at ``target``, never half-written (as :func:`_write_whole`)."""
+    _write_whole(target, text.encode("utf-8"))
 
 
 def write_new_bytes(target: epath.Path, data: bytes) -> None:
     """``data`` at ``target`` (absent: the caller checked), never half-written (as
-    :func:`write_text`); its folder is created first."""
+    :func:`_write_whole`); its folder is created first."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    _write_whole(target, data)
+
+
+def _write_whole(target: epath.Path, data: bytes) -> None:
+    """A local file through a sibling temporary file and a rename; an object written
+    whole (object stores have no partial objects)."""
     if is_url(target):
         target.write_bytes(data)
         return

@@ -60,6 +60,7 @@ from t5x_lite import (
     loading,
     loop,
     partitioning,
+    paths,
     peft_run,
     steps,
     summary,
@@ -97,13 +98,7 @@ def _join(workdir: str, name: str) -> str:
     >>> _join("gs://bucket/run", "checkpoints")
     'gs://bucket/run/checkpoints'
     """
-    return os.fspath(epath.Path(workdir) / name)
-
-
-def _write_json(path: str, obj: Any) -> None:
-    """``obj`` as indented JSON at ``path``, never half-written (local: through a
-    rename; an object store writes whole objects)."""
-    write_json(path, obj)
+    return os.fspath(paths.path(workdir, name))
 
 
 @dataclasses.dataclass
@@ -211,7 +206,7 @@ def _start(cfg: Config, workdir: str, devices: list[jax.Device]) -> _Session:
         iterator.set_state(data_state)
     primary = pidx == 0
     if primary:  # only now: a start that fails above leaves the old config.json alone
-        _write_json(_join(workdir, CONFIG_FILE), to_dict(cfg))
+        write_json(_join(workdir, CONFIG_FILE), to_dict(cfg))
         if peft_manifest is not None:
             peft_run.write_manifest(workdir, peft_manifest)
     if peft_manifest is not None:
@@ -474,7 +469,7 @@ def train(
         s.best_value = value
         stats["best_" + name] = value
         if s.primary:
-            _write_json(_join(workdir, BEST_FILE), {"step": at, "metric": name,
+            write_json(_join(workdir, BEST_FILE), {"step": at, "metric": name,
                                                     "value": value})  # fmt: skip
 
     try:
