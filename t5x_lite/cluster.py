@@ -14,7 +14,8 @@ device. Three ways in, in this order:
 * none: a single process.
 
 ``--cluster=NAME`` forces one of these (``none`` disables detection). A coordinator
-that never answers ends in one line after ``--init_timeout`` seconds, not a hang.
+that never answers, or a process that never starts (so that the others wait at the
+rendezvous), ends in one line after ``--init_timeout`` seconds, not a hang or an abort.
 
     >>> detect({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
     ...         "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "node[1-2]"})
@@ -26,11 +27,16 @@ that never answers ends in one line after ``--init_timeout`` seconds, not a hang
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Mapping
 
 from t5x_lite.config import ConfigError
 
 CLUSTERS = ("auto", "none", "explicit", "slurm", "ompi", "tpu", "k8s")
+# JAX's own rendezvous time-out is the user's plus this margin: JAX aborts the process
+# when it passes, and the watchdog of initialize() should speak first, in one line.
+_JAX_TIMEOUT_MARGIN_S = 60
 _SLURM = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST")
 
 
@@ -86,7 +92,10 @@ def initialize(
 
     # CPU collectives across processes (no effect on GPU / TPU backends).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = dict(initialization_timeout=timeout_s)
+    # JAX aborts the process (SIGABRT, no exception) when its own time-out passes
+    # before every process registered; give it a margin so the watchdog below speaks
+    # first, in one line.
+    kwargs = dict(initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S)
     if how == "explicit":
         kwargs.update(
             coordinator_address=coordinator_address,
@@ -97,16 +106,47 @@ def initialize(
         # The runtime aborts the process (no exception) when the coordinator never
         # answers; wait for its port here instead, and fail in one line.
         wait_for_coordinator(coordinator_address, timeout_s)
+    where = coordinator_address or f"the {how} cluster's coordinator"
+    done = threading.Event()
+    threading.Thread(
+        target=_watchdog, args=(done, timeout_s, where, num_processes, process_id), daemon=True
+    ).start()
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as e:  # a bad address, a second initialisation, ...
-        where = coordinator_address or f"the {how} cluster's coordinator"
         first = " ".join(str(e).split())[:200]
         raise ConfigError(
             f"could not start the distributed runtime with {where} "
             f"({type(e).__name__}: {first})"
         ) from None
+    finally:
+        done.set()
     return how
+
+
+def _watchdog(
+    done: threading.Event,
+    timeout_s: float,
+    where: str,
+    num_processes: int | None,
+    process_id: int | None,
+) -> None:
+    """End the process in one line when ``jax.distributed.initialize`` has not returned
+    after ``timeout_s`` seconds: the usual cause is a process that never started, which
+    leaves every other one waiting at the rendezvous. (``initialize`` releases the GIL
+    while it waits, so this thread runs.)"""
+    if done.wait(timeout_s):
+        return
+    who = "this process" if process_id is None else f"process {process_id}"
+    if num_processes is not None:
+        who += f" of {num_processes}"
+    sys.stderr.write(
+        f"error: {who}: the other processes did not join the distributed runtime at "
+        f"{where} within {timeout_s:g} s; start every process (each with its own "
+        "--process_id) or raise --init_timeout\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def wait_for_coordinator(address: str, timeout_s: float) -> None:

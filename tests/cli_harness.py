@@ -4,10 +4,11 @@ child per command that runs it as ``python ...`` would.
 ``run(cases, timeout)`` starts ``python tests/cli_harness.py`` (a fresh interpreter, so
 no JAX backend is initialised before the forks, whatever the calling test process did),
 sends it the cases as JSON and returns one :class:`Result` per case. Each case is
-``{"argv": [...], "cwd": DIR, "env": {...}, "uid": N, "watch": [DIR, ...]}`` where
+``{"argv": [...], "cwd": DIR, "env": {...}, "obey_permissions": True, "watch": [DIR, ...]}`` where
 ``argv`` starts like a shell command: ``["run_train.py", ...]`` (a script path, run
 with ``runpy.run_path``) or ``["-m", "t5x_lite.export", ...]`` (``runpy.run_module``),
-both as ``__main__``; ``uid`` (optional) runs it as that user; ``jax_config``
+both as ``__main__``; ``obey_permissions`` (optional) makes file permissions bind
+the child even when it runs as root (see :func:`obey_file_permissions`); ``jax_config``
 (optional) is ``jax.config.update``'d first; ``watch`` (optional)
 names directories whose tree hash, taken before the first case, is compared after
 this one (the roots that changed come back in ``Result.changed``).
@@ -67,6 +68,41 @@ def run(cases: list[dict], timeout: float = 60.0) -> list[Result]:
     return [Result(**r) for r in json.loads(proc.stdout.splitlines()[-1])]
 
 
+# Linux capabilities that let root ignore file permissions (capability.h).
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
+
+
+def obey_file_permissions() -> None:
+    """Let file permissions bind this process although it may run as root.
+
+    Root passes every permission check through two capabilities; dropping them keeps
+    the process's user (so it still reads a checkout in a private folder it owns,
+    such as one under ``mktemp -d``) while a folder of mode 0555 refuses it writes.
+    Switching to ``nobody`` instead would lose the checkout itself. Without root there
+    is nothing to drop."""
+    import ctypes
+
+    if os.getuid() != 0:
+        return
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_uint32) for f in ("effective", "permitted", "inheritable")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    data = (Data * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    mask = ~((1 << _CAP_DAC_OVERRIDE) | (1 << _CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+    for field in ("effective", "permitted", "inheritable"):
+        setattr(data[0], field, getattr(data[0], field) & mask)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def _child(case: dict, out: str, err: str) -> None:
     """In the forked child: become ``python ARGV`` and never return."""
     import runpy
@@ -79,10 +115,8 @@ def _child(case: dict, out: str, err: str) -> None:
         os.close(f)
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 (lives until _exit)
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-    if case.get("uid") is not None:  # an unprivileged user (permissions mean nothing to root)
-        os.setgroups([])
-        os.setgid(case["uid"])
-        os.setuid(case["uid"])
+    if case.get("obey_permissions"):
+        obey_file_permissions()
     os.environ.update(case.get("env", {}))
     if case.get("jax_config"):  # jax read its environment at import, before the fork
         import jax

@@ -12,8 +12,9 @@ children of one process that imported the stack once (``tests/cli_harness.py``),
 :data:`FRESH` run as real ``python`` processes too, which checks the harness against
 the interpreter it imitates.
 
-A row may be run as another user (``as_nobody``: a workdir without write permission
-means nothing to root) and with extra environment.
+A row may be run with file permissions binding even for root (``obey_permissions``: a
+workdir without write permission means nothing to root otherwise) and with extra
+environment.
 
 The error line is the last non-empty line of stderr; anything before it must be a log
 line of the libraries (absl/TFDS ``W1202 ...`` lines, Python ``warnings``), never a
@@ -37,7 +38,6 @@ import pytest
 from cli_harness import ROOT, Result, run
 
 SECONDS = 20  # "within seconds": a loaded 2-core machine, imports already paid
-NOBODY = 65534
 
 
 def _free_port() -> int:
@@ -108,6 +108,10 @@ CASES: list[tuple] = [
     ("coordinator-never-answers", ["run_train.py", TINY, "--coordinator_address=127.0.0.1:{port}",
                                    "--num_processes=2", "--process_id=1", "--init_timeout=2",
                                    "--workdir={t}/user"], "no coordinator answered at 127.0.0.1:"),
+    ("peer-never-starts", ["run_train.py", TINY, "--coordinator_address=127.0.0.1:{port2}",
+                           "--num_processes=2", "--process_id=0", "--init_timeout=2",
+                           "--workdir={t}/user"],
+     "process 0 of 2: the other processes did not join the distributed runtime at 127.0.0.1:"),
     # ---- workdirs and checkpoints
     ("resume-another-model", ["run_train.py", TINY, "--workdir={t}/other"],
      "workdir {t}/other holds a model with model.d_model=32; the requested config has "
@@ -117,10 +121,10 @@ CASES: list[tuple] = [
     ("init-from-missing", ["run_train.py", FT, "--config.train.init_from={t}/nothing_here",
                            "--workdir={t}/user"], "train.init_from='{t}/nothing_here'"),
     ("workdir-not-writable", ["run_train.py", TINY, "--workdir={t}/readonly/run"],
-     "--workdir={t}/readonly/run: {t}/readonly is not writable", {"as_nobody": True}),
+     "--workdir={t}/readonly/run: {t}/readonly is not writable", {"obey_permissions": True}),
     ("data-dir-not-writable", ["run_train.py", TINY, "--config.data.data_dir={t}/readonly/data",
                                "--workdir={t}/open/run"],
-     "Permission denied: {t}/readonly/data", {"as_nobody": True}),
+     "Permission denied: {t}/readonly/data", {"obey_permissions": True}),
     ("out-of-memory-shape", ["run_train.py", TINY, "--config.model.d_ff=2147483648",
                              "--workdir={t}/user"],
      "out of memory: the train state needs at least "),
@@ -204,7 +208,8 @@ CASES: list[tuple] = [
                                   "--seq=4096"], "4096"),
 ]  # fmt: skip
 # Rows also run as real, fresh interpreters (the harness must agree with them).
-FRESH = ("mesh-not-dividing-devices", "export-into-non-empty", "coordinator-never-answers")
+FRESH = ("mesh-not-dividing-devices", "export-into-non-empty", "coordinator-never-answers",
+         "peer-never-starts")
 
 # Lines allowed before the error line: absl / TFDS log lines (both of absl's formats)
 # and Python warnings (``FILE:LINE: XWarning: ...``, then their indented source line).
@@ -290,16 +295,24 @@ def build_scratch(t: str) -> None:
 
 
 def _expand(value: str, t: str, port: int) -> str:
-    """``{t}``: the watched scratch tree; ``{d}``: a data cache outside it."""
-    return value.replace("{t}", t).replace("{d}", t + "-data").replace("{port}", str(port))
+    """``{t}``: the watched scratch tree; ``{d}``: a data cache outside it; ``{port}``
+    and ``{port2}``: two free ports (two rows wait on a coordinator at once, and must
+    not find each other)."""
+    value = value.replace("{t}", t).replace("{d}", t + "-data").replace("{port}", str(port))
+    if "{port2}" in value:
+        port2 = _free_port()
+        while port2 == port:
+            port2 = _free_port()
+        value = value.replace("{port2}", str(port2))
+    return value
 
 
 def _case(row: tuple, t: str, port: int) -> dict:
     _, argv, _, *opts = row
     opts = opts[0] if opts else {}
     case = {"argv": [_expand(a, t, port) for a in argv], "cwd": ROOT, "env": {}, "watch": [t]}
-    if opts.get("as_nobody") and os.getuid() == 0:
-        case["uid"] = NOBODY
+    if opts.get("obey_permissions"):
+        case["obey_permissions"] = True
     return case
 
 
