@@ -259,9 +259,12 @@ def test_interrupted_preparation_resumes_without_redoing_finished_units(tmp_path
     # A half-written shard of unit 1 (no manifest) never counts as finished.
     (work / "unit-00001-train-00000.array_record").write_bytes(b"half written")
     (work / ".unit-00001-train-00000.array_record.999.tmp").write_bytes(b"half written")
+    # ... nor does a shard the redo will not write (an attempt under another shard size).
+    (work / "unit-00001-train-00099.array_record").write_bytes(b"from another attempt")
     done = corpora.prepare_files(builder(), "skip", 0, 1, workers=1, unit_bytes=1)
     assert done["units"] == 3  # 1, 3, 5 only
     assert builder().is_prepared() and not work.exists()
+    assert not list(Path(builder().data_dir).glob("*unit-*"))  # nothing of the attempts left
     fresh = tmp_path / "fresh"
     corpora.prepare_files(
         corpora.TextFiles(spec=str(src), text_key="text", data_dir=str(fresh),

@@ -189,6 +189,13 @@ def _text_unit(
     from array_record.python.array_record_module import ArrayRecordWriter
 
     folder, features = Path(work), _features()
+    # A unit without a manifest is redone from scratch: shards and temporary files of
+    # an attempt that was killed go first (a redo under another shard size would
+    # otherwise leave shards no manifest names).
+    for stale in folder.glob(f"unit-{unit:05d}-*.array_record"):
+        stale.unlink()
+    for stale in folder.glob(f".unit-{unit:05d}-*.tmp"):
+        stale.unlink()
     skipped: list[str] = []
     total = 0
     for f, rel in zip(files, rels):  # pass 1: documents per unit pick the validation ones
