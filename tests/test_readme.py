@@ -228,18 +228,25 @@ def claims(tmp_path_factory):
     """What the cheap commands behind the README's figures print or write: the scaling
     report refitted from the committed sweep (a copy; no bootstrap) and every base
     preset's smoke shape."""
-    out = str(tmp_path_factory.mktemp("report") / "scaling")
-    shutil.copytree(os.path.join(ROOT, "results", "scaling"), out)
-    os.remove(os.path.join(out, "report.md"))
+    outs = []
+    for name in ("scaling", "scaling_tuned"):
+        out = str(tmp_path_factory.mktemp("report") / name)
+        shutil.copytree(os.path.join(ROOT, "results", name), out,
+                        ignore=shutil.ignore_patterns("workdirs"))  # fmt: skip
+        os.remove(os.path.join(out, "report.md"))
+        outs.append(out)
     cases = [
-        ["-m", "t5x_lite.scaling", "report", f"--out={out}", "--bootstrap=0"],
+        *(["-m", "t5x_lite.scaling", "report", f"--out={out}", "--bootstrap=0"] for out in outs),
         *(["run_train.py", f"--config={name}:smoke", "--print_config"] for name in BASE_PRESETS),
     ]
     results = run([{"argv": argv, "cwd": ROOT, "env": dict(ENV)} for argv in cases], timeout=300)
     for argv, r in zip(cases, results, strict=True):
         assert r.returncode == 0, (argv, r.stderr[-1500:])
-    with open(os.path.join(out, "report.md")) as f:
-        return f.read(), results[1:]
+    reports = []
+    for out in outs:
+        with open(os.path.join(out, "report.md")) as f:
+            reports.append(f.read())
+    return reports[0], results[2:], reports[1], outs[1]
 
 
 def _row(text: str, label: str) -> list[str]:
@@ -260,6 +267,40 @@ def test_the_scaling_figures_are_what_the_report_computes(claims):
         a, tokens = float(got[1]), float(got[-1])
         assert float(said[1].split()[0]) == round(a, 2), (label, said, got)
         assert float(said[2]) == round(tokens), (label, said, got)
+
+
+def test_the_tuned_sweep_figures_are_what_its_report_computes(claims):
+    """The README's table of the tuned sweep against the shared-rate one: Approach 1's a
+    and tokens per parameter, Approach 3's a, the lowest loss at the largest budget and
+    the count of best rates at the range's edge, refitted now from the committed runs."""
+    import csv
+
+    from t5x_lite.scaling import tuning
+
+    with open(README) as f:
+        text = f.read()
+    report, tuned, out = claims[0], claims[2], claims[3]
+    table = text[text.index("| fit on total N | one rate (3e-3)"):]
+
+    def said(label: str) -> list[float]:
+        return [float(c.split()[0]) for c in _row(table, label)[1:]]
+
+    for rep, source in ((report, 0), (tuned, 1)):
+        a1, a3 = float(_row(rep, "Approach 1")[1]), float(_row(rep, "Approach 3")[1])
+        assert said("Approach 1: a")[source] == pytest.approx(a1, abs=0.0051)
+        assert said("Approach 3: a")[source] == pytest.approx(a3, abs=0.0051)
+    tokens = float(_row(tuned, "Approach 1")[-1])
+    assert said("Approach 1: tokens per parameter")[1] == round(tokens, 1)
+    shared = float(_row(report, "Approach 1")[-1])
+    assert said("Approach 1: tokens per parameter")[0] == round(shared)
+    with open(os.path.join(out, "runs.csv")) as f:
+        rows = [dict(r, final_eval_loss=float(r["final_eval_loss"])) for r in csv.DictReader(f)]
+    points = tuning.select_points(rows)
+    top = max(float(p["budget"]) for p in points)
+    best = min(p["final_eval_loss"] for p in points if float(p["budget"]) == top)
+    assert said("lowest eval loss at 1.9e12")[1] == round(best, 3)
+    edge = sum(p["lr_at_edge"] for p in points)
+    assert f"At {edge} of {len(points)} points the best rate is the largest tried" in text
 
 
 def test_every_base_preset_resolves_to_a_shape_that_fits_this_machine(claims):

@@ -130,3 +130,6 @@ def test_report_of_a_synthetic_tuned_sweep(tmp_path):
     assert "best of 3 learning rates (0.001, 0.003, 0.01) by mean eval loss over 2 seed(s)" in text
     assert "weights each point by 1/σ" in text and "edge of the range" not in text
     assert text.count("_lr0.01_s1 |") == 20  # every run listed in the runs table
+    # The header counts every run trained (and its time), not only the points kept.
+    assert text.count("120 runs (20 points: the best learning rate of each budget and shape)")
+    assert "Total training time 2.0 min." in text

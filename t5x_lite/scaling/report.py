@@ -499,11 +499,14 @@ def render(
     first = rows[0]
     tokens = max(int(r["corpus_train_tokens"]) for r in rows)
     biggest = max(int(r["n_tokens"]) for r in rows)
-    wall = sum(float(r["wall_time_s"]) for r in rows)
+    wall = sum(float(r["wall_time_s"]) for r in all_rows)  # every run trained, tuned or not
+    count = f"{len(all_rows)} runs"
+    if len(all_rows) != len(rows):
+        count += f" ({len(rows)} points: the best learning rate of each budget and shape)"
     lines = [
         "# IsoFLOP sweep",
         "",
-        f"{len(rows)} runs of `{first['arch']}` ({first['family']}), vocabulary "
+        f"{count} of `{first['arch']}` ({first['family']}), vocabulary "
         f"{first['vocab_size']}, sequence length {first['seq_len']}, batch "
         f"{first['batch_size']}, over {len(budgets)} budgets from {budgets[0]:.3g} to "
         f"{budgets[-1]:.3g} FLOPs ({math.log10(budgets[-1] / budgets[0]):.2f} orders of "
