@@ -35,7 +35,8 @@ from t5x_lite.config import ConfigError
 
 CLUSTERS = ("auto", "none", "explicit", "slurm", "ompi", "tpu", "k8s")
 # JAX's own rendezvous time-out is the user's plus this margin: JAX aborts the process
-# when it passes, and the watchdog of initialize() should speak first, in one line.
+# (SIGABRT, no exception) when it passes before every process registered, and the
+# watchdog of initialize() should speak first, in one line.
 _JAX_TIMEOUT_MARGIN_S = 60
 _SLURM = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST")
 
@@ -92,9 +93,6 @@ def initialize(
 
     # CPU collectives across processes (no effect on GPU / TPU backends).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # JAX aborts the process (SIGABRT, no exception) when its own time-out passes
-    # before every process registered; give it a margin so the watchdog below speaks
-    # first, in one line.
     kwargs = dict(initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S)
     if how == "explicit":
         kwargs.update(
