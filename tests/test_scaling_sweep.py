@@ -4,7 +4,9 @@ plots and report from a synthetic sweep, and the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
@@ -88,12 +90,14 @@ def tiny_sweep(tmp_path_factory):
     )
     out, work = str(base / "out"), str(base / "work")
     logs: list[str] = []
-    rows = run_sweep(cfg, out, work, log=logs.append)
-    return cfg, out, work, rows, logs
+    bars = io.StringIO()
+    with contextlib.redirect_stderr(bars):
+        rows = run_sweep(cfg, out, work, progress=True, log=logs.append)
+    return cfg, out, work, rows, logs, bars.getvalue()
 
 
 def test_real_run_is_recorded(tiny_sweep):
-    cfg, out, work, rows, _ = tiny_sweep
+    cfg, out, work, rows, _, _ = tiny_sweep
     (run,) = plan_sweep(cfg)
     assert len(rows) == 1
     row = rows[0]
@@ -110,8 +114,19 @@ def test_real_run_is_recorded(tiny_sweep):
     assert saved["scaling"]["sweep_budgets"] == [5e9]
 
 
+def test_the_sweep_shows_its_progress(tiny_sweep):
+    """A bar over the sweep's FLOPs (6ND) and the trainer's bar of the run in progress;
+    the log lines still reach ``log``."""
+    cfg, _, _, _, logs, bars = tiny_sweep
+    (run,) = plan_sweep(cfg)
+    frames = [f.strip() for f in bars.replace("\n", "\r").split("\r") if f.strip()]
+    assert any(f.startswith("sweep 1/1: 100%") for f in frames), frames[-5:]
+    assert any(f"{run.num_steps}/{run.num_steps}" in f for f in frames), frames[-5:]
+    assert logs[0].startswith("sweep: 1 runs") and any(x.startswith("[1/1]") for x in logs)
+
+
 def test_restart_skips_finished_runs(tiny_sweep):
-    cfg, out, work, rows, _ = tiny_sweep
+    cfg, out, work, rows, _, _ = tiny_sweep
     before = Path(out, "runs.csv").read_text()
     logs: list[str] = []
     again = run_sweep(cfg, out, work, log=logs.append)
@@ -121,7 +136,7 @@ def test_restart_skips_finished_runs(tiny_sweep):
 
 
 def test_sweep_refusals_are_one_line(tiny_sweep):
-    cfg, out, work, _, _ = tiny_sweep
+    cfg, out, work, _, _, _ = tiny_sweep
     # Same output directory, different sweep.
     other = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=32))
     with pytest.raises(ConfigError, match=r"records data\.seq_len=64") as e:

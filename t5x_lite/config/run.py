@@ -260,6 +260,11 @@ class ScalingConfig:
     # spread weights the parametric fit. Empty: optimizer.learning_rate, one seed.
     sweep_lrs: tuple[float, ...] = ()
     sweep_seeds: tuple[int, ...] = ()
+    # A learning-rate rule instead of a per-size search: (lr_ref, n_ref, exponent), each
+    # planned run at lr_ref * (N / n_ref) ** -exponent for its total N (one rate per
+    # run). `scaling report` of a tuned sweep fits it to the best rates found there;
+    # exponent 0.5 is muP's 1/width for Adam at a fixed depth (N ~ width**2).
+    sweep_lr_rule: tuple[float, ...] = ()
     # What a budget counts, for the planner, the sweep and the report alike: "6nd" is
     # 6 * N_total * D (Kaplan's and Hoffmann's convention, whatever parameter kind the
     # fit uses); "flops" is the model's training FLOPs from t5x_lite.flops (attention
@@ -280,6 +285,23 @@ class ScalingConfig:
             _check(
                 isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
                 f"scaling.sweep_lrs has {lr!r}; learning rates must be > 0",
+            )
+        if self.sweep_lr_rule:
+            rule = self.sweep_lr_rule
+            _check(
+                len(rule) == 3
+                and all(isinstance(x, int | float) and math.isfinite(x) for x in rule),
+                f"scaling.sweep_lr_rule={rule!r} must be three numbers (lr_ref, n_ref, exponent)",
+            )
+            _check(
+                rule[0] > 0 and rule[1] > 0,
+                f"scaling.sweep_lr_rule={rule!r} gives non-positive learning rates: "
+                "lr_ref and n_ref must be > 0",
+            )
+            _check(
+                not self.sweep_lrs,
+                "scaling.sweep_lr_rule and scaling.sweep_lrs are both set; a sweep takes its "
+                "rates from one of them",
             )
         _check(
             all(isinstance(x, int) and x >= 0 for x in self.sweep_seeds)

@@ -138,6 +138,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         args.workdir or os.path.join(args.out, "workdirs"),
         dry_run=args.dry_run,
         allow_repeats=args.allow_repeats,
+        progress=not args.no_progress,
     )
     if not args.dry_run:
         paths = write_report(args.out, bootstrap=args.bootstrap)
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-repeats",
         action="store_true",
         help="allow runs that read more tokens than the corpus holds",
+    )
+    q.add_argument(
+        "--no-progress", action="store_true", help="no progress bars, one line per run"
     )
     q.add_argument("--bootstrap", type=int, default=200)
     q.set_defaults(fn=_cmd_sweep)

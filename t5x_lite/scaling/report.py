@@ -251,14 +251,25 @@ FIGURE_FILES = {
 }
 
 
+def _sweep_scaling(out_dir: str) -> dict[str, Any]:
+    """The ``scaling`` section of the sweep's ``sweep_config.json`` ({} when absent)."""
+    path = os.path.join(out_dir, SWEEP_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("scaling", {})
+
+
 def sweep_compute(out_dir: str) -> str:
     """The compute definition (``scaling.compute``) the sweep in ``out_dir`` spent its
     budgets by, from its ``sweep_config.json`` (``6nd`` when absent)."""
-    path = os.path.join(out_dir, SWEEP_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return "6nd"
-    with open(path) as f:
-        return json.load(f).get("scaling", {}).get("compute", "6nd")
+    return _sweep_scaling(out_dir).get("compute", "6nd")
+
+
+def sweep_lr_rule(out_dir: str) -> tuple[float, ...] | None:
+    """The sweep's ``scaling.sweep_lr_rule`` (None when it searched or shared a rate)."""
+    rule = _sweep_scaling(out_dir).get("sweep_lr_rule") or None
+    return tuple(rule) if rule else None
 
 
 def figures(
@@ -332,7 +343,7 @@ def write_report(
             rows, held, os.path.join(out_dir, HOLDOUT_FIGURE), compute
         )
         paths["holdout_result"] = held
-    text = render(rows, result, held, compute, all_rows)
+    text = render(rows, result, held, compute, all_rows, lr_rule=sweep_lr_rule(out_dir))
     paths["report"] = os.path.join(out_dir, "report.md")
     with open(paths["report"], "w") as f:
         f.write(text)
@@ -342,10 +353,20 @@ def write_report(
 # --------------------------------------------------------------------------- markdown
 
 
-def _tuning_note(points: list[dict[str, Any]], result: dict[str, Any]) -> str:
+def _tuning_note(
+    points: list[dict[str, Any]], result: dict[str, Any], lr_rule: tuple[float, ...] | None = None
+) -> str:
     """The reading note on learning rates and seeds (what this sweep tuned)."""
     rates = {lr for p in points for lr in p.get("lr_losses", {}) if lr is not None}
     seeds = max(int(p.get("n_seeds", 1)) for p in points)
+    if lr_rule:
+        a, n, k = lr_rule
+        return (
+            f"- Each run's peak learning rate comes from the rule `scaling.sweep_lr_rule="
+            f"({a:g}, {n:g}, {k:g})`: lr(N) = {a:g} × (N / {n:g})^{-k:g}, one rate per size "
+            f"({min(rates):.3g} to {max(rates):.3g} here) and {seeds} seed(s) per point, so "
+            "a point carries whatever loss the rule leaves against a search at its size."
+        )
     if len(rates) <= 1 and seeds <= 1:
         return (
             "- Every run uses the same learning rate, batch and warmup rule, and shapes come "
@@ -366,6 +387,13 @@ def _tuning_note(points: list[dict[str, Any]], result: dict[str, Any]) -> str:
             f". At {len(edge)} of {len(points)} points the best rate is at the edge of "
             "the range tried (" + ", ".join(edge[:4]) + (", ..." if len(edge) > 4 else "")
             + "): widen `scaling.sweep_lrs` there"
+        )
+    if len(rates) > 1 and len({int(p["n_params"]) for p in points}) > 1:
+        a, n, k = tuning.fit_lr_rule(points)
+        text += (
+            f". The best rates follow lr(N) = {a:g} × (N / {n:g})^{-k:g} (least squares on "
+            f"log lr); a larger sweep can train at that rule, one rate per size: "
+            f"`--set 'scaling.sweep_lr_rule=({a:g}, {n:g}, {k:g})'`"
         )
     return text + "."
 
@@ -482,12 +510,33 @@ def render_holdout(held: Holdout) -> list[str]:
     return [*lines, ""]
 
 
+def _repeats_note(rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """What repeating the corpus costs the points that do (Muennighoff et al. 2023)."""
+    from t5x_lite.scaling.repeats import MUENNIGHOFF2023_R_STAR, effective_tokens
+
+    over = [r for r in rows if int(r["n_tokens"]) > int(r["corpus_train_tokens"])]
+    worst = max(over, key=lambda r: int(r["n_tokens"]) / int(r["corpus_train_tokens"]))
+    d, u = int(worst["n_tokens"]), int(worst["corpus_train_tokens"])
+    d_eff = float(effective_tokens(d, u))
+    text = (
+        f" ({d / u:.2f} epochs): {len(over)} of {len(rows)} points repeat the corpus. By "
+        f"Muennighoff et al. 2023's effective data (R_D* = {MUENNIGHOFF2023_R_STAR:.1f}) the "
+        f"most repeated, {worst['run_id']}, counts as {d_eff / d:.1%} of its tokens"
+    )
+    fit = result["total"]["approach3"]
+    if fit is not None:
+        cost = fit.B / d_eff**fit.beta - fit.B / d**fit.beta
+        text += f", which the total-N law below prices at {cost:.3f} nats"
+    return text + "; the fits count D as read."
+
+
 def render(
     rows: list[dict[str, Any]],
     result: dict[str, Any],
     holdout: Holdout | None = None,
     compute: str = "6nd",
     all_rows: list[dict[str, Any]] | None = None,
+    lr_rule: tuple[float, ...] | None = None,
 ) -> str:
     """The markdown text of ``report.md`` (with the extrapolation section if ``holdout``).
 
@@ -512,8 +561,8 @@ def render(
         f"{budgets[-1]:.3g} FLOPs ({math.log10(budgets[-1] / budgets[0]):.2f} orders of "
         f"magnitude; {plots.COMPUTE_LABELS[compute]}). Corpus "
         f"`{first['corpus']}`: {tokens:,d} training tokens; the largest run reads "
-        f"{biggest:,d}, so no run repeats data"
-        + ("." if biggest <= tokens else " — **except that it does**.")
+        f"{biggest:,d}"
+        + (", so no run repeats data." if biggest <= tokens else _repeats_note(rows, result))
         + f" Total training time {wall / 60:.1f} min.",
         "",
         "![IsoFLOP profiles](isoflop.png)",
@@ -600,7 +649,7 @@ def render(
         + ". At these sizes the token "
         "and position tables are a large share of N, so the two sets of exponents differ "
         "(Kaplan et al. 2020 counted non-embedding parameters, Hoffmann et al. 2022 all).",
-        _tuning_note(rows, result),
+        _tuning_note(rows, result, lr_rule),
         "- Hoffmann et al.'s a ≈ b ≈ 0.5 and ~20 tokens per parameter come from 70M–16B "
         "parameter models; their own parametric fit (Approach 3) predicts fewer tokens per "
         "parameter at small budgets (the row above), and small models are known to favour "

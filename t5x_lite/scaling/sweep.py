@@ -41,6 +41,7 @@ from t5x_lite import flops as flops_lib
 from t5x_lite.config import Config, ConfigError, ModelConfig, row_lengths, to_dict
 from t5x_lite.scaling.fits import compute_optimal, load_fit
 from t5x_lite.scaling.planner import nearest_shape, shape_grid, step_compute
+from t5x_lite.scaling.tuning import rule_rate
 
 RUNS_FILE = "runs.csv"
 CURVES_FILE = "curves.csv"
@@ -159,6 +160,11 @@ def plan_sweep(cfg: Config) -> list[Run]:
                     n_non_embedding=counts["non_embedding"],
                 )
             )
+    def rates(r: Run) -> tuple[float | None, ...]:
+        if sc.sweep_lr_rule:
+            return (rule_rate(sc.sweep_lr_rule, r.n_params),)
+        return sc.sweep_lrs or (None,)
+
     runs = [
         dataclasses.replace(
             r,
@@ -168,7 +174,7 @@ def plan_sweep(cfg: Config) -> list[Run]:
             seed=seed,
         )
         for r in runs
-        for lr in (sc.sweep_lrs or (None,))
+        for lr in rates(r)
         for seed in (sc.sweep_seeds or (None,))
     ]
     return sorted(runs, key=lambda r: (r.budget, r.n_params, r.run_id))
@@ -317,11 +323,14 @@ def run_sweep(
     *,
     dry_run: bool = False,
     allow_repeats: bool = False,
+    progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train the sweep's missing runs (see module doc); returns all rows of ``runs.csv``.
 
-    ``dry_run`` prints the plan (and checks the corpus) without training. Unless
+    ``dry_run`` prints the plan (and checks the corpus) without training. ``progress``
+    shows a bar over the sweep's FLOPs (by 6ND, with the time left at the rate so far)
+    and the trainer's bar of the run in progress; ``log`` then writes above them. Unless
     ``allow_repeats``, a run that would consume more tokens than the corpus's training
     split holds is a ConfigError before anything is trained. Runs go through
     :func:`t5x_lite.trainer.train`.
@@ -362,11 +371,25 @@ def run_sweep(
             f.write("\n")
     from t5x_lite.trainer import train
 
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=sum(r.flops_6nd for r in todo), unit="FLOP", unit_scale=True,
+            desc=f"sweep 0/{len(todo)}", position=0, dynamic_ncols=True, smoothing=0.0,
+        )  # fmt: skip
+        log_line = log
+
+        def log(msg: str) -> None:
+            with tqdm.external_write_mode():  # the bars step aside for the line
+                log_line(msg)
+
     for i, run in enumerate(todo):
         workdir = os.path.join(workdir_root, run.run_id)
         log(f"[{i + 1}/{len(todo)}] {run.run_id}: training {run.num_steps} steps in {workdir}")
         t0 = time.perf_counter()
-        result = train(run_config(cfg, run), workdir, progress=False, sample=False)
+        result = train(run_config(cfg, run), workdir, progress=bar is not None, sample=False)
         if result.get("preempted"):
             log(f"{run.run_id} stopped; run the same command again to resume")
             sys.exit(1)
@@ -409,4 +432,9 @@ def run_sweep(
         )
         append_rows(runs_path, RUN_COLUMNS, [row])
         log(f"    eval loss {loss:.4f} in {row['wall_time_s']:.0f}s")
+        if bar is not None:
+            bar.set_description(f"sweep {i + 1}/{len(todo)}")
+            bar.update(run.flops_6nd)
+    if bar is not None:
+        bar.close()
     return read_rows(runs_path)

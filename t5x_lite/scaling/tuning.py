@@ -11,14 +11,23 @@ and 1, losses ``{1e-3: (4.10, 4.14), 3e-3: (4.00, 4.02)}``, becomes one point wi
 ``learning_rate=3e-3``, ``final_eval_loss=4.01``, ``loss_std=0.0141`` (the sample
 standard deviation), ``n_seeds=2``, ``lr_at_edge=True`` (the best rate is the largest
 tried: the sweep should extend its range there).
+
+:func:`fit_lr_rule` summarises the best rates as a power law in the total parameter
+count, ``lr(N) = lr_ref * (N / n_ref) ** -exponent``, which a larger sweep then applies
+with one rate per size (``scaling.sweep_lr_rule``, :func:`rule_rate`) instead of
+searching. Example: best rates 1e-2 at N = 1e4 and 1e-3 at N = 1e6 give exponent 0.5
+and 3.16e-3 at ``n_ref = 1e5`` (their geometric mean).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
+from t5x_lite.config import ConfigError
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -83,3 +92,33 @@ def noise_weights(points: list[dict[str, Any]]) -> np.ndarray | None:
     sigma = np.where(known, np.maximum(sigma, 0.5 * median), median)
     w = 1.0 / sigma
     return w / w.mean()
+
+
+def fit_lr_rule(points: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """``(lr_ref, n_ref, exponent)`` of the least-squares line through ``log lr`` of the
+    points' best rates against ``log N`` (total parameters); ``n_ref`` is the points'
+    geometric-mean N, rounded to two significant digits. Needs two sizes."""
+    n = np.array([float(p["n_params"]) for p in points], np.float64)
+    lr = np.array([float(p["learning_rate"]) for p in points], np.float64)
+    if len(set(n.tolist())) < 2 or not (np.all(lr > 0) and np.all(n > 0)):
+        raise ConfigError(
+            "a learning-rate rule needs best rates > 0 at two or more model sizes; "
+            f"got {len(set(n.tolist()))} size(s)"
+        )
+    n_ref = float(f"{math.exp(np.log(n).mean()):.2g}")
+    slope, intercept = np.polyfit(np.log(n / n_ref), np.log(lr), 1)
+    return float(f"{math.exp(intercept):.3g}"), n_ref, round(-slope, 3) + 0.0  # no -0.0
+
+
+def rule_rate(rule: tuple[float, ...], n_params: float) -> float:
+    """The rate ``rule = (lr_ref, n_ref, exponent)`` gives a model of ``n_params``
+    (one-line ConfigError when it is not a finite positive number)."""
+    lr_ref, n_ref, exponent = rule
+    with np.errstate(all="ignore"):
+        lr = float(lr_ref * np.power(float(n_params) / n_ref, -float(exponent)))
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(
+            f"scaling.sweep_lr_rule={tuple(rule)!r} gives learning rate {lr!r} at "
+            f"N={n_params:,.0f}; it must be a finite rate > 0"
+        )
+    return lr
