@@ -70,6 +70,37 @@ def test_readme_sweep_command_runs_as_printed(tmp_path, capsys):
     assert need < have, line
 
 
+def test_the_gpu_sweep_is_planned_as_its_config_says(tmp_path, capsys):
+    """``configs/scaling_sweep_gpu.py --plan-only``: budgets to 1e18, the sizes, tokens
+    and FLOPs its docstring states, each size at its rule's rate; the corpus is not read
+    and nothing is written."""
+    out = tmp_path / "out"
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        argv = ["sweep", "--config", "configs/scaling_sweep_gpu.py", "--out", str(out)]
+        assert main([*argv, "--plan-only"]) == 0
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out
+    assert not out.exists()
+    cfg = load_config(os.path.join(ROOT, "configs", "scaling_sweep_gpu.py"), [])
+    runs = plan_sweep(cfg)
+    assert len(runs) == 25 and max(r.budget for r in runs) == 1e18
+    total = sum(r.flops_6nd for r in runs)
+    assert f"25 runs over 5 budgets ({total:.3g} FLOPs by 6ND)" in printed
+    doc = Path(ROOT, "configs", "scaling_sweep_gpu.py").read_text()
+    lo, hi = min(r.n_params for r in runs), max(r.n_params for r in runs)
+    most = max(r.n_tokens for r in runs)
+    assert f"{lo / 1e6:.1f}M- to {hi / 1e6:.0f}M-parameter models" in doc
+    assert f"The largest run reads {most / 1e9:.1f}B tokens" in doc
+    assert f"The sweep spends\n{total:.2g} FLOPs by 6ND".replace("e+", "e") in doc
+    assert f"about {round(total / 400e12 / 3600)} hours on one H100 at 400 TFLOP/s" in doc
+    assert "not read (plan only)" in printed
+    for r in runs:
+        assert r.learning_rate == pytest.approx(6e-4 * (r.n_params / 1.24e8) ** -0.5)
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     """One real run through the trainer on kjv (a 1-budget, 1-size sweep)."""

@@ -136,11 +136,12 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         cfg,
         args.out,
         args.workdir or os.path.join(args.out, "workdirs"),
-        dry_run=args.dry_run,
+        dry_run=args.dry_run or args.plan_only,
+        plan_only=args.plan_only,
         allow_repeats=args.allow_repeats,
         progress=not args.no_progress,
     )
-    if not args.dry_run:
+    if not (args.dry_run or args.plan_only):
         paths = write_report(args.out, bootstrap=args.bootstrap)
         print(f"{len(rows)} runs; report: {paths['report']}")
 
@@ -203,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", help="root of the runs' workdirs (default: OUT/workdirs, git-ignored)"
     )
     q.add_argument("--dry-run", action="store_true", help="print the plan, train nothing")
+    q.add_argument(
+        "--plan-only", action="store_true", help="print the plan without reading the corpus"
+    )
     q.add_argument(
         "--allow-repeats",
         action="store_true",

@@ -322,13 +322,15 @@ def run_sweep(
     workdir_root: str,
     *,
     dry_run: bool = False,
+    plan_only: bool = False,
     allow_repeats: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Train the sweep's missing runs (see module doc); returns all rows of ``runs.csv``.
 
-    ``dry_run`` prints the plan (and checks the corpus) without training. ``progress``
+    ``dry_run`` prints the plan (and checks the corpus) without training; ``plan_only``
+    prints it without reading the corpus (a plan for another machine). ``progress``
     shows a bar over the sweep's FLOPs (by 6ND, with the time left at the rate so far)
     and the trainer's bar of the run in progress; ``log`` then writes above them. Unless
     ``allow_repeats``, a run that would consume more tokens than the corpus's training
@@ -350,8 +352,14 @@ def run_sweep(
             f"  {r.run_id:24s} N={r.n_params:>10,d} (non-emb {r.n_non_embedding:>10,d}) "
             f"D={r.n_tokens:>11,d} steps={r.num_steps:>6d}" + ("  done" if r.run_id in done else "")
         )
-    tokens = corpus_train_tokens(cfg)
     biggest = max(runs, key=lambda r: r.n_tokens)
+    if plan_only:
+        log(
+            f"largest run reads {biggest.n_tokens:,d} tokens ({biggest.run_id}); "
+            f"data.corpus={cfg.data.corpus!r} not read (plan only)"
+        )
+        return read_rows(runs_path)
+    tokens = corpus_train_tokens(cfg)
     log(
         f"corpus {cfg.data.corpus}: {tokens:,d} training tokens; largest run takes "
         f"{biggest.n_tokens:,d} ({biggest.run_id})"
