@@ -37,6 +37,77 @@ from t5x_lite.config import ConfigError
 BUCKET = "t5x-lite-test"  # GCS bucket names have 3-63 characters
 
 
+def _keep_gcs_preconditions(mp: pytest.MonkeyPatch) -> None:
+    """Give the emulator GCS's generation semantics, on which TensorStore's caches rely.
+
+    ``gcp-storage-emulator`` ignores ``ifGenerationMatch`` / ``ifGenerationNotMatch``
+    and sends no ``x-goog-generation`` with an object's bytes. TensorStore revalidates
+    its cached OCDBT manifest with ``ifGenerationNotMatch=<generation it wrote>``:
+    GCS answers 304, the emulator resent the bytes without a generation, and the next
+    conditional write failed with "Malformed StorageGeneration", whenever a revalidation
+    fell between two manifest writes (on a loaded machine, about 1 run in 4). Here
+    media reads and uploads check both preconditions as GCS does (304 / 412; generation
+    0 means "no such object"), reads carry the generation headers, and each read or
+    upload runs under one lock, so bytes and generation always belong together.
+    """
+    import threading
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import server as server_mod
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    lock = threading.Lock()
+    real_download, real_insert = objects.download, objects.insert
+
+    def generation(storage, bucket_name, name) -> str:
+        try:
+            return str(storage.get_file_obj(bucket_name, name)["generation"])
+        except NotFound:
+            return "0"
+
+    def failed(request, current: str) -> HTTPStatus | None:
+        match = request.query.get("ifGenerationMatch")
+        if match and match[0] != current:
+            return HTTPStatus.PRECONDITION_FAILED
+        not_match = request.query.get("ifGenerationNotMatch")
+        if not_match and not_match[0] == current:
+            return HTTPStatus.NOT_MODIFIED if request.method == "GET" else (
+                HTTPStatus.PRECONDITION_FAILED)  # fmt: skip
+        return None
+
+    def download(request, response, storage, *args, **kwargs):
+        with lock:
+            bucket_name, name = request.params["bucket_name"], request.params["object_id"]
+            current = generation(storage, bucket_name, name)
+            status = failed(request, current) if current != "0" else None
+            if status is not None:
+                response.status = status
+                return
+            real_download(request, response, storage, *args, **kwargs)
+            if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+                obj = storage.get_file_obj(bucket_name, name)
+                response["x-goog-generation"] = str(obj["generation"])
+                response["x-goog-metageneration"] = str(obj["metageneration"])
+
+    def insert(request, response, storage, *args, **kwargs):
+        with lock:
+            name = (request.query.get("name") or [None])[0]
+            if name is not None:
+                status = failed(request, generation(storage, request.params["bucket_name"], name))
+                if status is not None:
+                    response.status = status
+                    return
+            real_insert(request, response, storage, *args, **kwargs)
+
+    mp.setattr(objects, "download", download)  # objects.get calls it for alt=media
+    mp.setattr(objects, "insert", insert)
+    for _, handlers in server_mod.HANDLERS:
+        for method, fn in list(handlers.items()):
+            if fn in (real_download, real_insert):
+                mp.setitem(handlers, method, download if fn is real_download else insert)
+
+
 @pytest.fixture(scope="module")
 def bucket():
     """``gs://t5x-lite-test`` served from memory on a loopback port for this module."""
@@ -51,6 +122,7 @@ def bucket():
         mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "offline")  # TensorStore: no credentials
         mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no bucket-layout lookup
         mp.setenv("NO_GCE_CHECK", "true")  # google-auth: no metadata-server probe
+        _keep_gcs_preconditions(mp)
         server = server_mod.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
         server.start()
         try:
