@@ -147,6 +147,9 @@ class Holdout:
     95% bootstrap intervals ``n_params_ci`` / ``loss_ci`` when bootstrapped);
     ``measured_opt`` the held-out profile's parabola minimum (None, with
     ``measured_opt_reason``, when it has none inside the sampled sizes).
+    ``fitted_max`` is the largest ``(N, D)`` among the fitted runs and
+    ``seed_sigma`` their median seed spread of the loss (nats; None with one seed
+    per point): what :meth:`reasons` sets the miss against.
     """
 
     budget: float
@@ -156,6 +159,8 @@ class Holdout:
     predicted_opt: dict[str, Any]
     measured_opt: dict[str, float] | None
     measured_opt_reason: str
+    fitted_max: tuple[float, float] = (float("inf"), float("inf"))
+    seed_sigma: float | None = None
 
     @property
     def errors(self) -> np.ndarray:
@@ -178,6 +183,91 @@ class Holdout:
         if self.measured_opt is not None:
             return self.measured_opt["n_params"]
         return self.best_run["n_params"]
+
+    def reasons(self, full: ChinchillaFit | None = None) -> list[str]:
+        """Why the held-out losses miss, one sentence each: whether the errors are a
+        shift or scatter, whether the held-out runs lie beyond the fitted N and D, what
+        repeating the corpus accounts for (Muennighoff et al. 2023's effective D), the
+        miss against the seeds' noise, and how far the law's parameters move when the
+        held-out budget joins the fit (``full``, the fit on every budget)."""
+        from t5x_lite.scaling.repeats import effective_tokens
+
+        err = self.errors
+        out = []
+        lower = [r for r in self.runs if r["predicted"] > r["measured"]]
+        higher = [r for r in self.runs if r["predicted"] <= r["measured"]]
+        major, minor = (lower, higher) if len(lower) >= len(higher) else (higher, lower)
+        diffs = sorted(abs(r["predicted"] - r["measured"]) for r in major)
+        how = "a lower" if major is lower else "a higher"
+        text = (
+            f"{len(major)} of {len(self.runs)} held-out runs reached {how} loss than predicted, "
+            f"by {diffs[0]:.3f} to {diffs[-1]:.3f} nats"
+        )
+        if major is lower:
+            text += ": the law fitted on the smaller budgets underestimates what the next one gains"
+        else:
+            text += ": the law fitted on the smaller budgets overestimates what the next one gains"
+        if minor:
+            text += ("; the other: " if len(minor) == 1 else "; the others: ") + ", ".join(
+                f"{r['run_id']} (N {r['n_params']:,.0f}, {r['n_tokens'] / r['n_params']:.1f} "
+                f"tokens per parameter) {r['predicted'] - r['measured']:+.3f}"
+                for r in minor
+            )
+        out.append(text + ".")
+        n_max, d_max = self.fitted_max
+        beyond = [r for r in self.runs if r["n_params"] > n_max or r["n_tokens"] > d_max]
+        if beyond:
+            out.append(
+                f"{len(beyond)} of {len(self.runs)} held-out runs lie beyond the fitted runs' "
+                f"largest N ({n_max:,.0f}) or D ({d_max:,.0f}): the check extrapolates in N and "
+                "D, not only in C."
+            )
+        repeated = [
+            r for r in self.runs if r.get("unique_tokens") and r["n_tokens"] > r["unique_tokens"]
+        ]
+        if repeated:
+            shifts = [
+                float(
+                    self.fit.predict(
+                        r["n_params"], effective_tokens(r["n_tokens"], r["unique_tokens"])
+                    )
+                )
+                - r["predicted"]
+                for r in repeated
+            ]
+            epochs = max(r["n_tokens"] / r["unique_tokens"] for r in repeated)
+            big = max(shifts, key=abs)
+            verdict = (
+                "repetition does not explain the miss"
+                if abs(big) < 0.5 * np.abs(err).mean()
+                else "repetition accounts for much of the miss"
+            )
+            out.append(
+                f"{len(repeated)} held-out runs repeat the corpus (up to {epochs:.2f} epochs); "
+                "counted at Muennighoff et al. 2023's effective D their predictions move by at "
+                f"most {big:+.3f} nats: {verdict}."
+            )
+        if self.seed_sigma:
+            out.append(
+                f"Seeds at the fitted points differ by {self.seed_sigma:.3f} nats (median "
+                f"standard deviation): the mean miss is {np.abs(err).mean() / self.seed_sigma:.0f}"
+                "× that noise."
+            )
+        else:
+            out.append("Each point has one seed, so the miss is not set against seed noise.")
+        if full is not None:
+            out.append(
+                f"Fitted on every budget, E, α, β are {full.E:.3f}, {full.alpha:.3f}, "
+                f"{full.beta:.3f} (without the largest: {self.fit.E:.3f}, {self.fit.alpha:.3f}, "
+                f"{self.fit.beta:.3f})"
+                + (
+                    ": the smaller budgets do not pin the parameters, and the prediction moves "
+                    "with them."
+                    if abs(full.E - self.fit.E) > 0.1 or abs(full.alpha - self.fit.alpha) > 0.05
+                    else "."
+                )
+            )
+        return out
 
 
 def holdout_largest(rows: list[dict[str, Any]], bootstrap: int = 200, seed: int = 0) -> Holdout:
@@ -218,6 +308,7 @@ def holdout_largest(rows: list[dict[str, Any]], bootstrap: int = 200, seed: int 
             "n_tokens": float(d[i]),
             "measured": float(loss[i]),
             "predicted": float(predicted[i]),
+            "unique_tokens": float(r.get("corpus_train_tokens") or 0) or None,
         }
         for i, r in enumerate(test)
     ]
@@ -236,9 +327,13 @@ def holdout_largest(rows: list[dict[str, Any]], bootstrap: int = 200, seed: int 
         predicted_opt["n_params_ci"] = fit.interval(lambda f: compute_optimal(held, f).n_params)
         predicted_opt["loss_ci"] = fit.interval(opt_loss)
     measured_opt, _, reason = isoflop_minimum(n, d, loss)
+    stds = [s for s in (float(r.get("loss_std", "nan")) for r in train) if np.isfinite(s)]
     return Holdout(
-        held, budgets[:-1], fit, runs, predicted_opt, measured_opt, "" if measured_opt else reason
-    )
+        held, budgets[:-1], fit, runs, predicted_opt, measured_opt,
+        "" if measured_opt else reason,
+        fitted_max=(float(column(train, "n_params").max()), float(column(train, "n_tokens").max())),
+        seed_sigma=float(np.median(stds)) if stds else None,
+    )  # fmt: skip
 
 
 # Keys of :func:`figures` (also the keys of their paths in ``write_report``'s result)
@@ -285,9 +380,7 @@ def figures(
     """
     budgets = sorted({float(r["budget"]) for r in rows})
     out = {
-        "isoflop": plots.isoflop_figure(
-            rows, {k: result[k]["approach2"] for k in KINDS}, compute
-        ),
+        "isoflop": plots.isoflop_figure(rows, {k: result[k]["approach2"] for k in KINDS}, compute),
         "frontier": plots.frontier_figure(
             rows, curves, result["total"]["approach3"], result["total"]["approach1"], compute
         ),
@@ -385,7 +478,9 @@ def _tuning_note(
     if edge:
         text += (
             f". At {len(edge)} of {len(points)} points the best rate is at the edge of "
-            "the range tried (" + ", ".join(edge[:4]) + (", ..." if len(edge) > 4 else "")
+            "the range tried ("
+            + ", ".join(edge[:4])
+            + (", ..." if len(edge) > 4 else "")
             + "): widen `scaling.sweep_lrs` there"
         )
     if len(rates) > 1 and len({int(p["n_params"]) for p in points}) > 1:
@@ -440,8 +535,9 @@ def _interval_text(ci: tuple[float, float] | None, fmt: str) -> str:
     return f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else ""
 
 
-def render_holdout(held: Holdout) -> list[str]:
-    """The report's extrapolation section (markdown lines)."""
+def render_holdout(held: Holdout, full: ChinchillaFit | None = None) -> list[str]:
+    """The report's extrapolation section (markdown lines); ``full``, Approach 3 on
+    every budget, lets it say how far the parameters move (:meth:`Holdout.reasons`)."""
     p, m = held.predicted_opt, held.measured_opt
     err = held.errors
     best, pbest = held.best_run, held.predicted_best_run
@@ -496,6 +592,7 @@ def render_holdout(held: Holdout) -> list[str]:
             verdict = "**outside** the fit's 95% bootstrap interval: the law does not "
             verdict += "extrapolate to it"
         lines.append(f"- The measured {what} lies {verdict}.")
+    lines += ["", "Why the losses miss:", ""] + [f"- {r}" for r in held.reasons(full)]
     lines += [
         "",
         "| run | N | D | measured loss | predicted loss | predicted − measured |",
@@ -635,7 +732,7 @@ def render(
                 )
             lines.append("")
     if holdout is not None:
-        lines += render_holdout(holdout)
+        lines += render_holdout(holdout, result["total"]["approach3"])
     lines += [
         "## Reading these numbers",
         "",
