@@ -229,7 +229,7 @@ def claims(tmp_path_factory):
     report refitted from the committed sweep (a copy; no bootstrap) and every base
     preset's smoke shape."""
     outs = []
-    for name in ("scaling", "scaling_tuned"):
+    for name in ("scaling", "scaling_tuned", "scaling_large"):
         out = str(tmp_path_factory.mktemp("report") / name)
         shutil.copytree(os.path.join(ROOT, "results", name), out,
                         ignore=shutil.ignore_patterns("workdirs"))  # fmt: skip
@@ -246,7 +246,7 @@ def claims(tmp_path_factory):
     for out in outs:
         with open(os.path.join(out, "report.md")) as f:
             reports.append(f.read())
-    return reports[0], results[2:], reports[1], outs[1]
+    return reports[0], results[3:], reports[1], outs[1], reports[2], outs[2]
 
 
 def _row(text: str, label: str) -> list[str]:
@@ -280,7 +280,7 @@ def test_the_tuned_sweep_figures_are_what_its_report_computes(claims):
     with open(README) as f:
         text = f.read()
     report, tuned, out = claims[0], claims[2], claims[3]
-    table = text[text.index("| fit on total N | one rate (3e-3)"):]
+    table = text[text.index("| fit on total N | one rate (3e-3)") :]
 
     def said(label: str) -> list[float]:
         return [float(c.split()[0]) for c in _row(table, label)[1:]]
@@ -301,6 +301,63 @@ def test_the_tuned_sweep_figures_are_what_its_report_computes(claims):
     assert said("lowest eval loss at 1.9e12")[1] == round(best, 3)
     edge = sum(p["lr_at_edge"] for p in points)
     assert f"At {edge} of {len(points)} points the best rate is the largest tried" in text
+
+
+def test_the_large_sweep_figures_are_what_its_report_computes(claims):
+    """The README's table of the sweep to 2e13 (a and tokens per parameter of Approaches
+    1-2, Approach 3's a and E), its lowest loss at 2e13, what repeating the corpus costs,
+    the held-out check and the rule against the search: refitted now from the committed
+    runs of results/scaling_large and results/scaling_tuned."""
+    import numpy as np
+
+    from t5x_lite.scaling import tuning
+    from t5x_lite.scaling.report import holdout_largest
+    from t5x_lite.scaling.sweep import read_rows
+
+    with open(README) as f:
+        text = f.read()
+    section = text[text.index("### A decade larger: to 2e13 FLOPs") :]
+    section = section[: section.index("\n#")]
+    report, out = claims[4], claims[5]
+    budget = float(re.search(r"D/N at C = ([\d.e+]+):", report).group(1))
+    assert f"tokens per parameter at C = {budget:.2g}".replace("e+", "e") in section
+    with open(os.path.join(ROOT, "results", "scaling_large", "report.md")) as f:
+        committed = f.read()  # with its 200 bootstrap resamples, which the refit skips
+    for label in ("Approach 1", "Approach 2"):
+        got, said = _row(report, label), _row(section, label)
+        assert said[1].split()[0] == f"{float(got[1]):.2f}", (label, said, got)
+        assert said[2] == got[-1], (label, said, got)
+        assert _row(committed, label)[1:3] == got[1:3], (label, got)  # the same fit
+        lo, hi = (float(x) for x in _row(committed, label)[3].strip("[]").split(","))
+        assert said[1].split("(95%: ")[1] == f"{lo:.2f}–{hi:.2f})", (label, said)
+    got, said = _row(report, "Approach 3"), _row(section, "Approach 3")
+    e = float(_row(report, "0.000")[0].split()[0])  # E of the total-N fit's table
+    assert said[1] == f"{float(got[1]):.2f}, E = {e:.0f}", (said, got)
+    rows = tuning.select_points(read_rows(os.path.join(out, "runs.csv")))
+    top = [r for r in rows if float(r["budget"]) == max(float(r["budget"]) for r in rows)]
+    assert f"The lowest loss at 2e13 is {min(r['final_eval_loss'] for r in top):.3f}." in section
+    over = [r for r in rows if int(r["n_tokens"]) > int(r["corpus_train_tokens"])]
+    epochs = max(int(r["n_tokens"]) / int(r["corpus_train_tokens"]) for r in rows)
+    assert f"the {len(over)} smallest models" in section and f"up to {epochs:.2f} epochs" in section
+    cost = re.search(r"prices at ([\d.]+) nats", report).group(1)
+    assert f"an estimated\n{cost} nats" in section
+    held = holdout_largest(rows, bootstrap=0)
+    assert f"missed by {np.abs(held.errors).mean():.3f} nats on average" in section
+    n_pred, n_meas = held.predicted_opt["n_params"], held.measured_best_n
+    assert f"({n_pred / 1e3:.0f}k predicted, {n_meas / 1e3:.0f}k\nmeasured)" in section
+    assert f"E = {held.fit.E:.2f}, with it E = 0" in section
+    tuned = tuning.select_points(
+        read_rows(os.path.join(ROOT, "results", "scaling_tuned", "runs.csv"))
+    )
+
+    def key(r):
+        return round(float(r["budget"]), -8), int(r["num_layers"]), int(r["d_model"])
+
+    searched = {key(r): r["final_eval_loss"] for r in tuned}
+    diff = [r["final_eval_loss"] - searched[key(r)] for r in rows if key(r) in searched]
+    assert (
+        f"{np.mean(diff):.2f} nats against the\n4-rate search at the {len(diff)} shared" in section
+    )
 
 
 def test_every_base_preset_resolves_to_a_shape_that_fits_this_machine(claims):
